@@ -1,0 +1,375 @@
+"""Typed, frozen configuration and named presets.
+
+The library never reads command-line flags: it takes a `Config`. Every field below is
+also a flag of `run.py` with the same name (see `flags/`), and its `help` and `choices`
+metadata are the flag's help and accepted values. Presets are written as deltas of the
+default (`PRESETS`), and a flag set explicitly on the command line wins over a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the flag."""
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta, **kw)
+
+
+DATASETS = ("default", "ferplus", "rafdb", "affectnet", "folder", "csv", "tfrecord")
+BACKBONES = ("resnet18", "resnet34", "vgg13", "vgg16", "alexnet")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("default", "Data set reader.", DATASETS)
+    data_dir: str = _f(
+        "",
+        "Root folder of the data set. For `default`, where the generated images are "
+        "cached (empty: ~/.cache/ean_tf).",
+    )
+    image_size: int = _f(48, "Square input size in pixels after resizing.")
+    ferplus_label_mode: str = _f(
+        "majority",
+        "FERPlus label scheme, as in FERPlus's ferplus.py.",
+        ("majority", "probability", "crossentropy", "multi_target"),
+    )
+    ferplus_classes: int = _f(8, "FERPlus classes: 8, or 7 without contempt.", (7, 8))
+    affectnet_classes: int = _f(8, "AffectNet classes: 7 or 8 (with contempt).", (7, 8))
+    balanced_sampling: bool = _f(False, "Sample training classes uniformly.")
+    train_split: str = _f("", "Training split name (empty: the reader's own).")
+    val_split: str = _f("", "Validation split name (empty: the reader's own).")
+    noise_rate: float = _f(0.0, "Fraction of training labels flipped (tables 3-4).")
+    noise_seed: int = _f(0, "Seed choosing which labels flip and to what.")
+    skip_bad_images: bool = _f(
+        False, "Skip unreadable images and list them in a report instead of failing."
+    )
+    no_face: str = _f(
+        "center",
+        "--mode=prepare, image without a face: keep a "
+        "centre crop, or skip it (both are listed in the manifest).",
+        ("center", "skip"),
+    )
+    validate_images: bool = _f(
+        True, "Decode every image once before training to catch corrupt files."
+    )
+    random_flip: bool = _f(True, "Random horizontal flip while training.")
+    random_crop_pad: int = _f(4, "Pad by this many pixels, then crop back (0: off).")
+    random_erasing: float = _f(0.0, "Probability of random erasing while training.")
+    cache: bool = _f(False, "Cache decoded images in memory.")
+    deterministic: bool = _f(False, "Deterministic input order and augmentation.")
+    default_train_size: int = _f(2800, "Images in the built-in training split.")
+    default_val_size: int = _f(700, "Images in the built-in validation split.")
+    default_identities: int = _f(40, "Identities in the built-in data.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = _f("resnet18", "Backbone CNN G_enc.", BACKBONES)
+    stem: str = _f(
+        "small_s2",
+        "Backbone stem: imagenet (7x7/2 + max-pool), small (3x3/1) or small_s2 (3x3/2)"
+        ", no max-pool for the small ones.",
+        ("imagenet", "small", "small_s2"),
+    )
+    width: int = _f(32, "Channels of the first backbone stage (64 = standard).")
+    backbone_weights: str = _f("", "Keras weights file for the backbone.")
+    head: str = _f(
+        "ean",
+        "Classifier head: the GCN of EAN or a linear baseline.",
+        ("ean", "linear"),
+    )
+    embedding_dim: int = _f(128, "Size of the linear embedding the graph is built on.")
+    embedding_norm: str = _f(
+        "batchnorm",
+        "Normalisation of the embedding before the cosine: batchnorm "
+        "centres it (cosines spread over [-1, 1]); none is the plain linear map.",
+        ("batchnorm", "none"),
+    )
+    gcn_units: tuple = _f((256,), "Hidden GCN layer widths (the last layer is C).")
+    gcn_dropout: float = _f(0.3, "Dropout before each GCN layer.")
+    tau1: float = _f(0.5, "Similar-edge threshold: A=1 where cos >= tau1.")
+    tau2: float = _f(
+        -math.inf, "Opposite-edge threshold: A=1 where cos <= tau2 (-inf: none)."
+    )
+    temperature: float = _f(0.1, "Temperature T of the relaxed adjacency.")
+    straight_through: bool = _f(
+        False, "Let gradients flow through the graph the GCN sees (straight-through)."
+    )
+    signed_edges: bool = _f(False, "Opposite edges weigh -1 instead of +1 (ablation).")
+    adj_loss_weight: float = _f(0.1, "alpha, the weight of Adj_loss (0: off).")
+    adj_reduction: str = _f(
+        "mean", "Adj_loss reduction: the paper's sum, or mean.", ("sum", "mean")
+    )
+    bank_per_class: int = _f(16, "Reference-bank embeddings per class.")
+    inference_graph: str = _f(
+        "bank",
+        "Inference graph: bank, batch or isolated (A = I); eval also takes "
+        "all (the three side by side).",
+        ("bank", "batch", "isolated", "all"),
+    )
+    num_classes: int = _f(0, "Classes (0: from the data set).")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(10, "Training epochs.")
+    batch_size: int = _f(64, "Global batch size.")
+    learning_rate: float = _f(0.1, "Peak learning rate of SGD.")
+    momentum: float = _f(0.9, "SGD momentum.")
+    nesterov: bool = _f(False, "Nesterov momentum.")
+    weight_decay: float = _f(5e-4, "Decoupled weight decay of SGD.")
+    lr_schedule: str = _f(
+        "step",
+        "step: divide by lr_decay_factor every "
+        "lr_decay_epochs; cosine: cosine to zero.",
+        ("step", "cosine"),
+    )
+    lr_decay_epochs: int = _f(20, "Epochs between step decays.")
+    lr_decay_factor: float = _f(0.1, "Step-decay factor.")
+    lr_warmup_epochs: int = _f(0, "Linear learning-rate warm-up epochs.")
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy.")
+    adj_warmup_epochs: int = _f(
+        2, "Epochs with A = I and Adj_loss off before the graph is used (paper: 50)."
+    )
+    steps_per_epoch: int = _f(0, "Steps per epoch (0: one pass over the data).")
+    seed: int = _f(0, "Seed for weights, shuffling and augmentation.")
+    run_dir: str = _f("runs/default", "Folder for checkpoints, logs and reports.")
+    strategy: str = _f(
+        "auto",
+        "tf.distribute strategy.",
+        ("auto", "one_device", "mirrored", "multi_worker"),
+    )
+    mixed_precision: bool = _f(False, "mixed_float16 compute (GPUs).")
+    jit_compile: bool = _f(False, "XLA-compile the train step (GPUs; slower on CPU).")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Maps each field name (= flag name) to (section, dataclass field)."""
+    index = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = (section, f)
+    return index
+
+
+# Presets are deltas of the default, keyed by field (= flag) name.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The main job: built-in data, a narrow ResNet-18, minutes on a 2-core CPU.
+    "default": {},
+    # Tests: the smallest network and data that still exercise every path.
+    "tiny": {
+        "image_size": 32,
+        "width": 8,
+        "embedding_dim": 16,
+        "gcn_units": (16,),
+        "bank_per_class": 2,
+        "default_train_size": 96,
+        "default_val_size": 32,
+        "default_identities": 8,
+        "epochs": 2,
+        "batch_size": 16,
+        "adj_warmup_epochs": 1,
+        "validate_images": False,
+        "learning_rate": 0.05,
+    },
+    # FERPlus CPU protocol: 48 px, full ResNet-18 with a 3x3/2 stem, short schedule.
+    "ferplus48": {
+        "dataset": "ferplus",
+        "image_size": 48,
+        "width": 64,
+        "epochs": 9,
+        "batch_size": 64,
+        "lr_schedule": "cosine",
+        "lr_warmup_epochs": 1,
+        "nesterov": True,
+        "label_smoothing": 0.1,
+        "adj_warmup_epochs": 3,
+        "bank_per_class": 32,
+    },
+    # The paper's protocol (section 3): 224 px, 50 warm-up epochs, step decay.
+    "ferplus": {
+        "dataset": "ferplus",
+        "image_size": 224,
+        "width": 64,
+        "stem": "imagenet",
+        "epochs": 70,
+        "adj_warmup_epochs": 50,
+        "lr_decay_epochs": 20,
+        "bank_per_class": 64,
+        "random_crop_pad": 16,
+    },
+    "rafdb": {
+        "dataset": "rafdb",
+        "image_size": 224,
+        "width": 64,
+        "stem": "imagenet",
+        "epochs": 70,
+        "adj_warmup_epochs": 50,
+        "lr_decay_epochs": 20,
+        "bank_per_class": 64,
+        "random_crop_pad": 16,
+    },
+    "affectnet": {
+        "dataset": "affectnet",
+        "image_size": 224,
+        "width": 64,
+        "stem": "imagenet",
+        "epochs": 30,
+        "adj_warmup_epochs": 10,
+        "lr_decay_epochs": 10,
+        "balanced_sampling": True,
+        "bank_per_class": 64,
+        "random_crop_pad": 16,
+    },
+}
+
+
+def make_config(preset: str = "default", **overrides: Any) -> Config:
+    """Builds a `Config` from a named preset and field overrides.
+
+    >>> make_config("tiny", epochs=3).train.epochs
+    3
+    """
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"Unknown --config={preset!r}. Expected one of: {', '.join(PRESETS)}."
+        )
+    values = {**PRESETS[preset], **overrides}
+    index = field_index()
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if name not in index:
+            raise ConfigError(f"Unknown config field {name!r}.")
+        section, _ = index[name]
+        per_section[section][name] = value
+    return Config(**{s: SECTIONS[s](**kw) for s, kw in per_section.items()})
+
+
+def replace(config: Config, **overrides: Any) -> Config:
+    """Returns a copy of `config` with fields (by flag name) replaced."""
+    index = field_index()
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in overrides.items():
+        if name not in index:
+            raise ConfigError(f"Unknown config field {name!r}.")
+        per_section[index[name][0]][name] = value
+    return Config(
+        **{
+            s: dataclasses.replace(getattr(config, s), **kw)
+            for s, kw in per_section.items()
+        }
+    )
+
+
+def _check(ok: bool, name: str, expected: str, value: Any):
+    if not ok:
+        raise ConfigError(f"--{name}: expected {expected}. Received: {name}={value!r}")
+
+
+def validate(config: Config) -> None:
+    """Raises `ConfigError` naming the first flag whose value is out of range."""
+    index = field_index()
+    for name, (section, f) in index.items():
+        value = getattr(getattr(config, section), name)
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            _check(value in choices, name, f"one of {list(choices)}", value)
+    d, m, t = config.data, config.model, config.train
+    _check(
+        16 <= d.image_size <= 1024, "image_size", "an int in [16, 1024]", d.image_size
+    )
+    _check(0.0 <= d.noise_rate < 1.0, "noise_rate", "a float in [0, 1)", d.noise_rate)
+    _check(
+        0.0 <= d.random_erasing <= 1.0,
+        "random_erasing",
+        "a float in [0, 1]",
+        d.random_erasing,
+    )
+    _check(d.random_crop_pad >= 0, "random_crop_pad", "an int >= 0", d.random_crop_pad)
+    _check(
+        d.default_train_size >= 8,
+        "default_train_size",
+        "an int >= 8",
+        d.default_train_size,
+    )
+    _check(
+        d.default_val_size >= 1, "default_val_size", "an int >= 1", d.default_val_size
+    )
+    _check(
+        d.default_identities >= 1,
+        "default_identities",
+        "an int >= 1",
+        d.default_identities,
+    )
+    _check(m.width >= 4, "width", "an int >= 4", m.width)
+    _check(m.embedding_dim >= 2, "embedding_dim", "an int >= 2", m.embedding_dim)
+    _check(
+        all(int(u) > 0 for u in m.gcn_units), "gcn_units", "positive ints", m.gcn_units
+    )
+    _check(
+        0.0 <= m.gcn_dropout < 1.0, "gcn_dropout", "a float in [0, 1)", m.gcn_dropout
+    )
+    _check(-1.0 <= m.tau1 <= 1.0, "tau1", "a float in [-1, 1]", m.tau1)
+    _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
+    _check(m.temperature > 0, "temperature", "a float > 0", m.temperature)
+    _check(m.adj_loss_weight >= 0, "adj_loss_weight", "a float >= 0", m.adj_loss_weight)
+    _check(m.bank_per_class >= 1, "bank_per_class", "an int >= 1", m.bank_per_class)
+    _check(m.num_classes >= 0, "num_classes", "an int >= 0", m.num_classes)
+    _check(t.epochs >= 1, "epochs", "an int >= 1", t.epochs)
+    _check(t.batch_size >= 1, "batch_size", "an int >= 1", t.batch_size)
+    _check(t.learning_rate > 0, "learning_rate", "a float > 0", t.learning_rate)
+    _check(0.0 <= t.momentum < 1.0, "momentum", "a float in [0, 1)", t.momentum)
+    _check(t.weight_decay >= 0, "weight_decay", "a float >= 0", t.weight_decay)
+    _check(t.lr_decay_epochs >= 1, "lr_decay_epochs", "an int >= 1", t.lr_decay_epochs)
+    _check(
+        0.0 < t.lr_decay_factor <= 1.0,
+        "lr_decay_factor",
+        "a float in (0, 1]",
+        t.lr_decay_factor,
+    )
+    _check(
+        t.lr_warmup_epochs >= 0, "lr_warmup_epochs", "an int >= 0", t.lr_warmup_epochs
+    )
+    _check(
+        0.0 <= t.label_smoothing < 1.0,
+        "label_smoothing",
+        "a float in [0, 1)",
+        t.label_smoothing,
+    )
+    _check(
+        t.adj_warmup_epochs >= 0,
+        "adj_warmup_epochs",
+        "an int >= 0",
+        t.adj_warmup_epochs,
+    )
+    _check(t.steps_per_epoch >= 0, "steps_per_epoch", "an int >= 0", t.steps_per_epoch)
+    _check(bool(t.run_dir), "run_dir", "a non-empty path", t.run_dir)

@@ -1,0 +1,103 @@
+"""Data sets: readers, the built-in data, label noise and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ean_tf.data import affectnet, ferplus, generic, rafdb, synthetic
+from ean_tf.data.base import DataError, Examples, check_images
+from ean_tf.data.noise import add_noise
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ean_tf")
+
+# (training split, validation split) of each reader when the flags leave them empty.
+DEFAULT_SPLITS = {
+    "default": ("train", "val"),
+    "ferplus": ("FER2013Train", "FER2013Valid"),
+    "rafdb": ("train", "test"),
+    "affectnet": ("train", "validation"),
+    "folder": ("train", "val"),
+    "csv": ("train", "val"),
+    "tfrecord": ("train", "val"),
+}
+
+
+@dataclasses.dataclass
+class DataSplits:
+    train: Examples
+    val: Examples
+    bad_images: list[dict]  # rows skipped under --skip_bad_images, with the reason
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.train.class_names
+
+
+def read_split(data, split: str) -> Examples:
+    """One split of the data set named by `data.dataset` (a `DataConfig`)."""
+    name, root = data.dataset, data.data_dir
+    if name != "default" and not root:
+        raise DataError(f"--dataset={name} needs --data_dir")
+    if name != "default" and not os.path.exists(root):
+        raise DataError(f"--data_dir={root}: no such folder or file")
+    if name == "default":
+        csv_path = synthetic.generate(
+            root or DEFAULT_CACHE, data.default_train_size, data.default_val_size,
+            data.default_identities,
+        )
+        return generic.read_csv(csv_path, split, synthetic.CLASS_NAMES)
+    if name == "ferplus":
+        return ferplus.read_split(root, split, data.ferplus_label_mode,
+                                  data.ferplus_classes)
+    if name == "rafdb":
+        return rafdb.read_split(root, split)
+    if name == "affectnet":
+        return affectnet.read_split(root, split, data.affectnet_classes)
+    if name == "folder":
+        train_split = data.train_split or DEFAULT_SPLITS["folder"][0]
+        return generic.read_folder(root, split,
+                                   generic.folder_classes(root, train_split))
+    if name == "csv":
+        rows = generic.read_csv_rows(generic.csv_file(root))
+        return generic.read_csv(root, split, generic.csv_classes(rows))
+    if name == "tfrecord":
+        from ean_tf.data import prepare
+
+        return prepare.read_split(root, split)
+    raise DataError(f"Unknown --dataset={name!r}")
+
+
+def _csv_without_splits(root: str) -> bool:
+    rows = generic.read_csv_rows(generic.csv_file(root))
+    return "split" not in rows[0]
+
+
+def load(data, seed: int = 0) -> DataSplits:
+    """Reads, checks and (optionally) corrupts the training and validation splits."""
+    train_name = data.train_split or DEFAULT_SPLITS[data.dataset][0]
+    val_name = data.val_split or DEFAULT_SPLITS[data.dataset][1]
+    if data.dataset == "csv" and _csv_without_splits(data.data_dir):
+        everything = read_split(data, train_name)  # no split column: all rows
+        order = np.random.default_rng(seed).permutation(len(everything))
+        n_val = max(1, len(everything) // 10)
+        val, train = everything.select(order[:n_val]), everything.select(order[n_val:])
+    else:
+        train, val = read_split(data, train_name), read_split(data, val_name)
+    if val.class_names != train.class_names:
+        raise DataError(f"{val.source}: classes {val.class_names} differ from the "
+                        f"training split's {train.class_names}")
+    bad = []
+    if data.dataset != "tfrecord":
+        train, bad_train = check_images(train, data.skip_bad_images,
+                                        data.validate_images)
+        val, bad_val = check_images(val, data.skip_bad_images, data.validate_images)
+        bad = bad_train + bad_val
+    if data.noise_rate > 0:
+        train = add_noise(train, data.noise_rate, data.noise_seed)
+    return DataSplits(train, val, bad)
+
+
+__all__ = ["DataError", "DataSplits", "Examples", "load", "read_split"]

@@ -1,0 +1,139 @@
+"""The one in-memory form every reader returns, and the data errors."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line) at fault."""
+
+
+@dataclasses.dataclass
+class Examples:
+    """A split of a data set: one row per image.
+
+    paths:       N image files.
+    labels:      (N,) int class ids in [0, C).
+    class_names: C names, index = class id.
+    targets:     (N, C) float label distributions (FERPlus soft modes), or None.
+    identities:  (N,) int identity ids (built-in data, CFP layout), or None.
+    boxes:       (N, 4) int face boxes x, y, w, h to crop before resizing, or None.
+    clean_labels:(N,) labels before noise was added, or None for clean data.
+    records:     TFRecord shards holding the images (prepared data), or None when
+                 the images are the files in `paths`.
+    record_indices: (N,) sorted `index` field of each row's record.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    targets: np.ndarray | None = None
+    identities: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    clean_labels: np.ndarray | None = None
+    records: list[str] | None = None
+    record_indices: np.ndarray | None = None
+    source: str = ""
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, np.int64)
+        if len(self.paths) != len(self.labels):
+            raise DataError(f"{self.source}: {len(self.paths)} paths but "
+                            f"{len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def soft_targets(self) -> np.ndarray:
+        """(N, C) float32 targets: the label distribution, or one-hot labels."""
+        if self.targets is not None:
+            return self.targets.astype(np.float32)
+        return np.eye(self.num_classes, dtype=np.float32)[self.labels]
+
+    def select(self, keep: np.ndarray) -> Examples:
+        """The rows where `keep` (bool (N,) or int indices) holds."""
+        idx = np.arange(len(self))[keep] if np.asarray(keep).dtype == bool else keep
+        pick = lambda a: None if a is None else np.asarray(a)[idx]
+        return dataclasses.replace(
+            self,
+            paths=[self.paths[i] for i in idx],
+            labels=self.labels[idx],
+            targets=pick(self.targets),
+            identities=pick(self.identities),
+            boxes=pick(self.boxes),
+            clean_labels=pick(self.clean_labels),
+            record_indices=pick(self.record_indices),
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
+
+
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
+
+
+def _image_problem(path: str) -> str | None:
+    """Why `path` is not a readable image, or None when it is."""
+    import cv2  # local: only validation needs OpenCV
+
+    if not os.path.exists(path):
+        return "file not found"
+    if os.path.getsize(path) == 0:
+        return "empty file"
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(_MAGIC):
+        return "not a JPEG, PNG, BMP or GIF image"
+    if data.startswith(b"GIF"):
+        return None  # OpenCV has no GIF decoder; TF decodes the first frame.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        return "corrupt image (does not decode)"
+    return None
+
+
+def check_images(examples: Examples, skip_bad: bool, full_decode: bool = True,
+                 threads: int = 8) -> tuple[Examples, list[dict]]:
+    """Finds files that are missing, empty, not images or corrupt.
+
+    Fails on the first bad file with a `DataError` naming it, unless `skip_bad`, in
+    which case bad rows are dropped and returned as a report
+    (`[{"path": ..., "problem": ...}]`), never silently.
+    """
+    if len(examples) == 0:
+        raise DataError(f"{examples.source}: the split is empty")
+    if full_decode:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            problems = list(pool.map(_image_problem, examples.paths, chunksize=256))
+    else:
+        problems = [
+            None if os.path.isfile(p) and os.path.getsize(p) > 0 else
+            ("file not found" if not os.path.exists(p) else "empty file")
+            for p in examples.paths
+        ]
+    bad = [i for i, p in enumerate(problems) if p is not None]
+    if bad and not skip_bad:
+        i = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"{examples.paths[i]}: {problems[i]}{more}, listed in {examples.source}. "
+            "Fix or remove it, or pass --skip_bad_images to skip and report it."
+        )
+    report = [{"path": examples.paths[i], "problem": problems[i]} for i in bad]
+    if bad:
+        keep = np.ones(len(examples), bool)
+        keep[bad] = False
+        examples = examples.select(keep)
+        if len(examples) == 0:
+            raise DataError(f"{examples.source}: no readable image left")
+    return examples, report

@@ -1,0 +1,193 @@
+"""Evaluation: accuracy, per-class recall, confusion matrix, figures.
+
+`evaluate_model` runs the model over a split in one or more inference graphs and
+writes `metrics.json` and `confusion.png` (of the first graph) to `out_dir`. The
+`batch` graph depends on which images share a batch: it is evaluated on batches of
+`batch_size` in a fixed order shuffled by `shuffle_seed`, both recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ean_tf.data.base import Examples
+from ean_tf.data.pipeline import make_dataset
+
+
+def confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
+    return cm
+
+
+def classification_metrics(labels, predictions, class_names) -> dict:
+    """Accuracy, mean per-class accuracy (recall), per-class recall, confusion."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    cm = confusion_matrix(labels, predictions, len(class_names))
+    support = cm.sum(axis=1)
+    recall = np.divide(
+        np.diag(cm), support, out=np.full(len(support), np.nan), where=support > 0
+    )
+    present = support > 0
+    return {
+        "num_samples": int(len(labels)),
+        "accuracy": float(np.mean(labels == predictions)) if len(labels) else 0.0,
+        "mean_class_accuracy": float(np.mean(recall[present]))
+        if present.any()
+        else 0.0,
+        "per_class_recall": {
+            n: (None if np.isnan(r) else float(r))
+            for n, r in zip(class_names, recall, strict=True)
+        },
+        "per_class_support": {
+            n: int(s) for n, s in zip(class_names, support, strict=True)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def predict(
+    model,
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    graph: str,
+    order: np.ndarray | None = None,
+) -> np.ndarray:
+    """Class probabilities (N, C) in the examples' order."""
+    import tensorflow as tf
+
+    subset = examples if order is None else examples.select(order)
+    ds = make_dataset(subset, image_size, batch_size, training=False)
+    probs = []
+    predict_step = tf.function(lambda x: tf.nn.softmax(model(x, graph=graph)))
+    for images, _ in ds:
+        probs.append(predict_step(images).numpy())
+    probs = np.concatenate(probs)
+    if order is not None:
+        restored = np.empty_like(probs)
+        restored[order] = probs
+        probs = restored
+    return probs
+
+
+def plot_confusion(cm: np.ndarray, class_names, path: str, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names),) * 2)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def flipped_label_report(
+    model,
+    train: Examples,
+    noisy_labels_csv: str,
+    image_size: int,
+    batch_size: int,
+    graph: str,
+) -> dict:
+    """How many flipped training labels the model predicts as their clean class."""
+    from ean_tf.data.noise import read_noisy_labels
+
+    paths, clean, noisy = read_noisy_labels(noisy_labels_csv)
+    flipped = np.flatnonzero(clean != noisy)
+    if len(flipped) == 0:
+        return {"flipped": 0}
+    subset = Examples(
+        [paths[i] for i in flipped],
+        clean[flipped],
+        train.class_names,
+        source=noisy_labels_csv,
+    )
+    pred = predict(model, subset, image_size, batch_size, graph).argmax(1)
+    return {
+        "flipped": int(len(flipped)),
+        "predicted_clean": int(np.sum(pred == clean[flipped])),
+        "predicted_noisy": int(np.sum(pred == noisy[flipped])),
+        "predicted_clean_fraction": float(np.mean(pred == clean[flipped])),
+        "graph": graph,
+    }
+
+
+def evaluate_model(
+    model,
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    out_dir: str,
+    graphs=("bank",),
+    checkpoint: str = "",
+    shuffle_seed: int = 0,
+    noisy_labels: str | None = None,
+    train_examples: Examples | None = None,
+) -> dict:
+    """Evaluates `graphs` side by side; writes metrics.json and confusion.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    report = {
+        "checkpoint": checkpoint,
+        "split": examples.source,
+        "class_names": list(examples.class_names),
+        "graphs": {},
+    }
+    for graph in graphs:
+        order = None
+        if graph == "batch":
+            order = np.random.default_rng(shuffle_seed).permutation(len(examples))
+        probs = predict(model, examples, image_size, batch_size, graph, order)
+        result = classification_metrics(
+            examples.labels, probs.argmax(1), examples.class_names
+        )
+        result["inference_graph"] = graph
+        if graph == "batch":
+            result.update(batch_size=batch_size, shuffle_seed=shuffle_seed)
+        report["graphs"][graph] = result
+    first = report["graphs"][graphs[0]]
+    report.update(
+        accuracy=first["accuracy"],
+        inference_graph=graphs[0],
+        mean_class_accuracy=first["mean_class_accuracy"],
+        num_samples=first["num_samples"],
+    )
+    if noisy_labels and train_examples is not None and os.path.isfile(noisy_labels):
+        report["flipped_labels"] = flipped_label_report(
+            model, train_examples, noisy_labels, image_size, batch_size, graphs[0]
+        )
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    plot_confusion(
+        first["confusion_matrix"],
+        examples.class_names,
+        os.path.join(out_dir, "confusion.png"),
+        f"{graphs[0]} graph: accuracy {first['accuracy']:.3f}",
+    )
+    return report

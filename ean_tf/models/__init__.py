@@ -1,0 +1,1 @@
+"""Backbones, the batch graph, the GCN head and the EAN model."""

@@ -1,0 +1,144 @@
+"""The mini-batch expression graph (paper eq. 3-6, 8), as pure TF functions.
+
+All functions take and return dense tensors, work for N = 1 and for an N unknown
+until run time (inside `tf.function`), and never divide by zero: an isolated node
+keeps its self-loop. `normalized_adjacency` agrees with `spektral.utils.gcn_filter`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+
+def cosine_similarity(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
+    """C_s(i, j) = x_i . y_j / (|x_i| |y_j|)   (eq. 3).
+
+    x: (N, D); y: (M, D), default x. Returns (N, M) in [-1, 1]; a zero vector has
+    similarity 0 with everything.
+    """
+    y = x if y is None else y
+    xn = tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=1e-12)
+    yn = tf.math.l2_normalize(tf.cast(y, tf.float32), axis=-1, epsilon=1e-12)
+    return tf.matmul(xn, yn, transpose_b=True)  # (N, M)
+
+
+def threshold_adjacency(
+    cs: tf.Tensor, tau1: float, tau2: float = -math.inf, signed: bool = False
+) -> tf.Tensor:
+    """Hard two-threshold adjacency (eq. 4).
+
+    A = 1 where C_s >= tau1 (similar), A = 1 (or -1 when `signed`) where
+    C_s <= tau2 (opposite), else 0. tau2 = -inf is the single-threshold form.
+    cs: (N, M). Returns (N, M) float32.
+    """
+    similar = tf.cast(cs >= tau1, tf.float32)
+    if math.isinf(tau2) and tau2 < 0:
+        return similar
+    opposite = tf.cast(cs <= tau2, tf.float32)
+    return similar - opposite if signed else similar + opposite
+
+
+def relaxed_adjacency(
+    cs: tf.Tensor,
+    tau1: float,
+    tau2: float = -math.inf,
+    temperature: float = 0.1,
+    signed: bool = False,
+    similar_only: bool = False,
+) -> tf.Tensor:
+    """Differentiable edges: sigma((C_s - tau1) / T) + sigma((tau2 - C_s) / T).
+
+    With `similar_only`, only the first term (what Adj_loss uses). cs: (N, M).
+    Returns (N, M) float32; tends to `threshold_adjacency` as T -> 0.
+    """
+    cs = tf.cast(cs, tf.float32)
+    similar = tf.sigmoid((cs - tau1) / temperature)
+    if similar_only or (math.isinf(tau2) and tau2 < 0):
+        return similar
+    opposite = tf.sigmoid((tau2 - cs) / temperature)
+    return similar - opposite if signed else similar + opposite
+
+
+def straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
+    """Forward value `hard`, gradient of `soft`."""
+    return hard + soft - tf.stop_gradient(soft)
+
+
+def zero_diagonal(a: tf.Tensor) -> tf.Tensor:
+    """a: (N, N) -> a with a zero diagonal."""
+    return tf.linalg.set_diag(a, tf.zeros_like(tf.linalg.diag_part(a)))
+
+
+def normalized_adjacency(a: tf.Tensor) -> tf.Tensor:
+    """Â = D̃^-1/2 (A + I) D̃^-1/2 with A's diagonal zeroed first (eq. 8).
+
+    a: (N, N). Degrees are the row sums of |A + I| (absolute values, so signed
+    opposite edges still count as neighbours); each node has its self-loop, so no
+    degree is zero. For a symmetric non-negative A with a zero diagonal this equals
+    `spektral.utils.gcn_filter(A)`. A non-symmetric A (the bank graph's directed
+    edges) is normalised by out-degrees: row i of Â uses only row i's edges and the
+    degrees of the nodes it reads from.
+    """
+    a = zero_diagonal(tf.cast(a, tf.float32))
+    a_tilde = a + tf.eye(tf.shape(a)[0], dtype=a.dtype)  # (N, N)
+    degree = tf.reduce_sum(tf.abs(a_tilde), axis=1)  # (N,) >= 1
+    d_inv_sqrt = tf.math.rsqrt(degree)
+    return a_tilde * d_inv_sqrt[:, None] * d_inv_sqrt[None, :]  # (N, N)
+
+
+def label_mask(labels: tf.Tensor) -> tf.Tensor:
+    """A_mask(i, j) = [y_i = y_j] (eq. 5), diagonal zeroed. labels: (N,) -> (N, N)."""
+    labels = tf.reshape(labels, [-1])
+    same = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+    return zero_diagonal(same)
+
+
+def adj_loss(
+    a_similar: tf.Tensor, labels: tf.Tensor, reduction: str = "sum"
+) -> tf.Tensor:
+    """(Σ A_mask ∘ A − Σ A_mask)² over off-diagonal pairs (eq. 6 without alpha).
+
+    a_similar: (N, N) similar-edge part of A (hard, or relaxed for a gradient).
+    labels: (N,) int. `sum` is the paper's form (it grows like N⁴); `mean` divides
+    the inner difference by Σ A_mask first. Returns a scalar; 0 when no two nodes
+    share a label.
+    """
+    mask = label_mask(labels)  # (N, N)
+    a = zero_diagonal(tf.cast(a_similar, tf.float32))
+    diff = tf.reduce_sum(mask * a) - tf.reduce_sum(mask)
+    if reduction == "mean":
+        diff = tf.math.divide_no_nan(diff, tf.reduce_sum(mask))
+    elif reduction != "sum":
+        raise ValueError(f"Expected reduction 'sum' or 'mean'. Received: {reduction!r}")
+    return tf.square(diff)
+
+
+def bank_graph(
+    cs_bank: tf.Tensor,
+    cs_query: tf.Tensor,
+    tau1: float,
+    tau2: float,
+    signed: bool = False,
+    bank_valid: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Directed adjacency over [bank (K); queries (Q)] nodes, bank -> query only.
+
+    cs_bank: (K, K) bank-bank similarities; cs_query: (Q, K) query-bank ones.
+    bank_valid: (K,) 1/0 for bank slots that hold an embedding. Returns the
+    normalised (K+Q, K+Q) Â: bank rows read only the bank, a query row reads
+    itself and its bank neighbours (never another query), so each query's output
+    is independent of the rest of the batch.
+    """
+    k = tf.shape(cs_bank)[0]
+    q = tf.shape(cs_query)[0]
+    a_bank = threshold_adjacency(cs_bank, tau1, tau2, signed)  # (K, K)
+    a_query = threshold_adjacency(cs_query, tau1, tau2, signed)  # (Q, K)
+    if bank_valid is not None:
+        valid = tf.cast(bank_valid, tf.float32)
+        a_bank = a_bank * valid[:, None] * valid[None, :]
+        a_query = a_query * valid[None, :]
+    top = tf.concat([a_bank, tf.zeros([k, q])], axis=1)  # (K, K+Q)
+    bottom = tf.concat([a_query, tf.zeros([q, q])], axis=1)  # (Q, K+Q)
+    return normalized_adjacency(tf.concat([top, bottom], axis=0))  # (K+Q, K+Q)

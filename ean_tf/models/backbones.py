@@ -1,0 +1,201 @@
+"""Backbone CNNs G_enc, built in the project (no downloaded weights).
+
+Each builder returns a functional `keras.Model` mapping normalised images
+(B, S, S, 3) to `[pooled (B, F), conv3 (B, h, w, c)]`: the global-average-pooled
+feature the graph is built on, and the "conv3" feature map (after its batch norm)
+that the invariant feature generator's discriminator reads.
+
+Stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool, for 224 px), `small` (3x3/1 conv, no
+pool: 48 px keeps its resolution) and `small_s2` (3x3/2 conv, no pool).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+_BN = dict(momentum=0.9, epsilon=1e-5)
+BACKBONE_NAMES = ("resnet18", "resnet34", "vgg13", "vgg16", "alexnet")
+
+
+def _conv_bn(x, filters, kernel, stride, name, relu=True):
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn", **_BN)(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _stem(x, stem: str, filters: int):
+    if stem == "imagenet":
+        x = _conv_bn(x, filters, 7, 2, "stem")
+        return layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    if stem in ("small", "small_s2"):
+        return _conv_bn(x, filters, 3, 1 if stem == "small" else 2, "stem")
+    raise ValueError(
+        f"Expected stem in ('imagenet', 'small', 'small_s2'). Received: stem={stem!r}"
+    )
+
+
+def _basic_block(x, filters, stride, name):
+    shortcut = x
+    y = _conv_bn(x, filters, 3, stride, f"{name}_1")
+    y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_down", relu=False)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def resnet(
+    depth: int,
+    image_size: int,
+    stem: str = "imagenet",
+    width: int = 64,
+    name: str | None = None,
+) -> keras.Model:
+    """ResNet-18/34 (He et al.), `width` channels in stage 1 (64 = standard)."""
+    blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = _stem(inputs, stem, width)
+    conv3 = None
+    for stage, n in enumerate(blocks):
+        filters = width * 2**stage
+        for b in range(n):
+            stride = 2 if (b == 0 and stage > 0) else 1
+            x = _basic_block(x, filters, stride, f"layer{stage + 1}_{b}")
+        if stage == 2:
+            conv3 = x
+    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, [pooled, conv3], name=name or f"resnet{depth}")
+
+
+_VGG = {13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3)}
+
+
+def vgg(
+    depth: int,
+    image_size: int,
+    stem: str = "imagenet",
+    width: int = 64,
+    name: str | None = None,
+) -> keras.Model:
+    """VGG13/16 with batch norm; small stems drop the first two max-pools."""
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x, conv3 = inputs, None
+    for stage, n in enumerate(_VGG[depth]):
+        filters = width * min(2**stage, 8)
+        for b in range(n):
+            x = _conv_bn(x, filters, 3, 1, f"block{stage + 1}_{b}")
+        if stage == 2:
+            conv3 = x
+        if stem == "imagenet" or stage >= 2:
+            x = layers.MaxPooling2D(
+                2, 2, padding="same", name=f"block{stage + 1}_pool"
+            )(x)
+    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, [pooled, conv3], name=name or f"vgg{depth}")
+
+
+def alexnet(
+    image_size: int, stem: str = "imagenet", width: int = 64, name: str = "alexnet"
+) -> keras.Model:
+    """AlexNet (Krizhevsky et al.) with batch norm after each conv."""
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    if stem == "imagenet":
+        x = _conv_bn(inputs, width, 11, 4, "conv1")
+        x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
+    else:
+        x = _conv_bn(inputs, width, 3, 1 if stem == "small" else 2, "conv1")
+    x = _conv_bn(x, width * 3, 5, 1, "conv2")
+    x = layers.MaxPooling2D(3, 2, padding="same", name="pool2")(x)
+    conv3 = _conv_bn(x, width * 6, 3, 1, "conv3")
+    x = _conv_bn(conv3, width * 4, 3, 1, "conv4")
+    x = _conv_bn(x, width * 4, 3, 1, "conv5")
+    x = layers.MaxPooling2D(3, 2, padding="same", name="pool5")(x)
+    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, [pooled, conv3], name=name)
+
+
+def build_backbone(
+    name: str, image_size: int, stem: str = "imagenet", width: int = 64
+) -> keras.Model:
+    if name == "resnet18":
+        return resnet(18, image_size, stem, width)
+    if name == "resnet34":
+        return resnet(34, image_size, stem, width)
+    if name == "vgg13":
+        return vgg(13, image_size, stem, width)
+    if name == "vgg16":
+        return vgg(16, image_size, stem, width)
+    if name == "alexnet":
+        return alexnet(image_size, stem, width)
+    raise ValueError(
+        f"Expected backbone in {BACKBONE_NAMES}. Received: backbone={name!r}"
+    )
+
+
+def load_backbone_weights(backbone: keras.Model, path: str) -> None:
+    """Loads a Keras weights file (`.weights.h5`, as `save_weights` writes it).
+
+    A missing file or a mismatch raises ValueError listing the layers that did not
+    match, and the backbone is left as it was: nothing loads half-way.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--backbone_weights={path}: no such file")
+    before = [w.numpy() for w in backbone.weights]
+    try:
+        backbone.load_weights(path)
+    except Exception as error:  # noqa: BLE001 - re-raised with a layer list
+        for w, value in zip(backbone.weights, before, strict=True):
+            w.assign(value)
+        raise ValueError(
+            f"--backbone_weights={path} does not fit backbone {backbone.name!r}: "
+            f"{_mismatch(backbone, path) or error}"
+        ) from None
+
+
+def _mismatch(backbone: keras.Model, path: str) -> str:
+    """Lists the weighted layers that differ between `backbone` and the file."""
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover
+        return ""
+    expected = {
+        layer.name: [tuple(w.shape) for w in layer.weights]
+        for layer in backbone.layers
+        if layer.weights
+    }
+    found = {}
+    try:
+        with h5py.File(path, "r") as f:
+            group = f.get("layers", f)
+            for name in group:
+                vars_ = group[name].get("vars", {})
+                found[name] = [tuple(vars_[k].shape) for k in sorted(vars_, key=int)]
+    except (OSError, ValueError, TypeError):
+        return "not a Keras weights file"
+    found = {k: v for k, v in found.items() if v}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    parts = []
+    if missing:
+        parts.append(
+            f"missing layers {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        )
+    if extra:
+        parts.append(
+            f"unexpected layers {extra[:10]}{' ...' if len(extra) > 10 else ''}"
+        )
+    for k in shapes[:10]:
+        parts.append(f"layer {k}: file has shapes {found[k]}, model {expected[k]}")
+    return "; ".join(parts)

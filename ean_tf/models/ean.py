@@ -1,0 +1,451 @@
+"""EAN: backbone -> embedding -> batch graph -> GCN head, with Adj_loss.
+
+`EAN` is a subclassed `keras.Model` (DESIGN section 1):
+
+    images (B, S, S, 3) in 0..255 -> normalize -> backbone -> F (B, Fd), conv3
+    e = Dense(F)                         (B, E), no ReLU: cosines span [-1, 1]
+    A = thresholds(cos(e_i, e_j))        (B, B), zero while the warm-up lasts
+    logits = GCN(F, norm(A + I))         (B, C)
+    loss = CE(logits, y) + alpha * Adj_loss(A_soft_similar, y)
+
+`call()` is the inference path, in one of three graphs (`inference_graph`):
+`bank` (the default: each image joined only to a class-balanced reference bank
+stored in the model, so its answer never depends on the rest of the batch),
+`batch` (the request's images form the graph, the paper's test protocol) and
+`isolated` (A = I). `head="linear"` is the plain-classifier baseline on the same
+backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ean_tf.data.pipeline import normalize
+from ean_tf.models import adjacency as adj
+from ean_tf.models.backbones import build_backbone
+from ean_tf.models.gcn import GCNHead
+
+INFERENCE_GRAPHS = ("bank", "batch", "isolated")
+
+
+@keras.saving.register_keras_serializable(package="ean_tf")
+class EAN(keras.Model):
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 48,
+        backbone: str = "resnet18",
+        stem: str = "small_s2",
+        width: int = 64,
+        head: str = "ean",
+        embedding_dim: int = 128,
+        gcn_units=(256,),
+        gcn_dropout: float = 0.3,
+        tau1: float = 0.5,
+        tau2: float = -math.inf,
+        temperature: float = 0.1,
+        straight_through: bool = False,
+        signed_edges: bool = False,
+        adj_loss_weight: float = 0.1,
+        adj_reduction: str = "sum",
+        bank_per_class: int = 16,
+        inference_graph: str = "bank",
+        label_smoothing: float = 0.0,
+        cross_replica_graph: bool = False,
+        embedding_norm: str = "batchnorm",
+        class_names=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"Expected num_classes >= 2. Received: {num_classes}")
+        if head not in ("ean", "linear"):
+            raise ValueError(f"Expected head 'ean' or 'linear'. Received: {head!r}")
+        if inference_graph not in INFERENCE_GRAPHS:
+            raise ValueError(
+                f"Expected inference_graph in {INFERENCE_GRAPHS}. "
+                f"Received: {inference_graph!r}"
+            )
+        if not tau2 < tau1:
+            raise ValueError(
+                f"Expected tau2 < tau1. Received: tau1={tau1}, tau2={tau2}"
+            )
+        if embedding_norm not in ("batchnorm", "none"):
+            raise ValueError(
+                f"Expected embedding_norm 'batchnorm' or 'none'. "
+                f"Received: {embedding_norm!r}"
+            )
+        if adj_reduction not in ("sum", "mean"):
+            raise ValueError(
+                f"Expected adj_reduction 'sum' or 'mean'. Received: {adj_reduction!r}"
+            )
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.backbone_name, self.stem, self.width = backbone, stem, int(width)
+        self.head_type = head
+        self.embedding_dim = int(embedding_dim)
+        self.embedding_norm = embedding_norm
+        self.gcn_units = tuple(int(u) for u in gcn_units)
+        self.gcn_dropout = float(gcn_dropout)
+        self.tau1, self.tau2 = float(tau1), float(tau2)
+        self.temperature = float(temperature)
+        self.straight_through_edges = bool(straight_through)
+        self.signed_edges = bool(signed_edges)
+        self.adj_loss_weight = float(adj_loss_weight)
+        self.adj_reduction = adj_reduction
+        self.bank_per_class = int(bank_per_class)
+        self.inference_graph = inference_graph
+        self.label_smoothing = float(label_smoothing)
+        self.cross_replica_graph = bool(cross_replica_graph)
+        self.class_names = tuple(class_names or (str(i) for i in range(num_classes)))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"Expected {num_classes} class names. Received: {self.class_names}"
+            )
+
+        self.backbone = build_backbone(backbone, self.image_size, stem, self.width)
+        feature_dim = self.backbone.outputs[0].shape[-1]
+        self.feature_dim = int(feature_dim)
+        self.embedding = keras.layers.Dense(
+            self.embedding_dim, name="embedding", dtype="float32"
+        )
+        # Batch norm centres the embeddings, so cosines spread around 0 instead of
+        # all sitting near 1 (pooled ReLU features share a large common part); at
+        # inference it is a fixed affine map, so a query stays batch-independent.
+        self.embedding_bn = (
+            keras.layers.BatchNormalization(
+                momentum=0.9, name="embedding_bn", dtype="float32"
+            )
+            if embedding_norm == "batchnorm"
+            else None
+        )
+        if head == "ean":
+            self.head = GCNHead(
+                self.gcn_units,
+                self.num_classes,
+                self.gcn_dropout,
+                name="gcn_head",
+                dtype="float32",
+            )
+        else:
+            self.head = keras.layers.Dense(
+                self.num_classes, name="classifier", dtype="float32"
+            )
+        k = self.num_classes * self.bank_per_class
+        # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
+        # checkpoints carry it; a callback flips it, nothing retraces.
+        self.graph_enabled = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="graph_enabled"
+        )
+        # The reference bank: K = C * bank_per_class training samples, class-major.
+        self.bank_features = self.add_weight(
+            shape=(k, self.feature_dim),
+            initializer="zeros",
+            trainable=False,
+            name="bank_features",
+        )
+        self.bank_embeddings = self.add_weight(
+            shape=(k, self.embedding_dim),
+            initializer="zeros",
+            trainable=False,
+            name="bank_embeddings",
+        )
+        self.bank_valid = self.add_weight(
+            shape=(k,), initializer="zeros", trainable=False, name="bank_valid"
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.adj_tracker = keras.metrics.Mean(name="adj_loss")
+        self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
+        self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+        self.build((None, self.image_size, self.image_size, 3))
+
+    def build(self, input_shape):
+        self.embedding.build((None, self.feature_dim))
+        if self.embedding_bn is not None:
+            self.embedding_bn.build((None, self.embedding_dim))
+        if self.head_type == "ean":
+            self.head.build([(None, self.feature_dim), (None, None)])
+        else:
+            self.head.build((None, self.feature_dim))
+        self.built = True
+
+    # ---------------------------------------------------------------- forward ---
+    def features(self, images, training=False):
+        """images (B, S, S, 3) 0..255 -> pooled (B, Fd), embedding (B, E), conv3."""
+        pooled, conv3 = self.backbone(normalize(images), training=training)
+        pooled = tf.cast(pooled, tf.float32)
+        embeddings = self.embedding(pooled)  # (B, E)
+        if self.embedding_bn is not None:
+            embeddings = self.embedding_bn(embeddings, training=training)
+        return pooled, embeddings, conv3
+
+    def batch_graph(self, embeddings):
+        """Edges among the batch: (hard-or-straight-through A, C_s), both (B, B)."""
+        cs = adj.cosine_similarity(embeddings)  # (B, B)
+        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
+        if self.straight_through_edges:
+            soft = adj.relaxed_adjacency(
+                cs, self.tau1, self.tau2, self.temperature, self.signed_edges
+            )
+            a = adj.straight_through(a, soft)
+        return a * self.graph_enabled, cs
+
+    def classify(self, pooled, embeddings, graph: str, training=False):
+        """Logits (B, C) from features, in the `graph` inference mode."""
+        if self.head_type == "linear":
+            return self.head(pooled)
+        if graph == "isolated":
+            a_hat = tf.eye(tf.shape(pooled)[0])
+            return self.head([pooled, a_hat], training=training)
+        if graph == "batch":
+            a, _ = self.batch_graph(embeddings)
+            return self.head([pooled, adj.normalized_adjacency(a)], training=training)
+        if graph == "bank":
+            bank_e = self.bank_embeddings
+            a_hat = adj.bank_graph(
+                adj.cosine_similarity(bank_e),
+                adj.cosine_similarity(embeddings, bank_e),
+                self.tau1,
+                self.tau2,
+                self.signed_edges,
+                self.bank_valid,
+            )
+            n = tf.shape(a_hat)[0]
+            g = self.graph_enabled  # during the warm-up the graph is I
+            a_hat = g * a_hat + (1.0 - g) * tf.eye(n)
+            x = tf.concat([tf.cast(self.bank_features, pooled.dtype), pooled], axis=0)
+            k = tf.shape(self.bank_features)[0]
+            return self.head([x, a_hat], training=training)[k:]
+        raise ValueError(f"Expected graph in {INFERENCE_GRAPHS}. Received: {graph!r}")
+
+    def call(self, images, training=False, graph: str | None = None):
+        """Logits (B, C) for images (B, S, S, 3) in 0..255."""
+        pooled, embeddings, _ = self.features(images, training=training)
+        return self.classify(
+            pooled, embeddings, graph or self.inference_graph, training=training
+        )
+
+    def set_inference_graph(self, graph: str) -> None:
+        if graph not in INFERENCE_GRAPHS:
+            raise ValueError(
+                f"Expected inference_graph in {INFERENCE_GRAPHS}. Received: {graph!r}"
+            )
+        self.inference_graph = graph
+        self.predict_function = None
+        self.test_function = None
+
+    # --------------------------------------------------------------- training ---
+    @property
+    def metrics(self):
+        return [
+            self.loss_tracker,
+            self.ce_tracker,
+            self.adj_tracker,
+            self.edge_tracker,
+            self.accuracy,
+        ]
+
+    def _gather(self, x):
+        """All replicas' rows of x, in replica order (cross-replica graph)."""
+        ctx = tf.distribute.get_replica_context()
+        if not self.cross_replica_graph or ctx is None or ctx.num_replicas_in_sync == 1:
+            return x, 0
+        gathered = ctx.all_gather(x, axis=0)
+        local = tf.shape(x)[0]
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        return gathered, replica * local
+
+    def compute_losses(self, images, targets, training=True):
+        """Per-replica losses: (ce per example (B,), adj_loss scalar, logits, edges)."""
+        labels = tf.argmax(targets, axis=-1)
+        pooled, embeddings, _ = self.features(images, training=training)
+        b = tf.shape(pooled)[0]
+        if self.head_type == "linear":
+            logits = self.head(pooled)
+            adj_value = tf.constant(0.0)
+            edges = tf.constant(0.0)
+        else:
+            all_pooled, offset = self._gather(pooled)
+            all_emb, _ = self._gather(embeddings)
+            all_labels, _ = self._gather(labels)
+            a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
+            a_hat = adj.normalized_adjacency(a)
+            logits_all = self.head([all_pooled, a_hat], training=training)
+            logits = logits_all[offset : offset + b]
+            soft = adj.relaxed_adjacency(
+                cs, self.tau1, self.tau2, self.temperature, similar_only=True
+            )
+            adj_value = adj.adj_loss(soft, all_labels, self.adj_reduction)
+            adj_value = self.adj_loss_weight * self.graph_enabled * adj_value
+            edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
+            edges = edges / tf.cast(tf.shape(a)[0], tf.float32)
+        ce = keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
+        return ce, adj_value, logits, edges
+
+    def train_step(self, data):
+        images, targets = data[0], data[1]
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        with tf.GradientTape() as tape:
+            ce, adj_value, logits, edges = self.compute_losses(images, targets)
+            # Distribution-safe: the optimizer sums gradients over replicas.
+            loss = tf.nn.compute_average_loss(ce) + adj_value / replicas
+            if self.losses:
+                loss += tf.add_n(self.losses) / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(
+            zip(grads, self.trainable_variables, strict=True)
+        )
+        return self._update_metrics(ce, adj_value, logits, targets, edges)
+
+    def test_step(self, data):
+        images, targets = data[0], data[1]
+        logits = self(images, training=False)
+        ce = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+        return self._update_metrics(
+            ce, tf.constant(0.0), logits, targets, tf.constant(0.0)
+        )
+
+    def _update_metrics(self, ce, adj_value, logits, targets, edges):
+        mean_ce = tf.reduce_mean(ce)
+        self.loss_tracker.update_state(mean_ce + adj_value)
+        self.ce_tracker.update_state(mean_ce)
+        self.adj_tracker.update_state(adj_value)
+        self.edge_tracker.update_state(edges)
+        self.accuracy.update_state(targets, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    # ------------------------------------------------------------------- bank ---
+    def build_bank(
+        self, images_and_targets, max_per_class: int = 400, seed: int = 0
+    ) -> dict:
+        """Fills the reference bank from training batches (no augmentation).
+
+        Per class, among up to `max_per_class` candidates, takes the
+        `bank_per_class` samples whose embedding is closest (cosine) to the class
+        mean, preferring samples the isolated network classifies as their label (so
+        a noisy label is unlikely to enter the bank). Returns per-class counts.
+        """
+        feats, embs, labels, agree = [], [], [], []
+        seen = np.zeros(self.num_classes, np.int64)
+        for images, targets in images_and_targets:
+            pooled, emb, _ = self.features(images, training=False)
+            pred = tf.argmax(self.classify(pooled, emb, "isolated"), axis=-1)
+            y = np.argmax(np.asarray(targets), axis=-1)
+            feats.append(pooled.numpy())
+            embs.append(emb.numpy())
+            labels.append(y)
+            agree.append(pred.numpy() == y)
+            seen += np.bincount(y, minlength=self.num_classes)
+            if np.all(seen >= max_per_class):
+                break
+        feats, embs = np.concatenate(feats), np.concatenate(embs)
+        labels, agree = np.concatenate(labels), np.concatenate(agree)
+        k = self.bank_per_class
+        bank_f = np.zeros((self.num_classes * k, self.feature_dim), np.float32)
+        bank_e = np.zeros((self.num_classes * k, self.embedding_dim), np.float32)
+        valid = np.zeros(self.num_classes * k, np.float32)
+        counts = {}
+        for c in range(self.num_classes):
+            idx = np.flatnonzero(labels == c)[:max_per_class]
+            if len(idx) == 0:
+                counts[self.class_names[c]] = 0
+                continue
+            e = embs[idx] / (np.linalg.norm(embs[idx], axis=1, keepdims=True) + 1e-12)
+            centre = e.mean(0)
+            score = e @ centre + 2.0 * agree[idx]  # agreeing samples first
+            pick = idx[np.argsort(-score, kind="stable")[:k]]
+            n = len(pick)
+            bank_f[c * k : c * k + n] = feats[pick]
+            bank_e[c * k : c * k + n] = embs[pick]
+            valid[c * k : c * k + n] = 1.0
+            counts[self.class_names[c]] = n
+        self.bank_features.assign(bank_f)
+        self.bank_embeddings.assign(bank_e)
+        self.bank_valid.assign(valid)
+        return counts
+
+    # ---------------------------------------------------------- serialisation ---
+    def get_config(self):
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "backbone": self.backbone_name,
+            "stem": self.stem,
+            "width": self.width,
+            "head": self.head_type,
+            "embedding_dim": self.embedding_dim,
+            "embedding_norm": self.embedding_norm,
+            "gcn_units": list(self.gcn_units),
+            "gcn_dropout": self.gcn_dropout,
+            "tau1": self.tau1,
+            "tau2": self.tau2,
+            "temperature": self.temperature,
+            "straight_through": self.straight_through_edges,
+            "signed_edges": self.signed_edges,
+            "adj_loss_weight": self.adj_loss_weight,
+            "adj_reduction": self.adj_reduction,
+            "bank_per_class": self.bank_per_class,
+            "inference_graph": self.inference_graph,
+            "label_smoothing": self.label_smoothing,
+            "cross_replica_graph": self.cross_replica_graph,
+            "class_names": list(self.class_names),
+        }
+
+
+class AdjacencyWarmup(keras.callbacks.Callback):
+    """Keeps A = I and Adj_loss off for the first `epochs` epochs (paper: 50)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if hasattr(self.model, "graph_enabled"):
+            self.model.graph_enabled.assign(1.0 if epoch >= self.epochs else 0.0)
+
+
+def build_model(
+    model_config,
+    data_config,
+    num_classes: int,
+    class_names=None,
+    label_smoothing: float = 0.0,
+    cross_replica_graph: bool = False,
+) -> EAN:
+    """An `EAN` from a `ModelConfig` and `DataConfig`."""
+    m = model_config
+    return EAN(
+        num_classes=m.num_classes or num_classes,
+        image_size=data_config.image_size,
+        backbone=m.backbone,
+        stem=m.stem,
+        width=m.width,
+        head=m.head,
+        embedding_dim=m.embedding_dim,
+        embedding_norm=m.embedding_norm,
+        gcn_units=m.gcn_units,
+        gcn_dropout=m.gcn_dropout,
+        tau1=m.tau1,
+        tau2=m.tau2,
+        temperature=m.temperature,
+        straight_through=m.straight_through,
+        signed_edges=m.signed_edges,
+        adj_loss_weight=m.adj_loss_weight,
+        adj_reduction=m.adj_reduction,
+        bank_per_class=m.bank_per_class,
+        inference_graph="bank" if m.inference_graph == "all" else m.inference_graph,
+        label_smoothing=label_smoothing,
+        cross_replica_graph=cross_replica_graph,
+        class_names=class_names,
+        name="ean" if m.head == "ean" else "baseline",
+    )

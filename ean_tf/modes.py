@@ -1,0 +1,114 @@
+"""One function per `run.py --mode`, each taking a `Config` (never flags)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ean_tf.config import Config
+
+log = logging.getLogger("ean_tf")
+
+
+class NotAvailableError(RuntimeError):
+    """A mode that this version of the project does not provide yet."""
+
+
+def default_checkpoint(config: Config, checkpoint: str) -> str:
+    return checkpoint or os.path.join(config.train.run_dir, "model.keras")
+
+
+def run_train(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf.train import train
+
+    summary = train(config)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    acc = summary["accuracy"]
+    lines = [
+        "",
+        f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s.",
+        "Validation accuracy: "
+        + ", ".join(f"{g} graph {a:.4f}" for g, a in acc.items()),
+        f"  model (bank filled): {summary['model']}",
+        f"  best checkpoint:     {summary['best_model']}",
+        f"  metrics:             {summary['metrics']}",
+        f"  confusion matrix:    {summary['confusion']}",
+        f"  logs:                {summary['logs']}",
+        f"  TensorBoard:         {summary['tensorboard']}",
+        "Next: python run.py --mode=eval --inference_graph=all "
+        f"--run_dir={summary['run_dir']}",
+    ]
+    print("\n".join(lines))
+
+
+def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf import data as data_lib
+    from ean_tf import evaluate
+    from ean_tf.train import load_model
+
+    path = default_checkpoint(config, checkpoint)
+    model = load_model(path)
+    d = config.data
+    if model.image_size != d.image_size:
+        d = type(d)(**{**d.__dict__, "image_size": model.image_size})
+    splits = data_lib.load(d, seed=config.train.seed)
+    graph = config.model.inference_graph
+    graphs = ("bank", "batch", "isolated") if graph == "all" else (graph,)
+    if model.head_type == "linear":
+        graphs = ("isolated",)
+    out_dir = output or config.train.run_dir
+    noisy = os.path.join(config.train.run_dir, "noisy_labels.csv")
+    report = evaluate.evaluate_model(
+        model,
+        splits.val,
+        model.image_size,
+        config.train.batch_size,
+        out_dir,
+        graphs=graphs,
+        checkpoint=path,
+        noisy_labels=noisy if os.path.isfile(noisy) else None,
+        train_examples=splits.train,
+    )
+    for g, r in report["graphs"].items():
+        print(
+            f"{g:>8} graph: accuracy {r['accuracy']:.4f}, mean class accuracy "
+            f"{r['mean_class_accuracy']:.4f} on {r['num_samples']} images"
+        )
+    print(
+        f"Wrote {os.path.join(out_dir, 'metrics.json')} and "
+        f"{os.path.join(out_dir, 'confusion.png')}"
+    )
+
+
+def _not_yet(mode: str):
+    def run(config: Config, checkpoint: str = "", output: str = "") -> None:
+        raise NotAvailableError(
+            f"--mode={mode} is not available yet in this version of ean_tf."
+        )
+
+    return run
+
+
+def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf.data import prepare
+
+    out = output or os.path.join(config.data.data_dir or ".", "prepared")
+    manifest = prepare.prepare(config.data, out, config.data.no_face)
+    print(
+        f"Wrote {out}/manifest.json ({manifest['images_per_second']} images/s). "
+        f"Train with --dataset=tfrecord --data_dir={out}"
+    )
+
+
+MODES = {
+    "prepare": run_prepare,
+    "train": run_train,
+    "eval": run_eval,
+    "predict": _not_yet("predict"),
+    "export": _not_yet("export"),
+    "pretrain_generator": _not_yet("pretrain_generator"),
+    "visualize": _not_yet("visualize"),
+}

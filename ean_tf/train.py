@@ -1,0 +1,360 @@
+"""Training: strategy, data, model, schedule, checkpoints, resume and the summary.
+
+`train(config)` is what `run.py --mode=train` calls. A run folder holds:
+
+    config.json          the full configuration
+    last.keras           model + optimizer after the last finished epoch (resume)
+    state.json           epochs finished, steps done, best validation accuracy
+    best.keras           the best model by validation accuracy
+    model.keras          the final model, reference bank filled
+    log.csv, tb/         every metric per epoch; TensorBoard logs
+    metrics.json, confusion.png   the final evaluation (see evaluate.py)
+    noisy_labels.csv     with --noise_rate > 0: path, clean_label, noisy_label
+    bad_images.json      with --skip_bad_images: what was skipped and why
+
+Rerunning the same command after the process died continues from `last.keras`
+with the optimizer, the warm-up state, the step count and the data position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ean_tf import data as data_lib
+from ean_tf.config import Config
+from ean_tf.data import noise as noise_lib
+from ean_tf.data.pipeline import make_dataset
+from ean_tf.models.backbones import load_backbone_weights
+from ean_tf.models.ean import EAN, AdjacencyWarmup, build_model
+
+log = logging.getLogger("ean_tf")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what was kept."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy over 2+ local GPUs, else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError(
+                "--strategy=multi_worker needs the TF_CONFIG "
+                "environment variable (cluster and task)"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"Unknown --strategy={name!r}")
+
+
+@keras.saving.register_keras_serializable(package="ean_tf")
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then step decay (the paper) or cosine to zero."""
+
+    def __init__(
+        self,
+        peak: float,
+        steps_per_epoch: int,
+        epochs: int,
+        schedule: str = "step",
+        decay_epochs: int = 20,
+        decay_factor: float = 0.1,
+        warmup_epochs: int = 0,
+    ):
+        self.peak, self.steps_per_epoch, self.epochs = peak, steps_per_epoch, epochs
+        self.schedule, self.decay_epochs = schedule, decay_epochs
+        self.decay_factor, self.warmup_epochs = decay_factor, warmup_epochs
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        epoch = step / self.steps_per_epoch
+        warm = float(self.warmup_epochs)
+        if self.schedule == "cosine":
+            span = max(self.epochs - warm, 1e-6)
+            progress = tf.clip_by_value((epoch - warm) / span, 0.0, 1.0)
+            lr = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        else:
+            lr = self.peak * tf.pow(
+                self.decay_factor, tf.floor(epoch / self.decay_epochs)
+            )
+        if self.warmup_epochs > 0:
+            lr = tf.where(
+                epoch < warm, self.peak * (step + 1) / (warm * self.steps_per_epoch), lr
+            )
+        return lr
+
+    def get_config(self):
+        return dict(
+            peak=self.peak,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.epochs,
+            schedule=self.schedule,
+            decay_epochs=self.decay_epochs,
+            decay_factor=self.decay_factor,
+            warmup_epochs=self.warmup_epochs,
+        )
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.SGD:
+    t = config.train
+    lr = LearningRate(
+        t.learning_rate,
+        steps_per_epoch,
+        t.epochs,
+        t.lr_schedule,
+        t.lr_decay_epochs,
+        t.lr_decay_factor,
+        t.lr_warmup_epochs,
+    )
+    return keras.optimizers.SGD(
+        lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay or None,
+    )
+
+
+def _atomic_save(model: keras.Model, path: str) -> None:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "state.json")
+    if not os.path.isfile(path):
+        return {"epochs_done": 0, "steps_done": 0, "best_val_accuracy": None}
+    with open(path) as f:
+        return json.load(f)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch: `last.keras` + `state.json`, and `best.keras` when the
+    validation accuracy improved. Files are written then renamed, so a kill at
+    any moment leaves the previous complete checkpoint. A NaN loss stops the run
+    and keeps the last good checkpoint."""
+
+    def __init__(self, run_dir: str, steps_per_epoch: int, state: dict):
+        super().__init__()
+        self.run_dir, self.steps_per_epoch, self.state = run_dir, steps_per_epoch, state
+        self.nan_epoch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.nan_epoch = self.state["epochs_done"]
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_epoch is not None:
+            return
+        logs = logs or {}
+        self.state["epochs_done"] = epoch + 1
+        self.state["steps_done"] = (epoch + 1) * self.steps_per_epoch
+        val = logs.get("val_accuracy")
+        best = self.state.get("best_val_accuracy")
+        if val is not None and (best is None or val > best):
+            self.state["best_val_accuracy"] = float(val)
+            self.state["best_epoch"] = epoch + 1
+            _atomic_save(self.model, os.path.join(self.run_dir, "best.keras"))
+        _atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
+        _write_json(os.path.join(self.run_dir, "state.json"), self.state)
+
+
+def _bank_dataset(splits, config: Config, batch_size: int):
+    return make_dataset(
+        splits.train, config.data.image_size, batch_size, training=False
+    )
+
+
+def train(config: Config, verbose: int = 1) -> dict:
+    """Trains (or resumes) a run; returns the summary dict, also in summary.json."""
+    t0 = time.time()
+    d, m, t = config.data, config.model, config.train
+    run_dir = t.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    keras.utils.set_random_seed(t.seed)
+    if t.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    splits = data_lib.load(d, seed=t.seed)
+    if splits.bad_images:
+        _write_json(os.path.join(run_dir, "bad_images.json"), splits.bad_images)
+        log.warning(
+            "Skipped %d unreadable images, listed in %s",
+            len(splits.bad_images),
+            os.path.join(run_dir, "bad_images.json"),
+        )
+    if d.noise_rate > 0:
+        noise_lib.write_noisy_labels(
+            splits.train, os.path.join(run_dir, "noisy_labels.csv")
+        )
+    saved_config = config.to_dict()
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if json.loads(json.dumps(saved_config, default=str)) != previous:
+            log.warning(
+                "%s differs from this command's configuration; resuming "
+                "with this command's values",
+                config_path,
+            )
+    _write_json(config_path, saved_config)
+
+    strategy = make_strategy(t.strategy)
+    replicas = strategy.num_replicas_in_sync
+    batch = t.batch_size
+    if batch % replicas:
+        raise TrainingError(
+            f"--batch_size={batch} is not divisible by the {replicas} replicas"
+        )
+    steps = t.steps_per_epoch or max(1, len(splits.train) // batch)
+    graph_nodes = batch if m.head == "ean" else 0
+    log.info(
+        "Train %d, validation %d images, %d classes; %d replicas, %d steps "
+        "per epoch; graph over %s",
+        len(splits.train),
+        len(splits.val),
+        len(splits.class_names),
+        replicas,
+        steps,
+        f"{graph_nodes} nodes (global batch)"
+        if replicas == 1
+        else f"{batch // replicas} nodes per replica (local batch)",
+    )
+
+    state = read_state(run_dir)
+    last = os.path.join(run_dir, "last.keras")
+    resume = state["epochs_done"] > 0 and os.path.isfile(last)
+    with strategy.scope():
+        if resume:
+            model = keras.models.load_model(last)
+            log.info(
+                "Resuming %s after epoch %d (step %d)",
+                run_dir,
+                state["epochs_done"],
+                state["steps_done"],
+            )
+        else:
+            state = {"epochs_done": 0, "steps_done": 0, "best_val_accuracy": None}
+            model = build_model(
+                m, d, splits.train.num_classes, splits.class_names, t.label_smoothing
+            )
+            if m.backbone_weights:
+                load_backbone_weights(model.backbone, m.backbone_weights)
+            model.compile(
+                optimizer=make_optimizer(config, steps), jit_compile=t.jit_compile
+            )
+    validation_graph = "batch" if m.head == "ean" else "isolated"
+    model.set_inference_graph(validation_graph)
+
+    done = state["epochs_done"]
+    summary = {"run_dir": run_dir, "epochs_done": done}
+    if done < t.epochs:
+        train_ds = make_dataset(
+            splits.train,
+            d.image_size,
+            batch,
+            training=True,
+            seed=t.seed,
+            flip=d.random_flip,
+            crop_pad=d.random_crop_pad,
+            erasing=d.random_erasing,
+            cache=d.cache,
+            deterministic=d.deterministic,
+            balanced=d.balanced_sampling,
+            skip=state["steps_done"] * batch,
+            drop_remainder=True,
+        )
+        val_ds = make_dataset(
+            splits.val, d.image_size, batch, training=False, cache=d.cache
+        )
+        checkpoint = RunCheckpoint(run_dir, steps, state)
+        callbacks = [
+            AdjacencyWarmup(t.adj_warmup_epochs),
+            checkpoint,
+            keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=resume),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "tb"), write_graph=False),
+        ]
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=t.epochs,
+            initial_epoch=done,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
+        if checkpoint.nan_epoch is not None:
+            raise TrainingError(
+                f"The loss became NaN in epoch {checkpoint.nan_epoch + 1}; training "
+                f"stopped. The last good checkpoint ({state['epochs_done']} epochs) "
+                f"is {last}. Lower --learning_rate or check the data."
+            )
+    summary["epochs_done"] = state["epochs_done"]
+
+    # The reference bank, then the final model and its evaluation.
+    bank_counts = model.build_bank(_bank_dataset(splits, config, batch), seed=t.seed)
+    model.set_inference_graph(m.inference_graph)
+    final = os.path.join(run_dir, "model.keras")
+    _atomic_save(model, final)
+
+    from ean_tf import evaluate as evaluate_lib
+
+    report = evaluate_lib.evaluate_model(
+        model,
+        splits.val,
+        d.image_size,
+        batch,
+        run_dir,
+        graphs=("bank", "batch", "isolated") if m.head == "ean" else ("isolated",),
+        checkpoint=final,
+        noisy_labels=os.path.join(run_dir, "noisy_labels.csv")
+        if d.noise_rate > 0
+        else None,
+        train_examples=splits.train,
+    )
+    summary.update(
+        model=final,
+        best_model=os.path.join(run_dir, "best.keras"),
+        best_val_accuracy=state.get("best_val_accuracy"),
+        bank_per_class=bank_counts,
+        metrics=os.path.join(run_dir, "metrics.json"),
+        accuracy={g: r["accuracy"] for g, r in report["graphs"].items()},
+        confusion=os.path.join(run_dir, "confusion.png"),
+        logs=os.path.join(run_dir, "log.csv"),
+        tensorboard=os.path.join(run_dir, "tb"),
+        seconds=round(time.time() - t0, 1),
+    )
+    _write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary
+
+
+def load_model(path: str) -> EAN:
+    """Loads a `.keras` model written by `train` (custom objects registered)."""
+    if not os.path.isfile(path):
+        raise TrainingError(f"--checkpoint={path}: no such file")
+    return keras.models.load_model(path)

@@ -1,0 +1,154 @@
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import flags as ean_flags
+from ean_tf import config as config_lib
+from ean_tf.config import ConfigError, make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def parse():
+    def _parse(*args):
+        ean_flags.FLAGS.unparse_flags()
+        ean_flags.FLAGS(["run.py", *args])
+        return ean_flags.config_from_flags()
+
+    yield _parse
+    ean_flags.FLAGS.unparse_flags()
+
+
+def test_every_config_field_is_a_flag():
+    for name in config_lib.field_index():
+        assert name in ean_flags.FLAGS, name
+
+
+def test_defaults_give_the_default_preset(parse):
+    assert parse() == make_config("default")
+
+
+def test_preset_is_a_delta_of_the_default(parse):
+    config = parse("--config=tiny")
+    assert config.data.image_size == config_lib.PRESETS["tiny"]["image_size"]
+    # A field the preset does not name keeps the default.
+    assert config.model.tau1 == make_config().model.tau1
+
+
+def test_explicit_flag_overrides_the_preset(parse):
+    config = parse(
+        "--config=ferplus48",
+        "--epochs=3",
+        "--tau2=-0.4",
+        "--gcn_units=64,32",
+        "--ferplus_classes=7",
+        "--nostraight_through",
+    )
+    assert config.data.dataset == "ferplus"
+    assert config.train.epochs == 3
+    assert config.model.tau2 == -0.4
+    assert config.model.gcn_units == (64, 32)
+    assert config.data.ferplus_classes == 7
+
+
+def test_flag_equal_to_default_still_overrides_preset(parse):
+    default_size = make_config().data.image_size
+    config = parse("--config=tiny", f"--image_size={default_size}")
+    assert (
+        config.data.image_size
+        == default_size
+        != config_lib.PRESETS["tiny"]["image_size"]
+    )
+
+
+def test_tau2_minus_inf_parses(parse):
+    assert math.isinf(parse("--tau2=-inf").model.tau2)
+
+
+def test_flagfile(parse, tmp_path):
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("--config=tiny\n--epochs=5\n")
+    config = parse(f"--flagfile={flagfile}")
+    assert config.train.epochs == 5 and config.data.image_size == 32
+
+
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("noise_rate", 1.5, "noise_rate"),
+        ("tau2", 0.9, "below tau1"),
+        ("batch_size", 0, "batch_size"),
+        ("image_size", 8, "image_size"),
+    ],
+)
+def test_out_of_range_value_names_the_flag(name, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        make_config("default", **{name: value})
+
+
+def test_bad_list_value_names_the_flag(parse):
+    with pytest.raises(ConfigError, match="--gcn_units"):
+        parse("--gcn_units=a,b")
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="--config"):
+        make_config("nope")
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_cli_unknown_mode_is_one_line_naming_the_values():
+    result = _run("--mode=dance")
+    assert result.returncode != 0
+    err = result.stderr
+    assert "--mode" in err and "train" in err and "export" in err
+    assert "Traceback" not in err
+
+
+def test_cli_bad_enum_value():
+    result = _run("--backbone=resnet999")
+    assert result.returncode != 0
+    assert "--backbone" in result.stderr and "resnet18" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_out_of_range_value_is_one_line():
+    result = _run("--noise_rate=2", "--config=tiny")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: --noise_rate")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_mode_not_available_yet_exits_nonzero():
+    result = _run("--mode=visualize", "--config=tiny")
+    assert result.returncode != 0
+    assert "not available yet" in result.stderr
+
+
+def test_cli_helpfull_lists_modes_and_flags():
+    result = _run("--helpfull")
+    assert result.returncode == 0
+    for word in (
+        "--mode",
+        "prepare",
+        "pretrain_generator",
+        "--tau1",
+        "--noise_rate",
+        "--config",
+        "--strategy",
+    ):
+        assert word in result.stdout, word

@@ -1,0 +1,180 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ean_tf.models import backbones
+from ean_tf.models.ean import EAN, AdjacencyWarmup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=32, width=8, embedding_dim=16, gcn_units=(16,), bank_per_class=2)
+
+
+def _data(n=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n, 32, 32, 3)).astype(np.float32)
+    y = np.eye(classes, dtype=np.float32)[np.arange(n) % classes]
+    return x, y
+
+
+@pytest.mark.parametrize("name", backbones.BACKBONE_NAMES)
+@pytest.mark.parametrize("stem", ["imagenet", "small"])
+def test_backbone_outputs_pooled_and_conv3(name, stem):
+    model = backbones.build_backbone(name, 64 if stem == "imagenet" else 32, stem, 4)
+    pooled, conv3 = model(
+        np.zeros((2, model.input_shape[1], model.input_shape[2], 3), np.float32)
+    )
+    assert pooled.shape[0] == 2 and len(pooled.shape) == 2
+    assert conv3.shape[0] == 2 and len(conv3.shape) == 4
+
+
+def test_small_stem_keeps_resolution():
+    s1 = backbones.build_backbone("resnet18", 48, "small", 8)
+    s2 = backbones.build_backbone("resnet18", 48, "small_s2", 8)
+    big = backbones.build_backbone("resnet18", 48, "imagenet", 8)
+    assert s1.outputs[1].shape[1] == 12  # 48 / 4 at stage 3
+    assert s2.outputs[1].shape[1] == 6
+    assert big.outputs[1].shape[1] == 3
+
+
+def test_backbone_weights_round_trip_and_mismatch(tmp_path):
+    a = backbones.build_backbone("resnet18", 32, "small", 8)
+    path = str(tmp_path / "bb.weights.h5")
+    a.save_weights(path)
+    b = backbones.build_backbone("resnet18", 32, "small", 8)
+    backbones.load_backbone_weights(b, path)
+    for wa, wb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    wrong = backbones.build_backbone("resnet18", 32, "small", 16)
+    before = [w.numpy().copy() for w in wrong.weights]
+    with pytest.raises(ValueError, match=r"layer stem_conv: file has shapes"):
+        backbones.load_backbone_weights(wrong, path)
+    for w, v in zip(wrong.weights, before, strict=True):
+        np.testing.assert_array_equal(w.numpy(), v)  # nothing loaded half-way
+    with pytest.raises(ValueError, match="missing layers"):
+        backbones.load_backbone_weights(
+            backbones.build_backbone("vgg13", 32, "small", 8), path
+        )
+    with pytest.raises(ValueError, match="no such file"):
+        backbones.load_backbone_weights(b, str(tmp_path / "nope.weights.h5"))
+
+
+def test_constructor_errors_are_actionable():
+    with pytest.raises(ValueError, match="inference_graph"):
+        EAN(4, inference_graph="global", **TINY)
+    with pytest.raises(ValueError, match="tau2 < tau1"):
+        EAN(4, tau1=0.1, tau2=0.5, **TINY)
+
+
+def test_warmup_gcn_sees_identity_and_adj_loss_is_off():
+    model = EAN(4, tau1=-1.0, **TINY)  # tau1 = -1: every pair is an edge
+    x, y = _data()
+    model.graph_enabled.assign(0.0)
+    np.testing.assert_allclose(
+        model(x, graph="batch"), model(x, graph="isolated"), atol=1e-5
+    )
+    _, adj_value, _, edges = model.compute_losses(x, y, training=False)
+    assert float(adj_value) == 0 and float(edges) == 0
+    model.graph_enabled.assign(1.0)
+    assert not np.allclose(
+        model(x, graph="batch"), model(x, graph="isolated"), atol=1e-5
+    )
+    _, adj_value, _, edges = model.compute_losses(x, y, training=False)
+    assert float(edges) == 15  # all 15 other nodes
+
+
+def test_warmup_callback_flips_the_variable():
+    model = EAN(4, **TINY)
+    callback = AdjacencyWarmup(2)
+    callback.set_model(model)
+    flags = []
+    for epoch in range(4):
+        callback.on_epoch_begin(epoch)
+        flags.append(float(model.graph_enabled.numpy()))
+    assert flags == [0, 0, 1, 1]
+
+
+def test_adj_loss_gradient_reaches_the_embedding():
+    model = EAN(4, tau1=0.0, temperature=0.5, **TINY)
+    model.graph_enabled.assign(1.0)
+    x, y = _data()
+    with tf.GradientTape() as tape:
+        _, adj_value, _, _ = model.compute_losses(x, y)
+    grad = tape.gradient(adj_value, model.embedding.kernel)
+    assert grad is not None and float(tf.reduce_sum(tf.abs(grad))) > 0
+
+
+@pytest.mark.parametrize("head", ["ean", "linear"])
+def test_fit_lowers_the_loss(head):
+    keras.utils.set_random_seed(0)
+    model = EAN(4, head=head, tau1=0.3, **TINY)
+    model.graph_enabled.assign(1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = _data(32)
+    history = model.fit(x, y, batch_size=16, epochs=8, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def _trained_bank_model():
+    keras.utils.set_random_seed(1)
+    model = EAN(4, tau1=0.0, **TINY)
+    model.graph_enabled.assign(1.0)
+    x, y = _data(32)
+    counts = model.build_bank([(x, y)])
+    assert sum(counts.values()) == 8
+    assert float(tf.reduce_sum(model.bank_valid)) == 8
+    return model, x
+
+
+def test_bank_mode_answer_does_not_depend_on_the_batch():
+    model, x = _trained_bank_model()
+    alone = model(x[:1], graph="bank").numpy()
+    among = model(x, graph="bank").numpy()[:1]
+    padded = model(np.repeat(x[:1], 5, axis=0), graph="bank").numpy()
+    np.testing.assert_allclose(alone, among, atol=1e-5)
+    np.testing.assert_allclose(np.repeat(alone, 5, axis=0), padded, atol=1e-5)
+    # The batch graph, by contrast, does mix the batch.
+    b_alone = model(x[:1], graph="batch").numpy()
+    b_among = model(x, graph="batch").numpy()[:1]
+    assert not np.allclose(b_alone, b_among, atol=1e-5)
+    # The bank is used: bank and isolated answers differ.
+    assert not np.allclose(alone, model(x[:1], graph="isolated").numpy(), atol=1e-5)
+
+
+def test_keras_file_reloads_in_a_new_process(tmp_path):
+    model, x = _trained_bank_model()
+    path = str(tmp_path / "ean.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", x[:6])
+    np.save(tmp_path / "expected.npy", model(x[:6]).numpy())
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {ROOT!r})
+        import numpy as np, keras
+        import ean_tf
+        model = keras.models.load_model({path!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        got = model(x).numpy()
+        assert type(model).__name__ == "EAN", type(model)
+        assert model.inference_graph == "bank"
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        print("RELOAD_OK")
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert "RELOAD_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_config_round_trip():
+    model = EAN(4, tau2=-0.5, signed_edges=True, class_names=list("abcd"), **TINY)
+    clone = EAN.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    assert clone.count_params() == model.count_params()

@@ -1,0 +1,136 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ean_tf import evaluate
+from ean_tf.config import replace
+from ean_tf.train import read_state, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from ean_tf.config import make_config
+
+    tmp = tmp_path_factory.mktemp("train")
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp / "data"),
+        run_dir=str(tmp / "run"),
+        noise_rate=0.25,
+        noise_seed=1,
+    )
+    return config, train(config, verbose=0)
+
+
+def test_train_writes_every_output(trained):
+    config, summary = trained
+    run = config.train.run_dir
+    for name in (
+        "model.keras",
+        "best.keras",
+        "last.keras",
+        "state.json",
+        "log.csv",
+        "metrics.json",
+        "confusion.png",
+        "summary.json",
+        "config.json",
+        "noisy_labels.csv",
+    ):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert summary["epochs_done"] == config.train.epochs
+    assert set(summary["accuracy"]) == {"bank", "batch", "isolated"}
+    assert sum(summary["bank_per_class"].values()) > 0
+    with open(os.path.join(run, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == config.train.epochs
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_noise_file_has_exact_flip_count(trained):
+    config, _ = trained
+    with open(os.path.join(config.train.run_dir, "noisy_labels.csv")) as f:
+        rows = list(csv.DictReader(f))
+    n = config.data.default_train_size
+    assert len(rows) == n
+    assert sum(r["clean_label"] != r["noisy_label"] for r in rows) == round(0.25 * n)
+
+
+def test_metrics_json_is_consistent(trained):
+    config, _ = trained
+    with open(os.path.join(config.train.run_dir, "metrics.json")) as f:
+        report = json.load(f)
+    assert report["num_samples"] == config.data.default_val_size
+    for graph, result in report["graphs"].items():
+        cm = np.array(result["confusion_matrix"])
+        assert cm.sum() == result["num_samples"]
+        assert result["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+        assert result["inference_graph"] == graph
+    assert report["graphs"]["batch"]["batch_size"] == config.train.batch_size
+    flipped = report["flipped_labels"]
+    assert flipped["flipped"] == round(0.25 * config.data.default_train_size)
+    assert 0 <= flipped["predicted_clean"] <= flipped["flipped"]
+
+
+def test_rerun_resumes_and_continues(trained):
+    config, _ = trained
+    more = replace(config, epochs=config.train.epochs + 1)
+    summary = train(more, verbose=0)
+    assert summary["epochs_done"] == config.train.epochs + 1
+    assert read_state(config.train.run_dir)["epochs_done"] == config.train.epochs + 1
+    with open(os.path.join(config.train.run_dir, "log.csv")) as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == list(range(config.train.epochs + 1))
+
+
+def test_metrics_by_hand():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    preds = np.array([0, 1, 1, 1, 0, 2])
+    m = evaluate.classification_metrics(labels, preds, ("a", "b", "c"))
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_recall"] == pytest.approx({"a": 0.5, "b": 2 / 3, "c": 1.0})
+    assert m["mean_class_accuracy"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    # A class absent from the split does not count towards the mean.
+    m = evaluate.classification_metrics([0, 0], [0, 1], ("a", "b"))
+    assert m["per_class_recall"]["b"] is None and m["mean_class_accuracy"] == 0.5
+
+
+def test_cli_train_then_eval(tmp_path):
+    run = str(tmp_path / "run")
+    common = ["--config=tiny", f"--data_dir={tmp_path / 'data'}", f"--run_dir={run}"]
+    result = subprocess.run(
+        [sys.executable, "run.py", "--mode=train", "--epochs=1", *common],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Validation accuracy" in result.stdout and "--mode=eval" in result.stdout
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--mode=eval",
+            "--inference_graph=all",
+            f"--output={tmp_path / 'eval'}",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert set(report["graphs"]) == {"bank", "batch", "isolated"}
+    assert report["checkpoint"].endswith("model.keras")
+    assert os.path.isfile(tmp_path / "eval" / "confusion.png")
