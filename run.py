@@ -61,5 +61,13 @@ def main(argv):
         raise
 
 
+_HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull", "--helpxml")
+
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as exit_:
+        # absl exits with status 1 after printing help; asking for help succeeded.
+        if exit_.code == 1 and any(a in _HELP for a in sys.argv[1:]):
+            sys.exit(0)
+        raise

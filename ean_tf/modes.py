@@ -83,6 +83,37 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
     )
 
 
+def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> None:
+    import numpy as np
+
+    from ean_tf import data as data_lib
+    from ean_tf.data.pipeline import make_dataset
+    from ean_tf.train import load_model
+    from ean_tf.visualize import batch_graph_figure
+
+    model = load_model(default_checkpoint(config, checkpoint))
+    d = config.data
+    splits = data_lib.load(
+        type(d)(**{**d.__dict__, "image_size": model.image_size, "noise_rate": 0.0}),
+        seed=config.train.seed,
+    )
+    n = min(8, len(splits.val))
+    order = np.random.default_rng(config.train.seed).permutation(len(splits.val))[:n]
+    images, targets = next(
+        iter(
+            make_dataset(splits.val.select(order), model.image_size, n, training=False)
+        )
+    )
+    path = output or os.path.join(config.train.run_dir, "batch_graph.png")
+    info = batch_graph_figure(
+        model, images.numpy(), targets.numpy().argmax(1), splits.class_names, path
+    )
+    print(
+        f"Wrote {path}: {info['nodes']} faces, {info['similar_edges']} similar "
+        f"and {info['opposite_edges']} opposite edges"
+    )
+
+
 def _not_yet(mode: str):
     def run(config: Config, checkpoint: str = "", output: str = "") -> None:
         raise NotAvailableError(
@@ -110,5 +141,5 @@ MODES = {
     "predict": _not_yet("predict"),
     "export": _not_yet("export"),
     "pretrain_generator": _not_yet("pretrain_generator"),
-    "visualize": _not_yet("visualize"),
+    "visualize": run_visualize,
 }

@@ -56,7 +56,7 @@ def test_backbone_weights_round_trip_and_mismatch(tmp_path):
         backbones.load_backbone_weights(wrong, path)
     for w, v in zip(wrong.weights, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), v)  # nothing loaded half-way
-    with pytest.raises(ValueError, match="missing layers"):
+    with pytest.raises(ValueError, match="does not fit backbone"):
         backbones.load_backbone_weights(
             backbones.build_backbone("vgg13", 32, "small", 8), path
         )

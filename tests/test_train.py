@@ -134,3 +134,26 @@ def test_cli_train_then_eval(tmp_path):
     assert set(report["graphs"]) == {"bank", "batch", "isolated"}
     assert report["checkpoint"].endswith("model.keras")
     assert os.path.isfile(tmp_path / "eval" / "confusion.png")
+
+
+def test_visualize_draws_the_batch_graph(trained, tmp_path):
+    import keras
+
+    from ean_tf.visualize import batch_graph_figure
+
+    config, summary = trained
+    model = keras.models.load_model(summary["model"])
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(6) % 3
+    model.tau1, model.tau2 = 0.2, -0.2
+    path = tmp_path / "graph.png"
+    info = batch_graph_figure(model, images, labels, model.class_names, str(path))
+    from ean_tf.models import adjacency as adj
+
+    _, emb, _ = model.features(images)
+    cs = adj.cosine_similarity(emb).numpy()
+    upper = cs[np.triu_indices(6, 1)]
+    assert info["similar_edges"] == int(np.sum(upper >= 0.2))
+    assert info["opposite_edges"] == int(np.sum(upper <= -0.2))
+    assert path.stat().st_size > 10_000

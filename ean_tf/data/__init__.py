@@ -45,21 +45,25 @@ def read_split(data, split: str) -> Examples:
         raise DataError(f"--data_dir={root}: no such folder or file")
     if name == "default":
         csv_path = synthetic.generate(
-            root or DEFAULT_CACHE, data.default_train_size, data.default_val_size,
+            root or DEFAULT_CACHE,
+            data.default_train_size,
+            data.default_val_size,
             data.default_identities,
         )
         return generic.read_csv(csv_path, split, synthetic.CLASS_NAMES)
     if name == "ferplus":
-        return ferplus.read_split(root, split, data.ferplus_label_mode,
-                                  data.ferplus_classes)
+        return ferplus.read_split(
+            root, split, data.ferplus_label_mode, data.ferplus_classes
+        )
     if name == "rafdb":
         return rafdb.read_split(root, split)
     if name == "affectnet":
         return affectnet.read_split(root, split, data.affectnet_classes)
     if name == "folder":
         train_split = data.train_split or DEFAULT_SPLITS["folder"][0]
-        return generic.read_folder(root, split,
-                                   generic.folder_classes(root, train_split))
+        return generic.read_folder(
+            root, split, generic.folder_classes(root, train_split)
+        )
     if name == "csv":
         rows = generic.read_csv_rows(generic.csv_file(root))
         return generic.read_csv(root, split, generic.csv_classes(rows))
@@ -87,12 +91,15 @@ def load(data, seed: int = 0) -> DataSplits:
     else:
         train, val = read_split(data, train_name), read_split(data, val_name)
     if val.class_names != train.class_names:
-        raise DataError(f"{val.source}: classes {val.class_names} differ from the "
-                        f"training split's {train.class_names}")
+        raise DataError(
+            f"{val.source}: classes {val.class_names} differ from the "
+            f"training split's {train.class_names}"
+        )
     bad = []
     if data.dataset != "tfrecord":
-        train, bad_train = check_images(train, data.skip_bad_images,
-                                        data.validate_images)
+        train, bad_train = check_images(
+            train, data.skip_bad_images, data.validate_images
+        )
         val, bad_val = check_images(val, data.skip_bad_images, data.validate_images)
         bad = bad_train + bad_val
     if data.noise_rate > 0:

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                         [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    np.float64,
+)
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
@@ -45,8 +53,13 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarra
     import cv2
 
     matrix = similarity_transform(landmarks, template(size))
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -56,8 +69,11 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
-    return cv2.resize(image[y0:y0 + side, x0:x0 + side], (size, size),
-                      interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        image[y0 : y0 + side, x0 : x0 + side],
+        (size, size),
+        interpolation=cv2.INTER_AREA,
+    )
 
 
 class FaceAligner:
@@ -69,8 +85,7 @@ class FaceAligner:
     already-cropped faces (48 px FER images) can still be found.
     """
 
-    def __init__(self, size: int, min_face_size: int = 20,
-                 min_confidence: float = 0.9):
+    def __init__(self, size: int, min_face_size: int = 20, min_confidence: float = 0.9):
         from mtcnn import MTCNN
 
         self.size = size
@@ -86,8 +101,11 @@ class FaceAligner:
         factor = 1.0
         if min(h, w) < 4 * self.min_face_size:
             factor = 4 * self.min_face_size / min(h, w)
-            image_in = cv2.resize(image, (round(w * factor), round(h * factor)),
-                                  interpolation=cv2.INTER_CUBIC)
+            image_in = cv2.resize(
+                image,
+                (round(w * factor), round(h * factor)),
+                interpolation=cv2.INTER_CUBIC,
+            )
         else:
             image_in = image
         found = self.detector.detect_faces(image_in, min_face_size=self.min_face_size)
@@ -95,13 +113,17 @@ class FaceAligner:
         for face in found:
             if face["confidence"] < self.min_confidence:
                 continue
-            landmarks = np.array([face["keypoints"][k] for k in KEYPOINTS],
-                                 np.float64) / factor
+            landmarks = (
+                np.array([face["keypoints"][k] for k in KEYPOINTS], np.float64) / factor
+            )
             box = [int(round(v / factor)) for v in face["box"]]
-            results.append({
-                "box": box, "confidence": float(face["confidence"]),
-                "landmarks": landmarks,
-                "aligned": align_face(image, landmarks, self.size),
-            })
+            results.append(
+                {
+                    "box": box,
+                    "confidence": float(face["confidence"]),
+                    "landmarks": landmarks,
+                    "aligned": align_face(image, landmarks, self.size),
+                }
+            )
         results.sort(key=lambda f: -f["box"][2] * f["box"][3])
         return results

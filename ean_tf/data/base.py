@@ -43,8 +43,9 @@ class Examples:
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int64)
         if len(self.paths) != len(self.labels):
-            raise DataError(f"{self.source}: {len(self.paths)} paths but "
-                            f"{len(self.labels)} labels")
+            raise DataError(
+                f"{self.source}: {len(self.paths)} paths but {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -102,8 +103,9 @@ def _image_problem(path: str) -> str | None:
     return None
 
 
-def check_images(examples: Examples, skip_bad: bool, full_decode: bool = True,
-                 threads: int = 8) -> tuple[Examples, list[dict]]:
+def check_images(
+    examples: Examples, skip_bad: bool, full_decode: bool = True, threads: int = 8
+) -> tuple[Examples, list[dict]]:
     """Finds files that are missing, empty, not images or corrupt.
 
     Fails on the first bad file with a `DataError` naming it, unless `skip_bad`, in
@@ -117,8 +119,9 @@ def check_images(examples: Examples, skip_bad: bool, full_decode: bool = True,
             problems = list(pool.map(_image_problem, examples.paths, chunksize=256))
     else:
         problems = [
-            None if os.path.isfile(p) and os.path.getsize(p) > 0 else
-            ("file not found" if not os.path.exists(p) else "empty file")
+            None
+            if os.path.isfile(p) and os.path.getsize(p) > 0
+            else ("file not found" if not os.path.exists(p) else "empty file")
             for p in examples.paths
         ]
     bad = [i for i, p in enumerate(problems) if p is not None]

@@ -16,8 +16,16 @@ import numpy as np
 
 from ean_tf.data.base import DataError, Examples
 
-CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust",
-               "fear", "contempt")
+CLASS_NAMES = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+)
 VOTE_NAMES = CLASS_NAMES + ("unknown", "not_a_face")
 SPLITS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
@@ -71,27 +79,33 @@ def process_votes(votes, mode: str) -> np.ndarray:
     return np.asarray([e / s for e in emotion], np.float64)
 
 
-def read_split(data_dir: str, split: str, mode: str = "majority",
-               num_classes: int = 8) -> Examples:
+def read_split(
+    data_dir: str, split: str, mode: str = "majority", num_classes: int = 8
+) -> Examples:
     """Reads one FERPlus split; see the module docstring for the rules."""
     folder = os.path.join(data_dir, split)
     label_file = os.path.join(folder, "label.csv")
     if not os.path.isfile(label_file):
-        raise DataError(f"{label_file}: not found. --data_dir must hold FERPlus's "
-                        f"{'/'.join(SPLITS)} folders, each with a label.csv")
+        raise DataError(
+            f"{label_file}: not found. --data_dir must hold FERPlus's "
+            f"{'/'.join(SPLITS)} folders, each with a label.csv"
+        )
     paths, targets = [], []
     with open(label_file, newline="") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row:
                 continue
             if len(row) != 12:
-                raise DataError(f"{label_file}:{lineno}: expected 12 fields (name, box,"
-                                f" 10 votes), got {len(row)}: {row!r}")
+                raise DataError(
+                    f"{label_file}:{lineno}: expected 12 fields (name, box,"
+                    f" 10 votes), got {len(row)}: {row!r}"
+                )
             try:
                 votes = [float(v) for v in row[2:]]
             except ValueError:
-                raise DataError(f"{label_file}:{lineno}: votes are not numbers: "
-                                f"{row[2:]!r}") from None
+                raise DataError(
+                    f"{label_file}:{lineno}: votes are not numbers: {row[2:]!r}"
+                ) from None
             if any(v < 0 for v in votes):
                 raise DataError(f"{label_file}:{lineno}: negative vote count")
             if sum(votes) == 0:

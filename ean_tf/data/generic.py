@@ -23,8 +23,9 @@ def folder_classes(data_dir: str, split: str) -> tuple[str, ...]:
     root = os.path.join(data_dir, split)
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder (expected <data_dir>/<split>/<class>/)")
-    classes = tuple(sorted(d for d in os.listdir(root)
-                           if os.path.isdir(os.path.join(root, d))))
+    classes = tuple(
+        sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    )
     if not classes:
         raise DataError(f"{root}: no class sub-folders")
     return classes
@@ -35,8 +36,10 @@ def read_folder(data_dir: str, split: str, class_names: tuple[str, ...]) -> Exam
     present = folder_classes(data_dir, split)
     unknown = sorted(set(present) - set(class_names))
     if unknown:
-        raise DataError(f"{root}: class folders {unknown} are not classes of the "
-                        f"training split {list(class_names)}")
+        raise DataError(
+            f"{root}: class folders {unknown} are not classes of the "
+            f"training split {list(class_names)}"
+        )
     paths, labels = [], []
     for label, name in enumerate(class_names):
         folder = os.path.join(root, name)
@@ -47,31 +50,37 @@ def read_folder(data_dir: str, split: str, class_names: tuple[str, ...]) -> Exam
                 paths.append(os.path.join(folder, file))
                 labels.append(label)
     if not paths:
-        raise DataError(f"{root}: the split holds no image "
-                        f"({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(
+            f"{root}: the split holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+        )
     return Examples(paths, np.asarray(labels), class_names, source=root)
 
 
 def csv_file(data_dir: str) -> str:
-    return data_dir if data_dir.endswith(".csv") else os.path.join(data_dir,
-                                                                   "labels.csv")
+    return (
+        data_dir if data_dir.endswith(".csv") else os.path.join(data_dir, "labels.csv")
+    )
 
 
 def read_csv_rows(label_file: str) -> list[dict]:
     if not os.path.isfile(label_file):
-        raise DataError(f"{label_file}: not found (expected a CSV with header "
-                        "path,label[,split])")
+        raise DataError(
+            f"{label_file}: not found (expected a CSV with header path,label[,split])"
+        )
     with open(label_file, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
-            raise DataError(f"{label_file}:1: header must name the columns path and "
-                            f"label (and optionally split), got {fields}")
+            raise DataError(
+                f"{label_file}:1: header must name the columns path and "
+                f"label (and optionally split), got {fields}"
+            )
         rows = []
         for lineno, row in enumerate(reader, start=2):
             if None in row or not row.get("path") or row.get("label") in (None, ""):
-                raise DataError(f"{label_file}:{lineno}: expected "
-                                f"{','.join(fields)}, got {row!r}")
+                raise DataError(
+                    f"{label_file}:{lineno}: expected {','.join(fields)}, got {row!r}"
+                )
             row["_line"] = lineno
             rows.append(row)
     if not rows:
@@ -98,14 +107,20 @@ def read_csv(data_dir: str, split: str, class_names: tuple[str, ...]) -> Example
         if has_split and row["split"] != split:
             continue
         if row["label"] not in index:
-            raise DataError(f"{label_file}:{row['_line']}: unknown class "
-                            f"{row['label']!r}; classes are {list(class_names)}")
+            raise DataError(
+                f"{label_file}:{row['_line']}: unknown class "
+                f"{row['label']!r}; classes are {list(class_names)}"
+            )
         paths.append(os.path.join(base, row["path"]))
         labels.append(index[row["label"]])
         if "identity" in row:
             identities.append(int(row["identity"]))
     if not paths:
         raise DataError(f"{label_file}: no row of split {split!r}")
-    return Examples(paths, np.asarray(labels), class_names,
-                    identities=np.asarray(identities) if identities else None,
-                    source=label_file)
+    return Examples(
+        paths,
+        np.asarray(labels),
+        class_names,
+        identities=np.asarray(identities) if identities else None,
+        source=label_file,
+    )

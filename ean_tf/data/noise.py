@@ -11,8 +11,9 @@ import numpy as np
 from ean_tf.data.base import Examples
 
 
-def flip_labels(labels: np.ndarray, num_classes: int, rate: float,
-                seed: int) -> np.ndarray:
+def flip_labels(
+    labels: np.ndarray, num_classes: int, rate: float, seed: int
+) -> np.ndarray:
     """Flips exactly round(rate * N) labels, each to a different class.
 
     The flipped rows are chosen uniformly without replacement, and each new label is
@@ -38,8 +39,9 @@ def add_noise(examples: Examples, rate: float, seed: int) -> Examples:
     Soft targets (FERPlus probability modes) become one-hot noisy labels.
     """
     noisy = flip_labels(examples.labels, examples.num_classes, rate, seed)
-    return dataclasses.replace(examples, labels=noisy, targets=None,
-                               clean_labels=examples.labels.copy())
+    return dataclasses.replace(
+        examples, labels=noisy, targets=None, clean_labels=examples.labels.copy()
+    )
 
 
 def write_noisy_labels(examples: Examples, path: str) -> None:
@@ -58,6 +60,8 @@ def write_noisy_labels(examples: Examples, path: str) -> None:
 def read_noisy_labels(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return ([r["path"] for r in rows],
-            np.asarray([int(r["clean_label"]) for r in rows]),
-            np.asarray([int(r["noisy_label"]) for r in rows]))
+    return (
+        [r["path"] for r in rows],
+        np.asarray([int(r["clean_label"]) for r in rows]),
+        np.asarray([int(r["noisy_label"]) for r in rows]),
+    )

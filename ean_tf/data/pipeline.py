@@ -26,8 +26,12 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
 
 def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
     """(H, W, 3) or (B, H, W, 3) any dtype -> float32 0..255 at image_size."""
-    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
-                            method="bilinear", antialias=True)
+    image = tf.image.resize(
+        tf.cast(image, tf.float32),
+        [image_size, image_size],
+        method="bilinear",
+        antialias=True,
+    )
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
@@ -49,8 +53,13 @@ def crop_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
     return tf.cond(valid, lambda: image[y0:y1, x0:x1], lambda: image)
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor, flip: bool = True, crop_pad: int = 0,
-            erasing: float = 0.0) -> tf.Tensor:
+def augment(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    flip: bool = True,
+    crop_pad: int = 0,
+    erasing: float = 0.0,
+) -> tf.Tensor:
     """The paper's augmentation: random flip and crop, plus optional erasing.
 
     image: (S, S, 3) float32 0..255. seed: (2,) int — the same seed gives the same
@@ -61,17 +70,24 @@ def augment(image: tf.Tensor, seed: tf.Tensor, flip: bool = True, crop_pad: int 
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if crop_pad > 0:
-        padded = tf.image.pad_to_bounding_box(image, crop_pad, crop_pad,
-                                              size + 2 * crop_pad, size + 2 * crop_pad)
-        image = tf.image.stateless_random_crop(padded, tf.stack([size, size, 3]),
-                                               seeds[1])
+        padded = tf.image.pad_to_bounding_box(
+            image, crop_pad, crop_pad, size + 2 * crop_pad, size + 2 * crop_pad
+        )
+        image = tf.image.stateless_random_crop(
+            padded, tf.stack([size, size, 3]), seeds[1]
+        )
     if erasing > 0:
         image = random_erasing(image, seeds[2], erasing)
     return image
 
 
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, probability: float,
-                   area=(0.02, 0.25), aspect=(0.3, 3.3)) -> tf.Tensor:
+def random_erasing(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    probability: float,
+    area=(0.02, 0.25),
+    aspect=(0.3, 3.3),
+) -> tf.Tensor:
     """Zhong et al.'s random erasing: a rectangle filled with noise, with
     `probability`. Stateless: the same seed erases the same rectangle."""
     size = tf.cast(tf.shape(image)[0], tf.float32)
@@ -126,11 +142,21 @@ def _source(examples: Examples, image_size: int):
     return tf.data.Dataset.from_tensor_slices(columns), load
 
 
-def make_dataset(examples: Examples, image_size: int, batch_size: int,
-                 training: bool, seed: int = 0, flip: bool = True, crop_pad: int = 0,
-                 erasing: float = 0.0, cache: bool = False,
-                 deterministic: bool = False, balanced: bool = False,
-                 skip: int = 0, drop_remainder: bool = False) -> tf.data.Dataset:
+def make_dataset(
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    flip: bool = True,
+    crop_pad: int = 0,
+    erasing: float = 0.0,
+    cache: bool = False,
+    deterministic: bool = False,
+    balanced: bool = False,
+    skip: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """(images (B, S, S, 3) float32 0..255, targets (B, C) float32) batches.
 
     training: shuffled under `seed`, augmented, repeated forever (the trainer sets
@@ -156,12 +182,17 @@ def make_dataset(examples: Examples, image_size: int, batch_size: int,
     if balanced:
         labels = examples.labels
         if examples.records:
-            raise ValueError("balanced sampling reads image files; it is not "
-                             "available for TFRecord data yet")
-        per_class = [ds.filter(lambda *c, k=k: tf.argmax(c[1]) == k)
-                     .shuffle(max(int(np.sum(labels == k)), 1), seed=seed + k)
-                     .repeat() for k in range(examples.num_classes)
-                     if np.any(labels == k)]
+            raise ValueError(
+                "balanced sampling reads image files; it is not "
+                "available for TFRecord data yet"
+            )
+        per_class = [
+            ds.filter(lambda *c, k=k: tf.argmax(c[1]) == k)
+            .shuffle(max(int(np.sum(labels == k)), 1), seed=seed + k)
+            .repeat()
+            for k in range(examples.num_classes)
+            if np.any(labels == k)
+        ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
     else:
         buffer = min(len(examples), 20000) if examples.records else len(examples)
@@ -173,8 +204,9 @@ def make_dataset(examples: Examples, image_size: int, batch_size: int,
 
     def load_and_augment(index, cols):
         image, target = load_fn(*cols)
-        image = augment(image, tf.stack([tf.cast(seed, tf.int64), index]), flip,
-                        crop_pad, erasing)
+        image = augment(
+            image, tf.stack([tf.cast(seed, tf.int64), index]), flip, crop_pad, erasing
+        )
         return image, target
 
     ds = ds.map(load_and_augment, num_parallel_calls=AUTOTUNE)

@@ -45,16 +45,20 @@ def parse_record(record):
     """A serialized shard record -> (PNG bytes, index into the split)."""
     import tensorflow as tf
 
-    parsed = tf.io.parse_single_example(record, {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "index": tf.io.FixedLenFeature([], tf.int64),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-    })
+    parsed = tf.io.parse_single_example(
+        record,
+        {
+            "image": tf.io.FixedLenFeature([], tf.string),
+            "index": tf.io.FixedLenFeature([], tf.int64),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
     return parsed["image"], parsed["index"]
 
 
-def _write_shard(aligner, examples: Examples, rows, path: str, size: int,
-                 no_face: str) -> dict:
+def _write_shard(
+    aligner, examples: Examples, rows, path: str, size: int, no_face: str
+) -> dict:
     import cv2
     import tensorflow as tf
 
@@ -72,7 +76,7 @@ def _write_shard(aligner, examples: Examples, rows, path: str, size: int,
                 x, y, w, h = (int(v) for v in examples.boxes[i])
                 if w > 0 and h > 0:
                     m = max(w, h) // 4
-                    image = image[max(y - m, 0):y + h + m, max(x - m, 0):x + w + m]
+                    image = image[max(y - m, 0) : y + h + m, max(x - m, 0) : x + w + m]
             faces = aligner.faces(image)
             if faces:
                 crop = faces[0]["aligned"]
@@ -84,8 +88,11 @@ def _write_shard(aligner, examples: Examples, rows, path: str, size: int,
 
                 crop = center_crop(image, size)
             ok, png = cv2.imencode(".png", np.ascontiguousarray(crop[..., ::-1]))
-            writer.write(_example(png.tobytes(), int(i),
-                                  int(examples.labels[i])).SerializeToString())
+            writer.write(
+                _example(
+                    png.tobytes(), int(i), int(examples.labels[i])
+                ).SerializeToString()
+            )
             info["written"].append(int(i))
     with open(path + ".json.tmp", "w") as f:
         json.dump(info, f)
@@ -94,8 +101,7 @@ def _write_shard(aligner, examples: Examples, rows, path: str, size: int,
     return info
 
 
-def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True
-            ) -> dict:
+def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True) -> dict:
     """Aligns the training and validation splits of `data` into `out_dir`."""
     from ean_tf import data as data_lib
     from ean_tf.data.align import FaceAligner
@@ -103,15 +109,21 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True
     if no_face not in ("center", "skip"):
         raise ValueError(f"Expected no_face 'center' or 'skip'. Received: {no_face!r}")
     if data.dataset == "tfrecord":
-        raise DataError("--mode=prepare reads a raw data set; --dataset=tfrecord is "
-                        "its output")
+        raise DataError(
+            "--mode=prepare reads a raw data set; --dataset=tfrecord is its output"
+        )
     os.makedirs(out_dir, exist_ok=True)
     train_name = data.train_split or data_lib.DEFAULT_SPLITS[data.dataset][0]
     val_name = data.val_split or data_lib.DEFAULT_SPLITS[data.dataset][1]
     aligner = FaceAligner(data.image_size)
-    manifest = {"image_size": data.image_size, "source_dataset": data.dataset,
-                "source_dir": os.path.abspath(data.data_dir or ""),
-                "no_face_action": no_face, "detector": "mtcnn", "splits": {}}
+    manifest = {
+        "image_size": data.image_size,
+        "source_dataset": data.dataset,
+        "source_dir": os.path.abspath(data.data_dir or ""),
+        "no_face_action": no_face,
+        "detector": "mtcnn",
+        "splits": {},
+    }
     t0, processed = time.time(), 0
     for split in (train_name, val_name):
         examples = data_lib.read_split(data, split)
@@ -125,8 +137,9 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True
                 with open(path + ".json") as f:
                     info = json.load(f)  # finished before: not redone
             else:
-                info = _write_shard(aligner, examples, rows, path, data.image_size,
-                                    no_face)
+                info = _write_shard(
+                    aligner, examples, rows, path, data.image_size, no_face
+                )
                 processed += len(rows)
             shards.append(name)
             written += info["written"]
@@ -134,16 +147,22 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True
             unreadable += info["unreadable"]
             if progress:
                 rate = processed / max(time.time() - t0, 1e-6)
-                print(f"\r{split}: shard {s + 1}/{n_shards}, {rate:.1f} images/s",
-                      end="", flush=True)
+                print(
+                    f"\r{split}: shard {s + 1}/{n_shards}, {rate:.1f} images/s",
+                    end="",
+                    flush=True,
+                )
         if progress:
             print()
         kept = examples.select(np.asarray(sorted(written), np.int64))
         manifest["splits"][split] = {
-            "shards": shards, "num_images": len(kept),
-            "paths": kept.paths, "labels": kept.labels.tolist(),
+            "shards": shards,
+            "num_images": len(kept),
+            "paths": kept.paths,
+            "labels": kept.labels.tolist(),
             "indices": sorted(written),
-            "class_counts": kept.class_counts(), "no_face": no_faces,
+            "class_counts": kept.class_counts(),
+            "no_face": no_faces,
             "unreadable": unreadable,
         }
         manifest["class_names"] = list(examples.class_names)
@@ -151,12 +170,18 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True
     manifest["images_per_second"] = round(processed / max(time.time() - t0, 1e-6), 2)
     with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"),
-               os.path.join(out_dir, MANIFEST))
+    os.replace(
+        os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST)
+    )
     for split, info in manifest["splits"].items():
-        log.info("%s: %d images (%d without a face: %s), %d unreadable", split,
-                 info["num_images"], len(info["no_face"]), no_face,
-                 len(info["unreadable"]))
+        log.info(
+            "%s: %d images (%d without a face: %s), %d unreadable",
+            split,
+            info["num_images"],
+            len(info["no_face"]),
+            no_face,
+            len(info["unreadable"]),
+        )
     return manifest
 
 
@@ -168,13 +193,17 @@ def read_split(out_dir: str, split: str) -> Examples:
     with open(path) as f:
         manifest = json.load(f)
     if split not in manifest["splits"]:
-        raise DataError(f"{path}: no split {split!r}; it has "
-                        f"{list(manifest['splits'])}")
+        raise DataError(
+            f"{path}: no split {split!r}; it has {list(manifest['splits'])}"
+        )
     info = manifest["splits"][split]
     if info["num_images"] == 0:
         raise DataError(f"{path}: split {split!r} is empty")
     return Examples(
-        paths=info["paths"], labels=np.asarray(info["labels"]),
+        paths=info["paths"],
+        labels=np.asarray(info["labels"]),
         class_names=tuple(manifest["class_names"]),
         records=[os.path.join(out_dir, s) for s in info["shards"]],
-        record_indices=np.asarray(info["indices"], np.int64), source=path)
+        record_indices=np.asarray(info["indices"], np.int64),
+        source=path,
+    )

@@ -14,16 +14,25 @@ import numpy as np
 
 from ean_tf.data.base import DataError, Examples
 
-CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger",
-               "neutral")
+CLASS_NAMES = (
+    "surprise",
+    "fear",
+    "disgust",
+    "happiness",
+    "sadness",
+    "anger",
+    "neutral",
+)
 SPLITS = ("train", "test")
 
 
 def read_split(data_dir: str, split: str, aligned: bool | None = None) -> Examples:
     label_file = os.path.join(data_dir, "EmoLabel", "list_patition_label.txt")
     if not os.path.isfile(label_file):
-        raise DataError(f"{label_file}: not found. --data_dir must be the RAF-DB "
-                        "basic folder (EmoLabel/, Image/)")
+        raise DataError(
+            f"{label_file}: not found. --data_dir must be the RAF-DB "
+            "basic folder (EmoLabel/, Image/)"
+        )
     if split not in SPLITS:
         raise DataError(f"RAF-DB split {split!r} does not exist; expected {SPLITS}")
     if aligned is None:
@@ -35,12 +44,16 @@ def read_split(data_dir: str, split: str, aligned: bool | None = None) -> Exampl
                 continue
             parts = line.split()
             if len(parts) != 2 or not parts[1].isdigit():
-                raise DataError(f"{label_file}:{lineno}: expected '<image> <label>', "
-                                f"got {line.strip()!r}")
+                raise DataError(
+                    f"{label_file}:{lineno}: expected '<image> <label>', "
+                    f"got {line.strip()!r}"
+                )
             name, label = parts[0], int(parts[1])
             if not 1 <= label <= 7:
-                raise DataError(f"{label_file}:{lineno}: unknown class id {label} "
-                                "(RAF-DB basic labels are 1..7)")
+                raise DataError(
+                    f"{label_file}:{lineno}: unknown class id {label} "
+                    "(RAF-DB basic labels are 1..7)"
+                )
             if not name.startswith(split + "_"):
                 continue
             stem = os.path.splitext(name)[0]

@@ -21,8 +21,15 @@ import os
 
 import numpy as np
 
-CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust",
-               "fear")
+CLASS_NAMES = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+)
 RENDER_SIZE = 64
 _VERSION = 1
 
@@ -40,9 +47,12 @@ class Identity:
     @staticmethod
     def sample(rng: np.random.Generator) -> Identity:
         return Identity(
-            face_w=rng.uniform(0.30, 0.38), face_h=rng.uniform(0.38, 0.46),
-            skin=rng.uniform(120, 210), eye_dx=rng.uniform(0.13, 0.17),
-            eye_r=rng.uniform(0.035, 0.05), brow_t=int(rng.integers(2, 5)),
+            face_w=rng.uniform(0.30, 0.38),
+            face_h=rng.uniform(0.38, 0.46),
+            skin=rng.uniform(120, 210),
+            eye_dx=rng.uniform(0.13, 0.17),
+            eye_r=rng.uniform(0.035, 0.05),
+            brow_t=int(rng.integers(2, 5)),
             mouth_w=rng.uniform(0.11, 0.16),
         )
 
@@ -63,18 +73,23 @@ class View:
         occ_p = 0.6 if perturbed else 0.12
         occlusion = "none"
         if rng.random() < occ_p:
-            occlusion = str(rng.choice(["block", "eye_bar", "lower_mask"],
-                                       p=[0.6, 0.2, 0.2]))
+            occlusion = str(
+                rng.choice(["block", "eye_bar", "lower_mask"], p=[0.6, 0.2, 0.2])
+            )
         return View(
-            yaw=float(rng.uniform(-0.6, 0.6) * s), roll=float(rng.normal(0, 12 * s)),
+            yaw=float(rng.uniform(-0.6, 0.6) * s),
+            roll=float(rng.normal(0, 12 * s)),
             gamma=float(np.exp(rng.normal(0, 0.35 * s))),
-            light=float(rng.uniform(-0.7, 0.7) * s), occlusion=occlusion,
-            occ_x=float(rng.uniform(0.25, 0.75)), occ_y=float(rng.uniform(0.3, 0.75)),
+            light=float(rng.uniform(-0.7, 0.7) * s),
+            occlusion=occlusion,
+            occ_x=float(rng.uniform(0.25, 0.75)),
+            occ_y=float(rng.uniform(0.3, 0.75)),
         )
 
 
-def _draw_expression(img, ident: Identity, expression: int, intensity: float,
-                     scale: int):
+def _draw_expression(
+    img, ident: Identity, expression: int, intensity: float, scale: int
+):
     import cv2
 
     S = RENDER_SIZE * scale
@@ -84,39 +99,72 @@ def _draw_expression(img, ident: Identity, expression: int, intensity: float,
     dark = 30
     eye_y = cy - px(0.08)
     # Eyes: wide for surprise/fear, narrow for happiness/disgust/anger.
-    open_ = {0: 1.0, 1: 1 - 0.5 * k, 2: 1 + 0.6 * k, 3: 0.9, 4: 1 - 0.35 * k,
-             5: 1 - 0.45 * k, 6: 1 + 0.5 * k}[expression]
+    open_ = {
+        0: 1.0,
+        1: 1 - 0.5 * k,
+        2: 1 + 0.6 * k,
+        3: 0.9,
+        4: 1 - 0.35 * k,
+        5: 1 - 0.45 * k,
+        6: 1 + 0.5 * k,
+    }[expression]
     for side in (-1, 1):
         ex = cx + side * px(ident.eye_dx)
         r = max(px(ident.eye_r), 2)
-        cv2.ellipse(img, (ex, eye_y), (r + scale, max(int(r * open_), 1)), 0, 0, 360,
-                    235, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img,
+            (ex, eye_y),
+            (r + scale, max(int(r * open_), 1)),
+            0,
+            0,
+            360,
+            235,
+            -1,
+            cv2.LINE_AA,
+        )
         cv2.circle(img, (ex, eye_y), max(r // 2, 1), dark, -1, cv2.LINE_AA)
     # Brows: (inner, outer) heights relative to the eye, in face fractions.
-    raise_ = {0: (0.0, 0.0), 1: (0.01, 0.01), 2: (0.06, 0.06), 3: (0.05, -0.02),
-              4: (-0.05, 0.02), 5: (-0.03, -0.01), 6: (0.06, 0.03)}[expression]
+    raise_ = {
+        0: (0.0, 0.0),
+        1: (0.01, 0.01),
+        2: (0.06, 0.06),
+        3: (0.05, -0.02),
+        4: (-0.05, 0.02),
+        5: (-0.03, -0.01),
+        6: (0.06, 0.03),
+    }[expression]
     for side in (-1, 1):
-        inner = (cx + side * px(ident.eye_dx - 0.06),
-                 eye_y - px(0.08 + k * raise_[0]))
-        outer = (cx + side * px(ident.eye_dx + 0.07),
-                 eye_y - px(0.08 + k * raise_[1]))
+        inner = (cx + side * px(ident.eye_dx - 0.06), eye_y - px(0.08 + k * raise_[0]))
+        outer = (cx + side * px(ident.eye_dx + 0.07), eye_y - px(0.08 + k * raise_[1]))
         cv2.line(img, inner, outer, dark, ident.brow_t * scale, cv2.LINE_AA)
     # Nose.
-    cv2.line(img, (cx, cy - px(0.02)), (cx - px(0.02), cy + px(0.08)), dark + 40,
-             scale, cv2.LINE_AA)
+    cv2.line(
+        img,
+        (cx, cy - px(0.02)),
+        (cx - px(0.02), cy + px(0.08)),
+        dark + 40,
+        scale,
+        cv2.LINE_AA,
+    )
     if expression == 5:  # disgust: nose wrinkle
         for dy in (0.0, 0.025):
-            cv2.line(img, (cx - px(0.05), cy + px(0.02 + dy)),
-                     (cx - px(0.015), cy + px(0.035 + dy)), dark + 30, scale,
-                     cv2.LINE_AA)
+            cv2.line(
+                img,
+                (cx - px(0.05), cy + px(0.02 + dy)),
+                (cx - px(0.015), cy + px(0.035 + dy)),
+                dark + 30,
+                scale,
+                cv2.LINE_AA,
+            )
     # Mouth.
     my, mw = cy + px(0.2), px(ident.mouth_w)
     xs = np.linspace(-1, 1, 21)
     if expression in (2, 6):  # surprise: round O; fear: wide stretched opening
         h = px(0.03 + 0.07 * k) if expression == 2 else px(0.02 + 0.04 * k)
         w = int(mw * (0.55 if expression == 2 else 1.15))
-        cv2.ellipse(img, (cx, my), (max(w, 2), max(h, 2)), 0, 0, 360, dark, -1,
-                    cv2.LINE_AA)
+        cv2.ellipse(
+            img, (cx, my), (max(w, 2), max(h, 2)), 0, 0, 360, dark, -1, cv2.LINE_AA
+        )
         return
     curve = {0: 0.0, 1: 0.09, 3: -0.07, 4: -0.015, 5: 0.0}[expression] * k
     ys = -curve * (xs**2) + curve * 0.5
@@ -127,8 +175,14 @@ def _draw_expression(img, ident: Identity, expression: int, intensity: float,
     cv2.polylines(img, [pts], False, dark, 2 * scale, cv2.LINE_AA)
 
 
-def render_face(ident: Identity, expression: int, intensity: float, view: View,
-                rng: np.random.Generator, size: int = RENDER_SIZE) -> np.ndarray:
+def render_face(
+    ident: Identity,
+    expression: int,
+    intensity: float,
+    view: View,
+    rng: np.random.Generator,
+    size: int = RENDER_SIZE,
+) -> np.ndarray:
     """One face image, (size, size, 3) uint8 RGB (grey faces, coloured occluders)."""
     import cv2
 
@@ -137,9 +191,17 @@ def render_face(ident: Identity, expression: int, intensity: float, view: View,
     img = np.full((S, S), rng.uniform(40, 110), np.float32)
     img += rng.normal(0, 6, (8, 8)).repeat(S // 8, 0).repeat(S // 8, 1)  # background
     face = np.full((S, S), 0, np.uint8)
-    cv2.ellipse(face, (S // 2, S // 2 + 2 * scale),
-                (int(ident.face_w * S), int(ident.face_h * S)), 0, 0, 360, 255, -1,
-                cv2.LINE_AA)
+    cv2.ellipse(
+        face,
+        (S // 2, S // 2 + 2 * scale),
+        (int(ident.face_w * S), int(ident.face_h * S)),
+        0,
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     canvas = np.full((S, S), ident.skin, np.uint8)
     _draw_expression(canvas, ident, expression, intensity, scale)
     alpha = face.astype(np.float32) / 255
@@ -167,20 +229,21 @@ def render_face(ident: Identity, expression: int, intensity: float, view: View,
     if view.occlusion == "block":
         w = int(S * rng.uniform(0.2, 0.35))
         x0, y0 = int(view.occ_x * S - w / 2), int(view.occ_y * S - w / 2)
-        rgb[max(y0, 0):y0 + w, max(x0, 0):x0 + w] = colour
+        rgb[max(y0, 0) : y0 + w, max(x0, 0) : x0 + w] = colour
     elif view.occlusion == "eye_bar":
         y0 = int(S * 0.34)
-        rgb[y0:y0 + int(S * 0.1), int(S * 0.12):int(S * 0.88)] = colour
+        rgb[y0 : y0 + int(S * 0.1), int(S * 0.12) : int(S * 0.88)] = colour
     elif view.occlusion == "lower_mask":
         y0 = int(S * 0.62)
-        rgb[y0:int(S * 0.92), int(S * 0.2):int(S * 0.8)] = colour
+        rgb[y0 : int(S * 0.92), int(S * 0.2) : int(S * 0.8)] = colour
     rgb += rng.normal(0, 7, rgb.shape)
     rgb = cv2.resize(np.clip(rgb, 0, 255), (size, size), interpolation=cv2.INTER_AREA)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def sample_example(rng: np.random.Generator, identities: list[Identity],
-                   perturbed: bool = False):
+def sample_example(
+    rng: np.random.Generator, identities: list[Identity], perturbed: bool = False
+):
     """Draws (image, expression, identity id) from the built-in distribution."""
     ident_id = int(rng.integers(len(identities)))
     expression = int(rng.integers(len(CLASS_NAMES)))
@@ -190,8 +253,9 @@ def sample_example(rng: np.random.Generator, identities: list[Identity],
     return image, expression, ident_id
 
 
-def generate(out_dir: str, train_size: int, val_size: int, num_identities: int,
-             seed: int = 0) -> str:
+def generate(
+    out_dir: str, train_size: int, val_size: int, num_identities: int, seed: int = 0
+) -> str:
     """Writes the data set as PNGs plus `labels.csv`; returns the CSV's path.
 
     The folder name encodes every parameter, so a finished folder is reused and a
@@ -221,9 +285,16 @@ def generate(out_dir: str, train_size: int, val_size: int, num_identities: int,
     with open(os.path.join(tmp, "labels.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
     with open(os.path.join(tmp, "params.json"), "w") as f:
-        json.dump({"version": _VERSION, "train_size": train_size,
-                   "val_size": val_size, "identities": num_identities,
-                   "seed": seed}, f)
+        json.dump(
+            {
+                "version": _VERSION,
+                "train_size": train_size,
+                "val_size": val_size,
+                "identities": num_identities,
+                "seed": seed,
+            },
+            f,
+        )
     try:
         os.rename(tmp, final)
     except OSError:  # another process finished first

@@ -151,51 +151,79 @@ def load_backbone_weights(backbone: keras.Model, path: str) -> None:
     """
     if not os.path.isfile(path):
         raise ValueError(f"--backbone_weights={path}: no such file")
+    problems = _mismatch(backbone, path)
+    if problems:  # checked before loading: nothing loads half-way
+        raise ValueError(
+            f"--backbone_weights={path} does not fit backbone "
+            f"{backbone.name!r}: {problems}"
+        )
     before = [w.numpy() for w in backbone.weights]
     try:
         backbone.load_weights(path)
-    except Exception as error:  # noqa: BLE001 - re-raised with a layer list
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
         for w, value in zip(backbone.weights, before, strict=True):
             w.assign(value)
         raise ValueError(
-            f"--backbone_weights={path} does not fit backbone {backbone.name!r}: "
-            f"{_mismatch(backbone, path) or error}"
+            f"--backbone_weights={path} could not be loaded into "
+            f"{backbone.name!r}: {error}"
         ) from None
+
+
+def _file_keys(backbone: keras.Model) -> dict[str, keras.layers.Layer]:
+    """The keys Keras's weights file uses for the model's layers, in its order:
+    the snake_case class name, numbered from the second of a kind on."""
+    import re
+
+    keys, seen = {}, {}
+    for layer in backbone.layers:
+        base = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+        base = re.sub("([a-z])([A-Z])", r"\1_\2", base).lower()
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        keys[base if n == 0 else f"{base}_{n}"] = layer
+    return keys
 
 
 def _mismatch(backbone: keras.Model, path: str) -> str:
     """Lists the weighted layers that differ between `backbone` and the file."""
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover
-        return ""
+    import h5py
+
+    keys = _file_keys(backbone)
     expected = {
-        layer.name: [tuple(w.shape) for w in layer.weights]
-        for layer in backbone.layers
+        k: [tuple(w.shape) for w in layer.weights]
+        for k, layer in keys.items()
         if layer.weights
     }
     found = {}
     try:
         with h5py.File(path, "r") as f:
             group = f.get("layers", f)
-            for name in group:
-                vars_ = group[name].get("vars", {})
-                found[name] = [tuple(vars_[k].shape) for k in sorted(vars_, key=int)]
+            for key in group:
+                vars_ = group[key].get("vars", {})
+                shapes = [tuple(vars_[v].shape) for v in sorted(vars_, key=int)]
+                if shapes:
+                    found[key] = shapes
     except (OSError, ValueError, TypeError):
-        return "not a Keras weights file"
-    found = {k: v for k, v in found.items() if v}
-    missing = sorted(set(expected) - set(found))
+        return "not a Keras weights file (.weights.h5)"
+    name = lambda k: keys[k].name if k in keys else k
+    missing = sorted(name(k) for k in set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
     parts = []
     if missing:
         parts.append(
-            f"missing layers {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            f"layers missing from the file: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}"
         )
     if extra:
         parts.append(
-            f"unexpected layers {extra[:10]}{' ...' if len(extra) > 10 else ''}"
+            f"file entries with no layer here: {extra[:10]}"
+            f"{' ...' if len(extra) > 10 else ''}"
         )
+    shapes = [k for k in expected if k in found and expected[k] != found[k]]
     for k in shapes[:10]:
-        parts.append(f"layer {k}: file has shapes {found[k]}, model {expected[k]}")
+        parts.append(
+            f"layer {name(k)}: file has shapes {found[k]}, model {expected[k]}"
+        )
+    if len(shapes) > 10:
+        parts.append(f"... {len(shapes) - 10} more layers with other shapes")
     return "; ".join(parts)
