@@ -151,6 +151,11 @@ class TrainConfig:
         "tf.distribute strategy.",
         ("auto", "one_device", "mirrored", "multi_worker"),
     )
+    cross_replica_graph: bool = _f(
+        False,
+        "Gather all replicas' embeddings so the graph spans the global batch "
+        "(default: each replica's graph is its local batch).",
+    )
     mixed_precision: bool = _f(False, "mixed_float16 compute (GPUs).")
     jit_compile: bool = _f(False, "XLA-compile the train step (GPUs; slower on CPU).")
 

@@ -43,14 +43,11 @@ class TrainingError(RuntimeError):
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """auto: MirroredStrategy over 2+ local GPUs, else the default strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device"
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    """auto: MirroredStrategy over 2+ local GPUs, else the default strategy.
+
+    multi_worker must be made before TensorFlow runs anything (collectives are
+    configured at start-up), so it is checked first.
+    """
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise TrainingError(
@@ -58,7 +55,40 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                 "environment variable (cluster and task)"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        cpus = tf.config.list_logical_devices("CPU")
+        if not gpus and len(cpus) > 1:  # logical CPU devices (tests, debugging)
+            return tf.distribute.MirroredStrategy(
+                [c.name for c in cpus],
+                cross_device_ops=tf.distribute.ReductionToOneDevice(),
+            )
+        return tf.distribute.MirroredStrategy()
     raise TrainingError(f"Unknown --strategy={name!r}")
+
+
+def worker_run_dir(strategy: tf.distribute.Strategy, run_dir: str) -> tuple[str, bool]:
+    """(folder this process writes to, whether it is the chief).
+
+    Under MultiWorkerMirroredStrategy every worker trains and saves, but only the
+    chief (or worker 0 without a chief) writes to `run_dir`; the others write to
+    `run_dir/worker_<type>_<id>` so that no two processes write the same file.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return run_dir, True
+    task_id = resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and not has_chief
+    ):
+        return run_dir, True
+    return os.path.join(run_dir, f"worker_{task_type}_{task_id}"), False
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
@@ -182,6 +212,19 @@ class RunCheckpoint(keras.callbacks.Callback):
         _write_json(os.path.join(self.run_dir, "state.json"), self.state)
 
 
+def _truncate_log(path: str, epochs_done: int) -> None:
+    """Drops CSV rows of epochs that were not checkpointed (redone on resume)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    kept = lines[:1] + [
+        row for row in lines[1:] if int(row.split(",")[0]) < epochs_done
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(kept) + "\n")
+
+
 def _bank_dataset(splits, config: Config, batch_size: int):
     return make_dataset(
         splits.train, config.data.image_size, batch_size, training=False
@@ -192,7 +235,8 @@ def train(config: Config, verbose: int = 1) -> dict:
     """Trains (or resumes) a run; returns the summary dict, also in summary.json."""
     t0 = time.time()
     d, m, t = config.data, config.model, config.train
-    run_dir = t.run_dir
+    strategy = make_strategy(t.strategy)
+    run_dir, is_chief = worker_run_dir(strategy, t.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     keras.utils.set_random_seed(t.seed)
     if t.mixed_precision:
@@ -223,7 +267,6 @@ def train(config: Config, verbose: int = 1) -> dict:
             )
     _write_json(config_path, saved_config)
 
-    strategy = make_strategy(t.strategy)
     replicas = strategy.num_replicas_in_sync
     batch = t.batch_size
     if batch % replicas:
@@ -231,7 +274,12 @@ def train(config: Config, verbose: int = 1) -> dict:
             f"--batch_size={batch} is not divisible by the {replicas} replicas"
         )
     steps = t.steps_per_epoch or max(1, len(splits.train) // batch)
-    graph_nodes = batch if m.head == "ean" else 0
+    if m.head != "ean":
+        graph = "no graph (linear head)"
+    elif replicas == 1 or t.cross_replica_graph:
+        graph = f"{batch} nodes (the global batch)"
+    else:
+        graph = f"{batch // replicas} nodes per replica (the local batch)"
     log.info(
         "Train %d, validation %d images, %d classes; %d replicas, %d steps "
         "per epoch; graph over %s",
@@ -240,9 +288,7 @@ def train(config: Config, verbose: int = 1) -> dict:
         len(splits.class_names),
         replicas,
         steps,
-        f"{graph_nodes} nodes (global batch)"
-        if replicas == 1
-        else f"{batch // replicas} nodes per replica (local batch)",
+        graph,
     )
 
     state = read_state(run_dir)
@@ -260,7 +306,12 @@ def train(config: Config, verbose: int = 1) -> dict:
         else:
             state = {"epochs_done": 0, "steps_done": 0, "best_val_accuracy": None}
             model = build_model(
-                m, d, splits.train.num_classes, splits.class_names, t.label_smoothing
+                m,
+                d,
+                splits.train.num_classes,
+                splits.class_names,
+                t.label_smoothing,
+                t.cross_replica_graph,
             )
             if m.backbone_weights:
                 load_backbone_weights(model.backbone, m.backbone_weights)
@@ -271,7 +322,7 @@ def train(config: Config, verbose: int = 1) -> dict:
     model.set_inference_graph(validation_graph)
 
     done = state["epochs_done"]
-    summary = {"run_dir": run_dir, "epochs_done": done}
+    summary = {"run_dir": run_dir, "epochs_done": done, "chief": is_chief}
     if done < t.epochs:
         train_ds = make_dataset(
             splits.train,
@@ -292,10 +343,15 @@ def train(config: Config, verbose: int = 1) -> dict:
             splits.val, d.image_size, batch, training=False, cache=d.cache
         )
         checkpoint = RunCheckpoint(run_dir, steps, state)
+        log_csv = os.path.join(run_dir, "log.csv")
+        if resume:
+            _truncate_log(log_csv, done)
         callbacks = [
             AdjacencyWarmup(t.adj_warmup_epochs),
+            # The CSV row is written before the checkpoint, and rows past the
+            # checkpoint are dropped on resume: a kill in between loses nothing.
+            keras.callbacks.CSVLogger(log_csv, append=resume),
             checkpoint,
-            keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=resume),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tb"), write_graph=False),
         ]
         model.fit(

@@ -78,14 +78,15 @@ def test_warmup_gcn_sees_identity_and_adj_loss_is_off():
     np.testing.assert_allclose(
         model(x, graph="batch"), model(x, graph="isolated"), atol=1e-5
     )
-    _, adj_value, _, edges = model.compute_losses(x, y, training=False)
-    assert float(adj_value) == 0 and float(edges) == 0
+    _, adj_value, _, stats = model.compute_losses(x, y, training=False)
+    assert float(adj_value) == 0 and float(stats["edges_per_node"]) == 0
     model.graph_enabled.assign(1.0)
     assert not np.allclose(
         model(x, graph="batch"), model(x, graph="isolated"), atol=1e-5
     )
-    _, adj_value, _, edges = model.compute_losses(x, y, training=False)
-    assert float(edges) == 15  # all 15 other nodes
+    _, adj_value, _, stats = model.compute_losses(x, y, training=False)
+    assert float(stats["edges_per_node"]) == 15  # all 15 other nodes
+    assert float(stats["graph_nodes"]) == 16
 
 
 def test_warmup_callback_flips_the_variable():

@@ -168,6 +168,11 @@ def make_dataset(
     ds, load = _source(examples, image_size)
     options = tf.data.Options()
     options.deterministic = deterministic or not training
+    # Multi-worker: every worker reads the same rows and keeps its share of each
+    # batch (rows come from a list, not from per-worker files).
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
     if not training:
         ds = ds.map(load, num_parallel_calls=AUTOTUNE)
         if cache:

@@ -161,6 +161,7 @@ class EAN(keras.Model):
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.adj_tracker = keras.metrics.Mean(name="adj_loss")
         self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
+        self.nodes_tracker = keras.metrics.Mean(name="graph_nodes")
         self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
         self.build((None, self.image_size, self.image_size, 3))
 
@@ -240,6 +241,18 @@ class EAN(keras.Model):
         self.test_function = None
 
     # --------------------------------------------------------------- training ---
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer only.
+
+        Keras 3.15's TF trainer otherwise reduces a distributed data batch with
+        `strategy.reduce` to build the model symbolically, which fails under
+        MultiWorkerMirroredStrategy. EAN creates every weight in `__init__` and
+        compiles no loss or metric objects, so the optimizer is all that is left.
+        """
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return [
@@ -247,6 +260,7 @@ class EAN(keras.Model):
             self.ce_tracker,
             self.adj_tracker,
             self.edge_tracker,
+            self.nodes_tracker,
             self.accuracy,
         ]
 
@@ -255,24 +269,40 @@ class EAN(keras.Model):
         ctx = tf.distribute.get_replica_context()
         if not self.cross_replica_graph or ctx is None or ctx.num_replicas_in_sync == 1:
             return x, 0
-        gathered = ctx.all_gather(x, axis=0)
+        # A sum of zero-padded blocks rather than all_gather: one float all-reduce,
+        # the same collective as the gradients', which keeps replicas' collectives
+        # in the same order (all_gather's extra shape exchange did not, on CPUs).
+        # Needs equal local batches: the trainer drops the remainder.
         local = tf.shape(x)[0]
         replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-        return gathered, replica * local
+        before = replica * local
+        after = (ctx.num_replicas_in_sync - 1 - replica) * local
+        padded = tf.pad(x, [[before, after], [0, 0]])  # (R * B, D)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, padded), before
 
     def compute_losses(self, images, targets, training=True):
-        """Per-replica losses: (ce per example (B,), adj_loss scalar, logits, edges)."""
+        """Per-replica losses and graph statistics.
+
+        Returns (ce per example (B,), alpha * Adj_loss scalar, logits (B, C),
+        stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
+        under a multi-replica strategy the graph spans every replica's batch.
+        """
         labels = tf.argmax(targets, axis=-1)
         pooled, embeddings, _ = self.features(images, training=training)
         b = tf.shape(pooled)[0]
         if self.head_type == "linear":
             logits = self.head(pooled)
             adj_value = tf.constant(0.0)
-            edges = tf.constant(0.0)
+            edges, nodes = tf.constant(0.0), tf.constant(0.0)
         else:
-            all_pooled, offset = self._gather(pooled)
-            all_emb, _ = self._gather(embeddings)
-            all_labels, _ = self._gather(labels)
+            # One all_gather for all three, so replicas issue the same collective.
+            packed = tf.concat(
+                [pooled, embeddings, tf.cast(labels, tf.float32)[:, None]], axis=1
+            )  # (B, Fd + E + 1)
+            packed, offset = self._gather(packed)  # (N, Fd + E + 1)
+            all_pooled = packed[:, : self.feature_dim]
+            all_emb = packed[:, self.feature_dim : -1]
+            all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
             a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
             a_hat = adj.normalized_adjacency(a)
             logits_all = self.head([all_pooled, a_hat], training=training)
@@ -283,18 +313,19 @@ class EAN(keras.Model):
             adj_value = adj.adj_loss(soft, all_labels, self.adj_reduction)
             adj_value = self.adj_loss_weight * self.graph_enabled * adj_value
             edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
-            edges = edges / tf.cast(tf.shape(a)[0], tf.float32)
+            nodes = tf.cast(tf.shape(a)[0], tf.float32)
+            edges = edges / nodes
         ce = keras.losses.categorical_crossentropy(
             targets, logits, from_logits=True, label_smoothing=self.label_smoothing
         )
-        return ce, adj_value, logits, edges
+        return ce, adj_value, logits, {"edges_per_node": edges, "graph_nodes": nodes}
 
     def train_step(self, data):
         images, targets = data[0], data[1]
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         with tf.GradientTape() as tape:
-            ce, adj_value, logits, edges = self.compute_losses(images, targets)
+            ce, adj_value, logits, stats = self.compute_losses(images, targets)
             # Distribution-safe: the optimizer sums gradients over replicas.
             loss = tf.nn.compute_average_loss(ce) + adj_value / replicas
             if self.losses:
@@ -304,24 +335,31 @@ class EAN(keras.Model):
         self.optimizer.apply_gradients(
             zip(grads, self.trainable_variables, strict=True)
         )
-        return self._update_metrics(ce, adj_value, logits, targets, edges)
+        return self._update_metrics(ce, adj_value, logits, targets, stats)
 
     def test_step(self, data):
         images, targets = data[0], data[1]
         logits = self(images, training=False)
         ce = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
-        return self._update_metrics(
-            ce, tf.constant(0.0), logits, targets, tf.constant(0.0)
-        )
+        return self._update_metrics(ce, tf.constant(0.0), logits, targets)
 
-    def _update_metrics(self, ce, adj_value, logits, targets, edges):
+    def _update_metrics(self, ce, adj_value, logits, targets, stats=None):
         mean_ce = tf.reduce_mean(ce)
         self.loss_tracker.update_state(mean_ce + adj_value)
         self.ce_tracker.update_state(mean_ce)
         self.adj_tracker.update_state(adj_value)
-        self.edge_tracker.update_state(edges)
+        if stats is not None:
+            self.edge_tracker.update_state(stats["edges_per_node"])
+            self.nodes_tracker.update_state(stats["graph_nodes"])
         self.accuracy.update_state(targets, logits)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(
+            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            # Keras 3.15 reduces multi-worker logs with a mean over axis 0, which
+            # scalars do not have; the values are already synchronised.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     # ------------------------------------------------------------------- bank ---
     def build_bank(
