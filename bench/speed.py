@@ -4,8 +4,10 @@
     python bench/speed.py --sizes=32 --batches=8 --steps=2 --width=8   # smoke
 
 For each (size, batch): training images/s of EAN (graph on, batch graph) and of
-the linear head on the same backbone, and the time of the adjacency + GCN head
-alone (forward and backward on the pooled features) as a share of EAN's step.
+the linear head on the same backbone (the median of `--repeats` alternating
+measurements: the CPU's speed drifts between runs), and the time of the
+adjacency + GCN head alone (forward and backward on the pooled features) as a
+share of EAN's step.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["48", "112"], "Image sizes.")
 flags.DEFINE_list("batches", ["64", "128"], "Batch sizes.")
-flags.DEFINE_integer("steps", 12, "Timed steps per measurement.")
+flags.DEFINE_integer("steps", 8, "Timed steps per measurement.")
+flags.DEFINE_integer("repeats", 3, "Alternating EAN/linear measurements; median.")
 flags.DEFINE_integer("width", 64, "Backbone width (64 = ResNet-18).")
 flags.DEFINE_string("stem", "small_s2", "Backbone stem.")
 flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where the JSON goes.")
@@ -30,7 +33,8 @@ def _fit_speed(model, size, batch, steps):
     import numpy as np
     import tensorflow as tf
 
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    if getattr(model, "optimizer", None) is None:
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3))
     y = np.eye(model.num_classes)[np.arange(batch) % model.num_classes]
     ds = tf.data.Dataset.from_tensors((x.astype("float32"), y.astype("float32")))
@@ -86,6 +90,8 @@ def _head_time(model, batch, steps):
 
 def main(argv):
     del argv
+    import numpy as np
+
     from ean_tf.models.ean import EAN
 
     rows = []
@@ -93,17 +99,22 @@ def main(argv):
         for batch in map(int, FLAGS.batches):
             ean = EAN(8, image_size=size, width=FLAGS.width, stem=FLAGS.stem)
             ean.graph_enabled.assign(1.0)
-            ean_speed = _fit_speed(ean, size, batch, FLAGS.steps)
-            head = _head_time(ean, batch, FLAGS.steps)
             linear = EAN(
                 8, image_size=size, width=FLAGS.width, stem=FLAGS.stem, head="linear"
             )
-            linear_speed = _fit_speed(linear, size, batch, FLAGS.steps)
+            ean_runs, linear_runs = [], []
+            for _ in range(FLAGS.repeats):
+                ean_runs.append(_fit_speed(ean, size, batch, FLAGS.steps))
+                linear_runs.append(_fit_speed(linear, size, batch, FLAGS.steps))
+            ean_speed = float(np.median(ean_runs))
+            head = _head_time(ean, batch, FLAGS.steps)
             row = {
                 "image_size": size,
                 "batch": batch,
                 "ean_images_per_s": round(ean_speed, 1),
-                "linear_images_per_s": round(linear_speed, 1),
+                "linear_images_per_s": round(float(np.median(linear_runs)), 1),
+                "ean_runs": [round(v, 1) for v in ean_runs],
+                "linear_runs": [round(v, 1) for v in linear_runs],
                 "graph_head_ms": round(head * 1000, 2),
                 "graph_head_share": round(head / (batch / ean_speed), 4),
             }
@@ -111,7 +122,13 @@ def main(argv):
             rows.append(row)
     common.write_result(
         FLAGS.name,
-        {"width": FLAGS.width, "stem": FLAGS.stem, "steps": FLAGS.steps, "rows": rows},
+        {
+            "width": FLAGS.width,
+            "stem": FLAGS.stem,
+            "steps": FLAGS.steps,
+            "repeats": FLAGS.repeats,
+            "rows": rows,
+        },
         FLAGS.out_dir,
     )
 

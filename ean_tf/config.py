@@ -161,10 +161,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    export_dir: str = _f("exports/ean", "--mode=export: base folder of the versions.")
+    export_version: int = _f(0, "Version number to write (0: the next free one).")
+    max_image_bytes: int = _f(
+        10 * 1024 * 1024, "Largest encoded image serving_default accepts (bytes)."
+    )
+    images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
+    annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self):
         validate(self)
@@ -173,7 +185,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+}
 
 
 def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -381,3 +398,6 @@ def validate(config: Config) -> None:
     )
     _check(t.steps_per_epoch >= 0, "steps_per_epoch", "an int >= 0", t.steps_per_epoch)
     _check(bool(t.run_dir), "run_dir", "a non-empty path", t.run_dir)
+    e = config.export
+    _check(e.export_version >= 0, "export_version", "an int >= 0", e.export_version)
+    _check(e.max_image_bytes > 0, "max_image_bytes", "an int > 0", e.max_image_bytes)

@@ -114,6 +114,50 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
     )
 
 
+def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf.train import load_model
+    from export.serving import export_model
+
+    path = default_checkpoint(config, checkpoint)
+    model = load_model(path)
+    if model.head_type == "ean" and not float(model.bank_valid.numpy().sum()):
+        log.warning(
+            "%s has an empty reference bank: bank-graph answers equal the "
+            "isolated network's",
+            path,
+        )
+    e = config.export
+    final = export_model(model, e.export_dir, e.export_version, e.max_image_bytes)
+    base = os.path.abspath(e.export_dir)
+    print(f"Exported {path} to {final}")
+    print("Serve it with TensorFlow Serving:")
+    print(
+        f"  docker run -p 8501:8501 -p 8500:8500 -v {base}:/models/ean "
+        "-e MODEL_NAME=ean tensorflow/serving"
+    )
+
+
+def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf.predict import predict
+
+    if not config.export.images:
+        raise ValueError("--mode=predict needs --images=PATH|GLOB|DIR")
+    output = output or os.path.join(config.train.run_dir, "predictions.csv")
+    result = predict(
+        default_checkpoint(config, checkpoint),
+        config.export.images,
+        output,
+        config.export.annotate_dir,
+        config.data.no_face,
+    )
+    print(
+        f"{len(result['faces'])} faces classified, {len(result['problems'])} "
+        f"problems reported; wrote {output}"
+    )
+    for problem in result["problems"]:
+        print(f"  {problem['file']}: {problem['problem']}")
+
+
 def _not_yet(mode: str):
     def run(config: Config, checkpoint: str = "", output: str = "") -> None:
         raise NotAvailableError(
@@ -138,8 +182,8 @@ MODES = {
     "prepare": run_prepare,
     "train": run_train,
     "eval": run_eval,
-    "predict": _not_yet("predict"),
-    "export": _not_yet("export"),
+    "predict": run_predict,
+    "export": run_export,
     "pretrain_generator": _not_yet("pretrain_generator"),
     "visualize": run_visualize,
 }

@@ -134,7 +134,7 @@ def test_cli_out_of_range_value_is_one_line():
 
 
 def test_cli_mode_not_available_yet_exits_nonzero():
-    result = _run("--mode=export", "--config=tiny")
+    result = _run("--mode=pretrain_generator", "--config=tiny")
     assert result.returncode != 0
     assert "not available yet" in result.stderr
 

@@ -1,0 +1,209 @@
+"""`--mode=predict`: find every face in photos, align it, classify it.
+
+Input: a file, a folder (its images, sorted) or a glob. The classifier is a `.keras`
+model or an exported SavedModel folder (its `predict_images` signature). Faces are
+found and aligned by the same MTCNN aligner as `--mode=prepare`, at the model's
+input size. Output: a CSV or JSON file (by extension) with one row per face
+(file, face box, class, probabilities); with `annotate_dir`, copies of the photos
+with boxes and labels drawn. Unreadable files and photos without a face are
+reported in the output, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+
+from ean_tf.data.generic import IMAGE_EXTENSIONS
+
+
+def list_images(spec: str) -> list[str]:
+    """Files named by `spec`: a file, a folder (sorted) or a glob pattern."""
+    if os.path.isdir(spec):
+        return sorted(
+            os.path.join(spec, f)
+            for f in os.listdir(spec)
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    if os.path.isfile(spec):
+        return [spec]
+    matches = sorted(glob.glob(spec))
+    if not matches:
+        raise FileNotFoundError(f"--images={spec}: no such file, folder or pattern")
+    return matches
+
+
+class Classifier:
+    """Wraps a `.keras` model or a SavedModel: (B, S, S, 3) 0..255 -> probs."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        saved = os.path.join(path, "saved_model.pb")
+        if os.path.isdir(path) and os.path.isfile(saved):
+            loaded = tf.saved_model.load(path)
+            self._fn = loaded.signatures["predict_images"]
+            self._loaded = loaded
+            self.image_size = int(loaded.input_size.numpy())
+            self.class_names = [n.decode() for n in loaded.class_names.numpy()]
+            self.kind = "savedmodel"
+        else:
+            from ean_tf.train import load_model
+
+            self.model = load_model(path)
+            self.image_size = self.model.image_size
+            self.class_names = list(self.model.class_names)
+            self.kind = "keras"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        images = tf.constant(np.asarray(images, np.float32))
+        if self.kind == "savedmodel":
+            return self._fn(images=images)["probabilities"].numpy()
+        return tf.nn.softmax(self.model(images)).numpy()
+
+
+def predict(
+    model_path: str,
+    images: str,
+    output: str,
+    annotate_dir: str = "",
+    no_face: str = "center",
+    progress: bool = True,
+) -> dict:
+    """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
+    import cv2
+
+    from ean_tf.data.align import FaceAligner, center_crop
+
+    files = list_images(images)
+    classifier = Classifier(model_path)
+    aligner = FaceAligner(classifier.image_size)
+    rows, problems = [], []
+    bar = None
+    if progress and len(files) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="image", desc="predict")
+    for path in files:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bar is not None:
+            bar.update(1)
+        if image is None:
+            problems.append({"file": path, "problem": "unreadable (not an image?)"})
+            continue
+        rgb = np.ascontiguousarray(image[..., ::-1])
+        faces = aligner.faces(rgb)
+        if not faces:
+            problems.append({"file": path, "problem": "no face found"})
+            if no_face != "center":
+                continue
+            h, w = rgb.shape[:2]
+            side = min(h, w)
+            faces = [
+                {
+                    "box": [(w - side) // 2, (h - side) // 2, side, side],
+                    "confidence": 0.0,
+                    "aligned": center_crop(rgb, classifier.image_size),
+                }
+            ]
+        probs = classifier(np.stack([f["aligned"] for f in faces]))
+        for face, p in zip(faces, probs, strict=True):
+            index = int(np.argmax(p))
+            rows.append(
+                {
+                    "file": path,
+                    "box": [int(v) for v in face["box"]],
+                    "face_confidence": round(float(face["confidence"]), 4),
+                    "class_index": index,
+                    "class_name": classifier.class_names[index],
+                    "probabilities": {
+                        n: round(float(q), 5)
+                        for n, q in zip(classifier.class_names, p, strict=True)
+                    },
+                }
+            )
+        if annotate_dir:
+            _annotate(image, [r for r in rows if r["file"] == path], path, annotate_dir)
+    if bar is not None:
+        bar.close()
+    _write(output, rows, problems, classifier.class_names)
+    return {"faces": rows, "problems": problems, "output": output}
+
+
+def _annotate(image, rows, path, out_dir):
+    import cv2
+
+    os.makedirs(out_dir, exist_ok=True)
+    canvas = image.copy()
+    for row in rows:
+        x, y, w, h = row["box"]
+        p = max(row["probabilities"].values())
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 200, 0), 2)
+        cv2.putText(
+            canvas,
+            f"{row['class_name']} {p:.2f}",
+            (x, max(y - 6, 12)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (0, 200, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    cv2.imwrite(os.path.join(out_dir, os.path.basename(path)), canvas)
+
+
+def _write(output: str, rows, problems, class_names) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if output.endswith(".json"):
+        with open(output, "w") as f:
+            json.dump({"faces": rows, "problems": problems}, f, indent=2)
+        return
+    with open(output, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "file",
+                "x",
+                "y",
+                "w",
+                "h",
+                "face_confidence",
+                "class_index",
+                "class_name",
+                *class_names,
+                "problem",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r["file"],
+                    *r["box"],
+                    r["face_confidence"],
+                    r["class_index"],
+                    r["class_name"],
+                    *[r["probabilities"][n] for n in class_names],
+                    "",
+                ]
+            )
+        for p in problems:
+            writer.writerow(
+                [
+                    p["file"],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    *[""] * len(class_names),
+                    p["problem"],
+                ]
+            )

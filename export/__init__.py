@@ -1,0 +1,2 @@
+"""Export for TensorFlow Serving (`serving.py`) and a client for a running server
+(`client.py`)."""

@@ -1,0 +1,227 @@
+"""SavedModel export for TensorFlow Serving.
+
+`export_model(model, base_dir)` writes `base_dir/<version>/` (the next free integer
+unless given): first into a hidden temporary folder that TF Serving ignores, then
+renamed, so a server watching `base_dir` never loads half a model. Next to the
+SavedModel: `assets.extra/tf_serving_warmup_requests` (real PredictionLog
+records), and in `base_dir`, `batching_parameters.txt` and `models.config`
+examples.
+
+Signatures (see README "Serving"):
+  serving_default      image_bytes: string [None] (REST: {"b64": ...}) -> probabilities
+                       [None, C], class_index [None], class_name [None]; bank graph.
+  predict_images       images: float32 [None, H, W, 3] RGB 0..255 -> same; bank graph.
+  predict_batch_graph  the same input, the request's images as ONE graph (the
+                       paper's test protocol): an answer depends on the request.
+  embed                images -> features [None, Fd] (pooled) and embeddings [None, E].
+
+In the bank graph each image is joined only to the reference bank stored in the
+model, so TF Serving's batching (which merges clients' requests and pads a batch
+by repeating rows) never changes one client's answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from ean_tf.data.pipeline import decode_image, resize_image
+
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODEL_NAME = "ean"
+
+BATCHING_PARAMETERS = """\
+# TF Serving server-side batching (--enable_batching
+# --batching_parameters_file=batching_parameters.txt). Safe with the default
+# signature: its bank graph makes each image's answer independent of its batch.
+max_batch_size { value: 64 }
+batch_timeout_micros { value: 5000 }
+max_enqueued_batches { value: 100 }
+num_batch_threads { value: 4 }
+pad_variable_length_inputs: false
+"""
+
+MODELS_CONFIG = """\
+# TF Serving model config (--model_config_file=models.config).
+model_config_list {{
+  config {{
+    name: "{name}"
+    base_path: "/models/{name}"
+    model_platform: "tensorflow"
+    model_version_policy {{ latest {{ num_versions: 1 }} }}
+  }}
+}}
+"""
+
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+_MAGIC = [b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF8"]
+
+
+class ServingModule(tf.Module):
+    """The exported functions; holds the Keras model and its class names."""
+
+    def __init__(self, model, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        super().__init__(name="ean_serving")
+        self.model = model
+        self.image_size = int(model.image_size)
+        self.max_image_bytes = int(max_image_bytes)
+        # Variables, so that they travel in the SavedModel for clients to read.
+        self.class_names = tf.Variable(list(model.class_names), trainable=False)
+        self.input_size = tf.Variable(self.image_size, trainable=False)
+
+    def _decode_one(self, contents):
+        """One request image -> (S, S, 3) float32 0..255, or InvalidArgument."""
+        length = tf.strings.length(contents)
+        checks = [
+            tf.debugging.assert_greater(
+                length, 0, message="image_bytes: empty string, expected an image"
+            ),
+            tf.debugging.assert_less_equal(
+                length,
+                self.max_image_bytes,
+                message=f"image_bytes: image larger than the limit set at export, "
+                f"{self.max_image_bytes} bytes",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            known = tf.reduce_any(
+                [tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in _MAGIC]
+            )
+        check = tf.debugging.Assert(
+            known,
+            ["image_bytes: not a JPEG, PNG, BMP or GIF image (bytes do not decode)"],
+        )
+        with tf.control_dependencies([check]):
+            image = decode_image(contents)
+        return resize_image(image, self.image_size)
+
+    def _outputs(self, logits):
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        index = tf.argmax(probabilities, axis=-1)
+        return {
+            "probabilities": probabilities,
+            "class_index": index,
+            "class_name": tf.gather(self.class_names, index),
+        }
+
+    def _prepare(self, images):
+        return resize_image(images, self.image_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(self, image_bytes):
+        images = tf.map_fn(
+            self._decode_one,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec(
+                [self.image_size, self.image_size, 3], tf.float32
+            ),
+        )
+        return self._outputs(self.model(images, graph="bank"))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+        ]
+    )
+    def predict_images(self, images):
+        return self._outputs(self.model(self._prepare(images), graph="bank"))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+        ]
+    )
+    def predict_batch_graph(self, images):
+        return self._outputs(self.model(self._prepare(images), graph="batch"))
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+        ]
+    )
+    def embed(self, images):
+        features, embeddings, _ = self.model.features(self._prepare(images))
+        return {"features": features, "embeddings": embeddings}
+
+
+def next_version(base_dir: str) -> int:
+    """1 + the largest integer folder name in `base_dir` (1 when none)."""
+    if not os.path.isdir(base_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def warmup_records(image_size: int, count: int = 4) -> list[bytes]:
+    """Serialized PredictionLog records for `serving_default` (grey PNG faces)."""
+    import cv2
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(count):
+        image = rng.integers(90, 170, (image_size, image_size, 3), np.uint8)
+        ok, png = cv2.imencode(".png", image)
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(
+                name=MODEL_NAME, signature_name="serving_default"
+            )
+        )
+        request.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([png.tobytes()] * (i + 1), dtype=tf.string)
+        )
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        records.append(log.SerializeToString())
+    return records
+
+
+def export_model(
+    model,
+    base_dir: str,
+    version: int = 0,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> str:
+    """Writes the SavedModel to `base_dir/<version>/`; returns that path."""
+    os.makedirs(base_dir, exist_ok=True)
+    version = version or next_version(base_dir)
+    final = os.path.join(base_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(
+            f"--export_version={version}: {final} already exists; "
+            "omit the flag to take the next free version"
+        )
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    try:
+        module = ServingModule(model, max_image_bytes)
+        signatures = {
+            "serving_default": module.serve_bytes,
+            "predict_images": module.predict_images,
+            "predict_batch_graph": module.predict_batch_graph,
+            "embed": module.embed,
+        }
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        extra = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+            for record in warmup_records(module.image_size):
+                writer.write(record)
+        os.rename(tmp, final)  # atomic: the version appears complete or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for name, text in (
+        ("batching_parameters.txt", BATCHING_PARAMETERS),
+        ("models.config", MODELS_CONFIG.format(name=MODEL_NAME)),
+    ):
+        path = os.path.join(base_dir, name)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(text)
+    return final

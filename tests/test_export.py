@@ -1,0 +1,168 @@
+import os
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ean_tf.data.pipeline import decode_image, resize_image
+from ean_tf.models.ean import EAN
+from export import serving
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(3)
+    model = EAN(
+        4,
+        image_size=SIZE,
+        width=8,
+        embedding_dim=16,
+        gcn_units=(16,),
+        bank_per_class=2,
+        tau1=0.0,
+        class_names=["a", "b", "c", "d"],
+    )
+    model.graph_enabled.assign(1.0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
+    model.build_bank([(x, np.eye(4, dtype=np.float32)[np.arange(32) % 4])])
+    base = str(tmp_path_factory.mktemp("exports"))
+    path = serving.export_model(model, base, max_image_bytes=20_000)
+    return model, base, path, tf.saved_model.load(path)
+
+
+def _png(seed, size=40):
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_version_folder_and_side_files(exported):
+    _, base, path, _ = exported
+    assert path == os.path.join(base, "1")
+    assert os.path.isfile(os.path.join(base, "batching_parameters.txt"))
+    assert "model_config_list" in open(os.path.join(base, "models.config")).read()
+    assert [d for d in os.listdir(base) if d.startswith(".tmp")] == []
+
+
+def test_outputs_equal_the_keras_model(exported):
+    model, _, _, loaded = exported
+    x = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype("float32")
+    bank = loaded.signatures["predict_images"](images=tf.constant(x))
+    np.testing.assert_allclose(
+        bank["probabilities"], tf.nn.softmax(model(x, graph="bank")), atol=1e-5
+    )
+    batch = loaded.signatures["predict_batch_graph"](images=tf.constant(x))
+    np.testing.assert_allclose(
+        batch["probabilities"], tf.nn.softmax(model(x, graph="batch")), atol=1e-5
+    )
+    embed = loaded.signatures["embed"](images=tf.constant(x))
+    pooled, emb, _ = model.features(x)
+    np.testing.assert_allclose(embed["features"], pooled, atol=1e-5)
+    np.testing.assert_allclose(embed["embeddings"], emb, atol=1e-5)
+    names = [n.decode() for n in bank["class_name"].numpy()]
+    assert names == [model.class_names[i] for i in bank["class_index"].numpy()]
+
+
+def test_serving_default_decodes_like_training(exported):
+    model, _, _, loaded = exported
+    data = [_png(i) for i in range(3)]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(data))
+    images = tf.stack([resize_image(decode_image(tf.constant(d)), SIZE) for d in data])
+    np.testing.assert_allclose(
+        out["probabilities"], tf.nn.softmax(model(images, graph="bank")), atol=1e-5
+    )
+    assert out["probabilities"].shape == (3, 4)
+
+
+def test_answer_is_the_same_alone_among_63_and_padded(exported):
+    *_, loaded = exported
+    serve = loaded.signatures["serving_default"]
+    query = _png(100)
+    alone = serve(image_bytes=tf.constant([query]))["probabilities"].numpy()[0]
+    crowd = [query] + [_png(200 + i) for i in range(63)]
+    among = serve(image_bytes=tf.constant(crowd))["probabilities"].numpy()[0]
+    padded = serve(image_bytes=tf.constant([query] * 8))["probabilities"].numpy()
+    np.testing.assert_allclose(alone, among, atol=1e-5)
+    np.testing.assert_allclose(np.tile(alone, (8, 1)), padded, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (b"definitely not an image", "not a JPEG, PNG, BMP or GIF"),
+        (b"", "empty string"),
+        (b"\x89PNG" + b"\x00" * 30_000, "larger than the limit set at export"),
+    ],
+)
+def test_bad_request_fails_clearly_and_serving_goes_on(exported, bad, message):
+    *_, loaded = exported
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(image_bytes=tf.constant([_png(1), bad]))
+    out = serve(image_bytes=tf.constant([_png(1)]))
+    assert out["probabilities"].shape == (1, 4)
+
+
+def test_interrupted_export_leaves_no_version(exported, tmp_path, monkeypatch):
+    model, *_ = exported
+
+    def broken(*args, **kwargs):
+        os.makedirs(os.path.join(args[1], "variables"), exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.saved_model, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        serving.export_model(model, str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_next_export_takes_the_next_version(exported, tmp_path):
+    model, *_ = exported
+    os.makedirs(tmp_path / "3")
+    assert serving.next_version(str(tmp_path)) == 4
+    with pytest.raises(FileExistsError):
+        serving.export_model(model, str(tmp_path), version=3)
+
+
+def test_warmup_records_parse(exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    *_, path, loaded = exported
+    file = os.path.join(path, "assets.extra", serving.WARMUP_FILE)
+    records = list(tf.data.TFRecordDataset(file).as_numpy_iterator())
+    assert len(records) >= 1
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        assert request.model_spec.signature_name == "serving_default"
+        images = tf.make_ndarray(request.inputs["image_bytes"])
+        out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+        assert out["probabilities"].shape[0] == len(images)
+
+
+def test_saved_model_cli_shows_the_signatures(exported):
+    *_, path, _ = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run(
+        [cli, "show", "--dir", path, "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in (
+        "serving_default",
+        "predict_images",
+        "predict_batch_graph",
+        "embed",
+        "image_bytes",
+        "probabilities",
+        "class_name",
+    ):
+        assert name in result.stdout, name

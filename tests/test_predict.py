@@ -1,0 +1,196 @@
+import base64
+import csv
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ean_tf.models.ean import EAN
+from ean_tf.predict import list_images, predict
+from export import client, serving
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = ["neutral", "happiness", "surprise", "sadness"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A small EAN as .keras and as an exported SavedModel, plus photos."""
+    from skimage import data as skdata
+
+    tmp = tmp_path_factory.mktemp("predict")
+    keras.utils.set_random_seed(0)
+    model = EAN(
+        4,
+        image_size=48,
+        width=8,
+        embedding_dim=16,
+        gcn_units=(16,),
+        bank_per_class=2,
+        class_names=NAMES,
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
+    model.build_bank([(x, np.eye(4, dtype="float32")[np.arange(16) % 4])])
+    model.save(str(tmp / "model.keras"))
+    saved = serving.export_model(model, str(tmp / "exports"))
+    photos = tmp / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "astronaut.jpg"), skdata.astronaut()[..., ::-1])
+    noise = np.random.default_rng(1).integers(0, 256, (64, 80, 3), np.uint8)
+    cv2.imwrite(str(photos / "texture.png"), noise)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    return model, str(tmp / "model.keras"), saved, photos, tmp
+
+
+def test_list_images(models):
+    *_, photos, _ = models
+    assert [os.path.basename(p) for p in list_images(str(photos))] == [
+        "astronaut.jpg",
+        "broken.jpg",
+        "texture.png",
+    ]
+    assert list_images(str(photos / "*.png")) == [str(photos / "texture.png")]
+    with pytest.raises(FileNotFoundError, match="--images"):
+        list_images(str(photos / "nope*.gif"))
+
+
+@pytest.mark.parametrize("which", ["keras", "savedmodel"])
+def test_predict_finds_and_classifies_the_face(models, which):
+    model, keras_path, saved, photos, tmp = models
+    out = str(tmp / f"pred_{which}.csv")
+    result = predict(
+        keras_path if which == "keras" else saved,
+        str(photos),
+        out,
+        annotate_dir=str(tmp / f"annotated_{which}"),
+        no_face="skip",
+        progress=False,
+    )
+    faces = result["faces"]
+    assert [os.path.basename(f["file"]) for f in faces] == ["astronaut.jpg"]
+    x, y, w, h = faces[0]["box"]
+    assert 120 < x + w / 2 < 300 and 50 < y + h / 2 < 200
+    assert faces[0]["class_name"] in NAMES
+    assert sum(faces[0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    problems = {os.path.basename(p["file"]): p["problem"] for p in result["problems"]}
+    assert problems == {
+        "broken.jpg": "unreadable (not an image?)",
+        "texture.png": "no face found",
+    }
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 3 and rows[0]["class_name"] == faces[0]["class_name"]
+    assert os.path.isfile(tmp / f"annotated_{which}" / "astronaut.jpg")
+
+
+def test_keras_and_savedmodel_predictions_agree(models):
+    _, keras_path, saved, photos, tmp = models
+    a = predict(
+        keras_path, str(photos / "astronaut.jpg"), str(tmp / "a.json"), progress=False
+    )
+    b = predict(
+        saved, str(photos / "astronaut.jpg"), str(tmp / "b.json"), progress=False
+    )
+    pa = np.array(list(a["faces"][0]["probabilities"].values()))
+    pb = np.array(list(b["faces"][0]["probabilities"].values()))
+    np.testing.assert_allclose(pa, pb, atol=1e-3)
+    assert json.load(open(tmp / "a.json"))["faces"][0]["box"] == a["faces"][0]["box"]
+
+
+class _FakeServing(http.server.BaseHTTPRequestHandler):
+    """TF Serving's REST predict API over a loaded SavedModel (row format)."""
+
+    signature = None
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/models/ean:predict"
+        data = [base64.b64decode(i["b64"]) for i in body["instances"]]
+        out = self.signature(image_bytes=tf.constant(data))
+        predictions = [
+            {
+                "probabilities": p.tolist(),
+                "class_index": int(i),
+                "class_name": n.decode(),
+            }
+            for p, i, n in zip(
+                out["probabilities"].numpy(),
+                out["class_index"].numpy(),
+                out["class_name"].numpy(),
+                strict=True,
+            )
+        ]
+        payload = json.dumps({"predictions": predictions}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_rest_client_against_a_local_server(models):
+    model, _, saved, photos, _ = models
+    loaded = tf.saved_model.load(saved)
+    _FakeServing.signature = loaded.signatures["serving_default"]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeServing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        rows = client.classify_files(
+            [str(photos / "astronaut.jpg"), str(photos / "texture.png")],
+            lambda images: client.predict_rest(url, images),
+            model.image_size,
+        )
+    finally:
+        server.shutdown()
+    assert rows[-1] == {"file": str(photos / "texture.png"), "problem": "no face found"}
+    face = rows[0]
+    assert face["class_name"] in NAMES and len(face["probabilities"]) == 4
+    # The same crop classified locally gives the same answer.
+    from ean_tf.data.align import FaceAligner
+
+    crop = FaceAligner(48).faces(
+        cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()
+    )[0]["aligned"]
+    local = _FakeServing.signature(image_bytes=tf.constant([client.encode_png(crop)]))
+    np.testing.assert_allclose(
+        face["probabilities"], local["probabilities"].numpy()[0], atol=1e-5
+    )
+
+
+def test_cli_predict(models):
+    _, keras_path, _, photos, tmp = models
+    out = tmp / "cli.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--mode=predict",
+            f"--checkpoint={keras_path}",
+            f"--images={photos}",
+            f"--output={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "broken.jpg: unreadable" in result.stdout
+    report = json.load(open(out))
+    # --no_face=center (the default): the texture is classified from a centre crop.
+    assert {os.path.basename(f["file"]) for f in report["faces"]} == {
+        "astronaut.jpg",
+        "texture.png",
+    }
