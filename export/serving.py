@@ -13,6 +13,7 @@ Signatures (see README "Serving"):
   predict_images       images: float32 [None, H, W, 3] RGB 0..255 -> same; bank graph.
   predict_batch_graph  the same input, the request's images as ONE graph (the
                        paper's test protocol): an answer depends on the request.
+  predict_isolated     the same input, A = I (no graph; the warm-up network).
   embed                images -> features [None, Fd] (pooled) and embeddings [None, E].
 
 In the bank graph each image is joined only to the reference bank stored in the
@@ -123,27 +124,19 @@ class ServingModule(tf.Module):
         )
         return self._outputs(self.model(images, graph="bank"))
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-        ]
-    )
+    @tf.function(input_signature=[_IMAGES])
     def predict_images(self, images):
         return self._outputs(self.model(self._prepare(images), graph="bank"))
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-        ]
-    )
+    @tf.function(input_signature=[_IMAGES])
+    def predict_isolated(self, images):
+        return self._outputs(self.model(self._prepare(images), graph="isolated"))
+
+    @tf.function(input_signature=[_IMAGES])
     def predict_batch_graph(self, images):
         return self._outputs(self.model(self._prepare(images), graph="batch"))
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-        ]
-    )
+    @tf.function(input_signature=[_IMAGES])
     def embed(self, images):
         features, embeddings, _ = self.model.features(self._prepare(images))
         return {"features": features, "embeddings": embeddings}
@@ -204,6 +197,7 @@ def export_model(
             "serving_default": module.serve_bytes,
             "predict_images": module.predict_images,
             "predict_batch_graph": module.predict_batch_graph,
+            "predict_isolated": module.predict_isolated,
             "embed": module.embed,
         }
         tf.saved_model.save(module, tmp, signatures=signatures)

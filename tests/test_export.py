@@ -61,6 +61,10 @@ def test_outputs_equal_the_keras_model(exported):
     np.testing.assert_allclose(
         batch["probabilities"], tf.nn.softmax(model(x, graph="batch")), atol=1e-5
     )
+    isolated = loaded.signatures["predict_isolated"](images=tf.constant(x))
+    np.testing.assert_allclose(
+        isolated["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-5
+    )
     embed = loaded.signatures["embed"](images=tf.constant(x))
     pooled, emb, _ = model.features(x)
     np.testing.assert_allclose(embed["features"], pooled, atol=1e-5)
@@ -160,6 +164,7 @@ def test_saved_model_cli_shows_the_signatures(exported):
         "serving_default",
         "predict_images",
         "predict_batch_graph",
+        "predict_isolated",
         "embed",
         "image_bytes",
         "probabilities",

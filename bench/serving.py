@@ -1,0 +1,104 @@
+"""Latency and throughput of the exported SavedModel: bank graph vs isolated.
+
+    python bench/serving.py                    # the default preset's network
+    python bench/serving.py --config=ferplus48 # the full-width ResNet-18 at 48 px
+
+Exports a model of the preset (weights as initialised; speed does not depend on
+them) with a full reference bank, reloads it with `tf.saved_model.load`, and
+times `predict_images` (bank graph) and `predict_isolated` (A = I): latency
+p50/p99 over `--calls` single-image requests, and images/s at batch 32. Also the
+`serving_default` bytes path (PNG decode included) at batch 1.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import common
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "default", "Preset whose network is exported.")
+flags.DEFINE_integer("calls", 200, "Single-image requests timed per signature.")
+flags.DEFINE_integer("batches", 20, "Batches of 32 timed per signature.")
+flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where the JSON goes.")
+flags.DEFINE_string("name", "", "Result file name (default: serving_<config>).")
+
+
+def _latency(fn, x, calls):
+    import numpy as np
+
+    for _ in range(5):
+        fn(x)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return {
+        "p50_ms": round(1000 * float(np.percentile(times, 50)), 2),
+        "p99_ms": round(1000 * float(np.percentile(times, 99)), 2),
+    }
+
+
+def main(argv):
+    del argv
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+
+    from ean_tf.config import make_config
+    from ean_tf.models.ean import build_model
+    from export.serving import export_model
+
+    config = make_config(FLAGS.config)
+    size = config.data.image_size
+    model = build_model(config.model, config.data, 7)
+    model.graph_enabled.assign(1.0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (7 * config.model.bank_per_class, size, size, 3))
+    y = np.eye(7)[np.arange(len(x)) % 7]
+    model.build_bank([(x.astype("float32"), y.astype("float32"))])
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = tf.saved_model.load(export_model(model, tmp))
+        one = tf.constant(x[:1], tf.float32)
+        batch = tf.constant(rng.uniform(0, 255, (32, size, size, 3)), tf.float32)
+        result = {
+            "config": FLAGS.config,
+            "image_size": size,
+            "bank_size": int(model.bank_valid.numpy().sum()),
+            "signatures": {},
+        }
+        for name in ("predict_images", "predict_isolated"):
+            sig = loaded.signatures[name]
+            fn = lambda images, sig=sig: sig(images=images)["probabilities"].numpy()
+            row = _latency(fn, one, FLAGS.calls)
+            fn(batch)
+            start = time.perf_counter()
+            for _ in range(FLAGS.batches):
+                fn(batch)
+            row["batch32_images_per_s"] = round(
+                32 * FLAGS.batches / (time.perf_counter() - start), 1
+            )
+            result["signatures"][name] = row
+            print(name, row, flush=True)
+        png = cv2.imencode(".png", x[0].astype("uint8"))[1].tobytes()
+        serve = loaded.signatures["serving_default"]
+        row = _latency(
+            lambda b: serve(image_bytes=b)["probabilities"].numpy(),
+            tf.constant([png]),
+            FLAGS.calls,
+        )
+        result["signatures"]["serving_default"] = row
+        print("serving_default", row, flush=True)
+    bank, iso = (
+        result["signatures"][k]["p50_ms"]
+        for k in ("predict_images", "predict_isolated")
+    )
+    result["bank_overhead_batch1_p50"] = round(bank / iso - 1, 4)
+    common.write_result(FLAGS.name or f"serving_{FLAGS.config}", result, FLAGS.out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,107 @@
+"""The benchmark scripts run end to end on tiny settings, so they do not rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import write_png
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(script, *args):
+    result = subprocess.run(
+        [sys.executable, os.path.join("bench", script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_speed_bench(tmp_path):
+    _bench(
+        "speed.py",
+        "--sizes=32",
+        "--batches=8",
+        "--steps=1",
+        "--repeats=1",
+        "--width=8",
+        f"--out_dir={tmp_path}",
+    )
+    result = json.load(open(tmp_path / "speed.json"))
+    row = result["rows"][0]
+    assert row["ean_images_per_s"] > 0 and row["linear_images_per_s"] > 0
+    assert 0 < row["graph_head_share"] < 1
+    assert result["command"].startswith("bench/speed.py") and result["date"]
+
+
+def test_pipeline_bench(tmp_path):
+    folder = tmp_path / "ferplus" / "FER2013Train"
+    lines = []
+    for i in range(8):
+        write_png(str(folder / f"fer{i:07d}.png"), 48, seed=i, grey=True)
+        lines.append(f'fer{i:07d}.png,"(0, 0, 48, 48)",9,1,0,0,0,0,0,0,0,0')
+    (folder / "label.csv").write_text("\n".join(lines) + "\n")
+    valid = tmp_path / "ferplus" / "FER2013Valid"
+    valid.mkdir()
+    write_png(str(valid / "fer0000100.png"), 48, grey=True)
+    (valid / "label.csv").write_text(
+        'fer0000100.png,"(0, 0, 48, 48)",9,0,0,0,0,0,0,0,0,0\n'
+    )
+    _bench(
+        "pipeline.py",
+        f"--data_dir={tmp_path / 'ferplus'}",
+        "--sizes=32",
+        "--batches=2",
+        "--mtcnn_images=1",
+        f"--out_dir={tmp_path}",
+    )
+    result = json.load(open(tmp_path / "pipeline.json"))
+    assert result["rows"][0]["pipeline_images_per_s"] > 0
+    assert result["mtcnn"]["images"] == 1
+
+
+def test_serving_bench(tmp_path):
+    _bench(
+        "serving.py",
+        "--config=tiny",
+        "--calls=3",
+        "--batches=1",
+        f"--out_dir={tmp_path}",
+    )
+    result = json.load(open(tmp_path / "serving_tiny.json"))
+    for name in ("predict_images", "predict_isolated", "serving_default"):
+        assert result["signatures"][name]["p50_ms"] > 0
+    assert "bank_overhead_batch1_p50" in result
+
+
+def test_experiment_scripts_on_tiny(tmp_path):
+    common = [
+        "--config=tiny",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out_dir={tmp_path / 'results'}",
+        f"--runs_dir={tmp_path / 'runs'}",
+        "--extra=epochs=1,adj_warmup_epochs=0",
+    ]
+    _bench("experiments.py", "--experiment=clean", *common)
+    table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
+    assert {row["run"] for row in table} == {"linear", "ean"}
+    assert os.path.isfile(tmp_path / "results" / "clean" / "clean.png")
+    # A second call finds every run done and trains nothing.
+    again = _bench("experiments.py", "--experiment=clean", *common)
+    assert again.stdout.count("done before") == 2
+    _bench("experiments.py", "--experiment=noise", "--only=ean_noise20", *common)
+    run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
+    assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
+    _bench(
+        "experiments.py",
+        "--experiment=ablations",
+        "--only=adj_sum,warmup_half",
+        *common,
+    )
+    run = json.load(open(tmp_path / "results" / "ablations" / "adj_sum.json"))
+    assert run["config"]["model"]["adj_reduction"] == "sum"
