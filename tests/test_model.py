@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -179,3 +180,31 @@ def test_config_round_trip():
     clone = EAN.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     assert clone.count_params() == model.count_params()
+
+
+@pytest.mark.parametrize(
+    "tau2,signed", [(-math.inf, False), (-0.2, False), (-0.2, True)]
+)
+def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed):
+    keras.utils.set_random_seed(2)
+    model = EAN(
+        4,
+        tau1=0.1,
+        tau2=tau2,
+        signed_edges=signed,
+        gcn_units=(16, 8),
+        **{k: v for k, v in TINY.items() if k != "gcn_units"},
+    )
+    model.graph_enabled.assign(1.0)
+    x, y = _data(24)
+    labels = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 0, 1]]
+    model.build_bank([(x[:12], labels)])  # class 3 has one sample: a slot stays empty
+    assert float(tf.reduce_sum(model.bank_valid)) == 7
+    q = x[12:]
+    np.testing.assert_allclose(
+        model(q, graph="bank"), model(q, graph="bank_full"), atol=1e-5
+    )
+    model.graph_enabled.assign(0.0)  # warm-up: the bank graph is I
+    np.testing.assert_allclose(
+        model(q, graph="bank"), model(q, graph="isolated"), atol=1e-5
+    )

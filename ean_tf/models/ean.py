@@ -30,6 +30,7 @@ from ean_tf.models.backbones import build_backbone
 from ean_tf.models.gcn import GCNHead
 
 INFERENCE_GRAPHS = ("bank", "batch", "isolated")
+_GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
@@ -157,6 +158,22 @@ class EAN(keras.Model):
         self.bank_valid = self.add_weight(
             shape=(k,), initializer="zeros", trainable=False, name="bank_valid"
         )
+        # What bank nodes feed each GCN layer, and their degrees, computed once in
+        # build_bank(): bank nodes never read queries, so a query's bank-graph
+        # forward needs only its edges to the bank (O(Q K d), no K x K work).
+        self.bank_degree = self.add_weight(
+            shape=(k,), initializer="ones", trainable=False, name="bank_degree"
+        )
+        widths = (self.feature_dim, *self.gcn_units) if head == "ean" else ()
+        self.bank_layer_inputs = [
+            self.add_weight(
+                shape=(k, w),
+                initializer="zeros",
+                trainable=False,
+                name=f"bank_layer_input_{i}",
+            )
+            for i, w in enumerate(widths)
+        ]
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.adj_tracker = keras.metrics.Mean(name="adj_loss")
@@ -207,22 +224,64 @@ class EAN(keras.Model):
             a, _ = self.batch_graph(embeddings)
             return self.head([pooled, adj.normalized_adjacency(a)], training=training)
         if graph == "bank":
-            bank_e = self.bank_embeddings
-            a_hat = adj.bank_graph(
-                adj.cosine_similarity(bank_e),
-                adj.cosine_similarity(embeddings, bank_e),
-                self.tau1,
-                self.tau2,
-                self.signed_edges,
-                self.bank_valid,
-            )
-            n = tf.shape(a_hat)[0]
-            g = self.graph_enabled  # during the warm-up the graph is I
-            a_hat = g * a_hat + (1.0 - g) * tf.eye(n)
-            x = tf.concat([tf.cast(self.bank_features, pooled.dtype), pooled], axis=0)
-            k = tf.shape(self.bank_features)[0]
-            return self.head([x, a_hat], training=training)[k:]
-        raise ValueError(f"Expected graph in {INFERENCE_GRAPHS}. Received: {graph!r}")
+            return self._bank_forward(pooled, embeddings)
+        if graph == "bank_full":  # the same maths on the whole (K+Q) graph; tests
+            return self._bank_full_graph(pooled, embeddings, training)
+        raise ValueError(f"Expected graph in {_GRAPHS}. Received: {graph!r}")
+
+    def _bank_forward(self, pooled, embeddings):
+        """Bank-graph logits (Q, C) from the cached bank layer inputs.
+
+        Row q of Â over [bank; queries] has Â_qq = 1/d_q and Â_qj = a_qj /
+        sqrt(d_q d_j) for bank node j (d_j its degree in the bank graph), so
+        layer l gives act((Â_qq h_q + Σ_j Â_qj H_l[j]) W_l + b_l).
+        """
+        g = self.graph_enabled  # during the warm-up the graph is I
+        cs = adj.cosine_similarity(embeddings, self.bank_embeddings)  # (Q, K)
+        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
+        a = a * self.bank_valid[None, :] * g  # (Q, K)
+        d_q = 1.0 + tf.reduce_sum(tf.abs(a), axis=1, keepdims=True)  # (Q, 1)
+        a_qb = a * tf.math.rsqrt(d_q) * tf.math.rsqrt(self.bank_degree)[None, :]
+        h = pooled
+        for conv, bank_h in zip(self.head.convs, self.bank_layer_inputs, strict=True):
+            mixed = h / d_q + tf.matmul(a_qb, tf.cast(bank_h, h.dtype))  # (Q, d)
+            h = tf.matmul(mixed, conv.kernel)
+            if conv.use_bias:
+                h = h + conv.bias
+            h = conv.activation(h)
+        return tf.cast(h, tf.float32)  # (Q, C)
+
+    def _bank_full_graph(self, pooled, embeddings, training=False):
+        """Bank-graph logits by running the GCN on the whole (K+Q)-node graph."""
+        bank_e = self.bank_embeddings
+        a_hat = adj.bank_graph(
+            adj.cosine_similarity(bank_e),
+            adj.cosine_similarity(embeddings, bank_e),
+            self.tau1,
+            self.tau2,
+            self.signed_edges,
+            self.bank_valid,
+        )
+        g = self.graph_enabled
+        a_hat = g * a_hat + (1.0 - g) * tf.eye(tf.shape(a_hat)[0])
+        x = tf.concat([tf.cast(self.bank_features, pooled.dtype), pooled], axis=0)
+        k = tf.shape(self.bank_features)[0]
+        return self.head([x, a_hat], training=training)[k:]
+
+    def _fill_bank_cache(self):
+        """Bank degrees and per-layer bank inputs from the bank graph alone."""
+        if self.head_type != "ean":
+            return
+        cs = adj.cosine_similarity(self.bank_embeddings)
+        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
+        valid = self.bank_valid
+        a = adj.zero_diagonal(a * valid[:, None] * valid[None, :])
+        self.bank_degree.assign(1.0 + tf.reduce_sum(tf.abs(a), axis=1))
+        a_hat = adj.normalized_adjacency(a)  # (K, K)
+        h = tf.convert_to_tensor(self.bank_features)
+        for conv, cache in zip(self.head.convs, self.bank_layer_inputs, strict=True):
+            cache.assign(h)
+            h = conv([h, a_hat])
 
     def call(self, images, training=False, graph: str | None = None):
         """Logits (B, C) for images (B, S, S, 3) in 0..255."""
@@ -409,6 +468,7 @@ class EAN(keras.Model):
         self.bank_features.assign(bank_f)
         self.bank_embeddings.assign(bank_e)
         self.bank_valid.assign(valid)
+        self._fill_bank_cache()
         return counts
 
     # ---------------------------------------------------------- serialisation ---
