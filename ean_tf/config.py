@@ -144,6 +144,9 @@ class TrainConfig:
         50, "Epochs with A = I and Adj_loss off before the graph is used (paper: 50)."
     )
     steps_per_epoch: int = _f(0, "Steps per epoch (0: one pass over the data).")
+    checkpoint_every_steps: int = _f(
+        0, "Also checkpoint every this many steps within an epoch (0: epoch ends)."
+    )
     seed: int = _f(0, "Seed for weights, shuffling and augmentation.")
     run_dir: str = _f("runs/default", "Folder for checkpoints, logs and reports.")
     strategy: str = _f(
@@ -398,6 +401,12 @@ def validate(config: Config) -> None:
     )
     _check(t.steps_per_epoch >= 0, "steps_per_epoch", "an int >= 0", t.steps_per_epoch)
     _check(bool(t.run_dir), "run_dir", "a non-empty path", t.run_dir)
+    _check(
+        t.checkpoint_every_steps >= 0,
+        "checkpoint_every_steps",
+        "an int >= 0",
+        t.checkpoint_every_steps,
+    )
     e = config.export
     _check(e.export_version >= 0, "export_version", "an int >= 0", e.export_version)
     _check(e.max_image_bytes > 0, "max_image_bytes", "an int > 0", e.max_image_bytes)

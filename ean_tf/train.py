@@ -180,36 +180,50 @@ def read_state(run_dir: str) -> dict:
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """After each epoch: `last.keras` + `state.json`, and `best.keras` when the
-    validation accuracy improved. Files are written then renamed, so a kill at
-    any moment leaves the previous complete checkpoint. A NaN loss stops the run
-    and keeps the last good checkpoint."""
+    """`last.keras` + `state.json` after each epoch (and every `every_steps`
+    steps when > 0), and `best.keras` when the validation accuracy improved.
 
-    def __init__(self, run_dir: str, steps_per_epoch: int, state: dict):
+    Files are written then renamed, so a kill at any moment leaves the previous
+    complete checkpoint. `steps_done` is the optimizer's step count, from which a
+    resumed run finds its place in the epoch and in the data stream. A NaN loss
+    stops the run and keeps the last good checkpoint.
+    """
+
+    def __init__(self, run_dir: str, state: dict, every_steps: int = 0):
         super().__init__()
-        self.run_dir, self.steps_per_epoch, self.state = run_dir, steps_per_epoch, state
+        self.run_dir, self.state, self.every_steps = run_dir, state, every_steps
         self.nan_epoch = None
+        self.epoch = 0
+
+    def _save(self):
+        self.state["steps_done"] = int(self.model.optimizer.iterations.numpy())
+        _atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
+        _write_json(os.path.join(self.run_dir, "state.json"), self.state)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(loss):
-            self.nan_epoch = self.state["epochs_done"]
+        if loss is not None and not np.all(np.isfinite(loss)):
+            self.nan_epoch = self.epoch
             self.model.stop_training = True
+            return
+        if self.every_steps and (batch + 1) % self.every_steps == 0:
+            self._save()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_epoch is not None:
             return
         logs = logs or {}
         self.state["epochs_done"] = epoch + 1
-        self.state["steps_done"] = (epoch + 1) * self.steps_per_epoch
         val = logs.get("val_accuracy")
         best = self.state.get("best_val_accuracy")
         if val is not None and (best is None or val > best):
             self.state["best_val_accuracy"] = float(val)
             self.state["best_epoch"] = epoch + 1
             _atomic_save(self.model, os.path.join(self.run_dir, "best.keras"))
-        _atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
-        _write_json(os.path.join(self.run_dir, "state.json"), self.state)
+        self._save()
 
 
 def _truncate_log(path: str, epochs_done: int) -> None:
@@ -275,14 +289,14 @@ def train(config: Config, verbose: int = 1) -> dict:
         )
     steps = t.steps_per_epoch or max(1, len(splits.train) // batch)
     if m.head != "ean":
-        graph = "no graph (linear head)"
+        graph = "none (linear head)"
     elif replicas == 1 or t.cross_replica_graph:
         graph = f"{batch} nodes (the global batch)"
     else:
         graph = f"{batch // replicas} nodes per replica (the local batch)"
     log.info(
         "Train %d, validation %d images, %d classes; %d replicas, %d steps "
-        "per epoch; graph over %s",
+        "per epoch; graph: %s",
         len(splits.train),
         len(splits.val),
         len(splits.class_names),
@@ -323,7 +337,18 @@ def train(config: Config, verbose: int = 1) -> dict:
 
     done = state["epochs_done"]
     summary = {"run_dir": run_dir, "epochs_done": done, "chief": is_chief}
-    if done < t.epochs:
+    log_csv = os.path.join(run_dir, "log.csv")
+    if resume:
+        _truncate_log(log_csv, done)
+    val_ds = make_dataset(
+        splits.val, d.image_size, batch, training=False, cache=d.cache
+    )
+    checkpoint = RunCheckpoint(run_dir, state, t.checkpoint_every_steps)
+    append = resume
+    while state["epochs_done"] < t.epochs:
+        done = state["epochs_done"]
+        # A checkpoint taken mid-epoch: finish that epoch alone, then the rest.
+        partial = state["steps_done"] - done * steps
         train_ds = make_dataset(
             splits.train,
             d.image_size,
@@ -336,39 +361,40 @@ def train(config: Config, verbose: int = 1) -> dict:
             cache=d.cache,
             deterministic=d.deterministic,
             balanced=d.balanced_sampling,
-            skip=state["steps_done"] * batch,
+            skip=state["steps_done"] * batch,  # the data position
             drop_remainder=True,
         )
-        val_ds = make_dataset(
-            splits.val, d.image_size, batch, training=False, cache=d.cache
-        )
-        checkpoint = RunCheckpoint(run_dir, steps, state)
-        log_csv = os.path.join(run_dir, "log.csv")
-        if resume:
-            _truncate_log(log_csv, done)
         callbacks = [
             AdjacencyWarmup(t.adj_warmup_epochs),
             # The CSV row is written before the checkpoint, and rows past the
             # checkpoint are dropped on resume: a kill in between loses nothing.
-            keras.callbacks.CSVLogger(log_csv, append=resume),
+            keras.callbacks.CSVLogger(log_csv, append=append),
             checkpoint,
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tb"), write_graph=False),
         ]
         model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=t.epochs,
+            epochs=done + 1 if 0 < partial < steps else t.epochs,
             initial_epoch=done,
-            steps_per_epoch=steps,
+            steps_per_epoch=steps - partial if 0 < partial < steps else steps,
             callbacks=callbacks,
             verbose=verbose,
             shuffle=False,
         )
+        append = True
+        if checkpoint.nan_epoch is None and state["epochs_done"] == done:
+            break  # stopped early by a callback: nothing more to do here
         if checkpoint.nan_epoch is not None:
+            where = (
+                f"The last good checkpoint ({state['epochs_done']} epochs, step "
+                f"{state['steps_done']}) is {last}."
+                if os.path.isfile(last)
+                else "No checkpoint had been written yet."
+            )
             raise TrainingError(
                 f"The loss became NaN in epoch {checkpoint.nan_epoch + 1}; training "
-                f"stopped. The last good checkpoint ({state['epochs_done']} epochs) "
-                f"is {last}. Lower --learning_rate or check the data."
+                f"stopped. {where} Lower --learning_rate or check the data."
             )
     summary["epochs_done"] = state["epochs_done"]
 

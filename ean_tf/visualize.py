@@ -80,10 +80,13 @@ def batch_graph_figure(
     ax.set_ylim(-1.5, 1.5)
     ax.set_aspect("equal")
     ax.axis("off")
-    tau2 = "none" if math.isinf(model.tau2) else f"{model.tau2:g}"
+    red = (
+        "no opposite threshold"
+        if math.isinf(model.tau2)
+        else f"red C_s <= {model.tau2:g} ({len(opposite)} edges)"
+    )
     ax.set_title(
-        f"Batch graph: blue C_s >= {model.tau1:g} ({len(similar)} edges), "
-        f"red C_s <= {tau2} ({len(opposite)} edges)"
+        f"Batch graph: blue C_s >= {model.tau1:g} ({len(similar)} edges), {red}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

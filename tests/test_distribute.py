@@ -172,3 +172,63 @@ def test_sigkill_mid_run_then_rerun_finishes_every_epoch(tmp_path):
     assert json.loads(state.read_text())["epochs_done"] == epochs
     assert [int(r["epoch"]) for r in _log(tmp_path / "run")] == list(range(epochs))
     assert (tmp_path / "run" / "model.keras").exists()
+
+
+def test_step_checkpoint_resumes_mid_epoch(tmp_path):
+    epochs, steps = 3, 12  # 192 images / batch 16
+    state = tmp_path / "run" / "state.json"
+    cmd = _train_cmd(tmp_path, epochs) + ["--checkpoint_every_steps=2"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if state.exists():
+                s = json.loads(state.read_text())
+                if s["steps_done"] % steps and s["steps_done"] > steps:
+                    break  # a checkpoint taken inside the second epoch
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed = json.loads(state.read_text())
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads(state.read_text())
+    assert final["epochs_done"] == epochs
+    assert final["steps_done"] == epochs * steps  # no step lost or repeated
+    assert [int(r["epoch"]) for r in _log(tmp_path / "run")] == list(range(epochs))
+    assert killed["steps_done"] < final["steps_done"]
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    from ean_tf.config import make_config
+    from ean_tf.train import TrainingError, train
+
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp_path / "data"),
+        run_dir=str(tmp_path / "run"),
+        learning_rate=1e30,
+        epochs=3,
+    )
+    with pytest.raises(TrainingError, match="NaN") as info:
+        train(config, verbose=0)
+    assert "--learning_rate" in str(info.value)
+
+
+def test_mixed_precision_trains_with_finite_losses(tmp_path):
+    # In a subprocess: the dtype policy is global to the process.
+    result = subprocess.run(
+        _train_cmd(tmp_path, 1) + ["--mixed_precision", "--adj_warmup_epochs=0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = _log(tmp_path / "run")[0]
+    assert all(abs(float(row[k])) < 1e6 for k in ("loss", "ce_loss", "adj_loss"))

@@ -136,33 +136,52 @@ class EAN(keras.Model):
             self.head = keras.layers.Dense(
                 self.num_classes, name="classifier", dtype="float32"
             )
+            # The baseline classifies pooled features; its embedding only serves
+            # visualisation, so it is not trained.
+            self.embedding.trainable = False
+            if self.embedding_bn is not None:
+                self.embedding_bn.trainable = False
         k = self.num_classes * self.bank_per_class
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
         self.graph_enabled = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="graph_enabled"
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="graph_enabled",
         )
         # The reference bank: K = C * bank_per_class training samples, class-major.
         self.bank_features = self.add_weight(
             shape=(k, self.feature_dim),
             initializer="zeros",
             trainable=False,
+            autocast=False,
             name="bank_features",
         )
         self.bank_embeddings = self.add_weight(
             shape=(k, self.embedding_dim),
             initializer="zeros",
             trainable=False,
+            autocast=False,
             name="bank_embeddings",
         )
         self.bank_valid = self.add_weight(
-            shape=(k,), initializer="zeros", trainable=False, name="bank_valid"
+            shape=(k,),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="bank_valid",
         )
         # What bank nodes feed each GCN layer, and their degrees, computed once in
         # build_bank(): bank nodes never read queries, so a query's bank-graph
         # forward needs only its edges to the bank (O(Q K d), no K x K work).
         self.bank_degree = self.add_weight(
-            shape=(k,), initializer="ones", trainable=False, name="bank_degree"
+            shape=(k,),
+            initializer="ones",
+            trainable=False,
+            autocast=False,
+            name="bank_degree",
         )
         widths = (self.feature_dim, *self.gcn_units) if head == "ean" else ()
         self.bank_layer_inputs = [
@@ -170,6 +189,7 @@ class EAN(keras.Model):
                 shape=(k, w),
                 initializer="zeros",
                 trainable=False,
+                autocast=False,
                 name=f"bank_layer_input_{i}",
             )
             for i, w in enumerate(widths)
@@ -245,9 +265,9 @@ class EAN(keras.Model):
         h = pooled
         for conv, bank_h in zip(self.head.convs, self.bank_layer_inputs, strict=True):
             mixed = h / d_q + tf.matmul(a_qb, tf.cast(bank_h, h.dtype))  # (Q, d)
-            h = tf.matmul(mixed, conv.kernel)
+            h = tf.matmul(mixed, tf.cast(conv.kernel, mixed.dtype))
             if conv.use_bias:
-                h = h + conv.bias
+                h = h + tf.cast(conv.bias, h.dtype)
             h = conv.activation(h)
         return tf.cast(h, tf.float32)  # (Q, C)
 

@@ -40,10 +40,12 @@ class GCNHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.dropout_rate = dropout
         self.convs = [
-            GCNConv(u, activation="relu", name=f"gcn_{i}")
+            GCNConv(u, activation="relu", name=f"gcn_{i}", dtype=self.dtype_policy)
             for i, u in enumerate(self.units)
         ]
-        self.convs.append(GCNConv(num_classes, name=f"gcn_{len(self.units)}"))
+        self.convs.append(
+            GCNConv(num_classes, name=f"gcn_{len(self.units)}", dtype=self.dtype_policy)
+        )
         self.drops = [
             keras.layers.Dropout(dropout, name=f"gcn_dropout_{i}")
             for i in range(len(self.convs))
