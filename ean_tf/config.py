@@ -206,6 +206,17 @@ def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
     return index
 
 
+_PAPER_224 = {
+    "image_size": 224,
+    "width": 64,
+    "stem": "imagenet",
+    "epochs": 70,
+    "adj_warmup_epochs": 50,
+    "lr_decay_epochs": 20,
+    "bank_per_class": 64,
+    "random_crop_pad": 16,
+}
+
 # Presets are deltas of the default, keyed by field (= flag) name.
 PRESETS: dict[str, dict[str, Any]] = {
     # The main job: built-in data, a narrow ResNet-18, minutes on a 2-core CPU.
@@ -244,28 +255,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bank_per_class": 32,
     },
     # The paper's protocol (section 3): 224 px, 50 warm-up epochs, step decay.
-    "ferplus": {
-        "dataset": "ferplus",
-        "image_size": 224,
-        "width": 64,
-        "stem": "imagenet",
-        "epochs": 70,
-        "adj_warmup_epochs": 50,
-        "lr_decay_epochs": 20,
-        "bank_per_class": 64,
-        "random_crop_pad": 16,
-    },
-    "rafdb": {
-        "dataset": "rafdb",
-        "image_size": 224,
-        "width": 64,
-        "stem": "imagenet",
-        "epochs": 70,
-        "adj_warmup_epochs": 50,
-        "lr_decay_epochs": 20,
-        "bank_per_class": 64,
-        "random_crop_pad": 16,
-    },
+    "ferplus": {**_PAPER_224, "dataset": "ferplus"},
+    "rafdb": {**_PAPER_224, "dataset": "rafdb"},
     "affectnet": {
         "dataset": "affectnet",
         "image_size": 224,

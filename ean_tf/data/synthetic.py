@@ -21,15 +21,9 @@ import os
 
 import numpy as np
 
-CLASS_NAMES = (
-    "neutral",
-    "happiness",
-    "surprise",
-    "sadness",
-    "anger",
-    "disgust",
-    "fear",
-)
+from ean_tf.data import ferplus
+
+CLASS_NAMES = ferplus.CLASS_NAMES[:7]  # the seven basic expressions
 RENDER_SIZE = 64
 _VERSION = 1
 
