@@ -7,9 +7,9 @@ with `keras.models.load_model(path)`.
 
 import os
 
-# oneDNN kernels double convolution speed on CPUs where TensorFlow leaves them off
-# by default (measured: ResNet-18 training on an AMD EPYC, bench/RESULTS.md). Takes
-# effect when ean_tf is imported before TensorFlow; set the variable to 0 to opt out.
+# oneDNN's CPU kernels, which TensorFlow leaves off by default on some CPUs (the
+# AMD EPYC of bench/RESULTS.md). Takes effect when ean_tf is imported before
+# TensorFlow; set the variable to 0 to opt out.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from ean_tf.config import Config, make_config  # noqa: E402
