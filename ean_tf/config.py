@@ -28,7 +28,15 @@ def _f(default, help: str, choices: tuple | None = None, **kw):
 
 
 DATASETS = ("default", "ferplus", "rafdb", "affectnet", "folder", "csv", "tfrecord")
-BACKBONES = ("resnet18", "resnet34", "vgg13", "vgg16", "alexnet")
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "vgg13",
+    "vgg16",
+    "alexnet",
+    "vgg16_face",
+    "resnet50_face",
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = _f("resnet18", "Backbone CNN G_enc.", BACKBONES)
+    backbone: str = _f(
+        "resnet18",
+        "Backbone CNN G_enc. vgg16_face and resnet50_face have the VGGFace models' "
+        "fixed layers (--stem and --width do not apply to them).",
+        BACKBONES,
+    )
     stem: str = _f(
         "small_s2",
         "Backbone stem: imagenet (7x7/2 + max-pool), small (3x3/1) or small_s2 (3x3/2)"
@@ -84,7 +97,19 @@ class ModelConfig:
         ("imagenet", "small", "small_s2"),
     )
     width: int = _f(32, "Channels of the first backbone stage (64 = standard).")
-    backbone_weights: str = _f("", "Keras weights file for the backbone.")
+    backbone_weights: str = _f(
+        "",
+        "Backbone weights to start from: a Keras .weights.h5, a PyTorch ResNet "
+        "checkpoint (.pth/.pth.tar; needs torch) or a VGGFace .h5 file.",
+    )
+    input_norm: str = _f(
+        "auto",
+        "What the backbone expects as input: symmetric ([-1, 1] RGB), imagenet "
+        "(torchvision mean/std, for PyTorch checkpoints), vggface1/vggface2 (BGR "
+        "minus the mean pixel); auto: vggface for the face backbones, else "
+        "symmetric.",
+        ("auto", "symmetric", "imagenet", "vggface1", "vggface2"),
+    )
     head: str = _f(
         "ean",
         "Classifier head: the GCN of EAN or a linear baseline.",
@@ -245,13 +270,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dataset": "ferplus",
         "image_size": 48,
         "width": 64,
-        "epochs": 9,
+        "epochs": 6,
         "batch_size": 64,
         "lr_schedule": "cosine",
         "lr_warmup_epochs": 1,
         "nesterov": True,
         "label_smoothing": 0.1,
-        "adj_warmup_epochs": 3,
+        "adj_warmup_epochs": 2,
         "bank_per_class": 32,
     },
     # The paper's protocol (section 3): 224 px, 50 warm-up epochs, step decay.

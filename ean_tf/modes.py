@@ -178,6 +178,32 @@ def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
     )
 
 
+def run_convert_weights(config: Config, checkpoint: str = "", output: str = "") -> None:
+    """Converts --backbone_weights (PyTorch, VGGFace .h5) to a Keras weights file."""
+    from ean_tf.config import ConfigError
+    from ean_tf.models.backbones import build_backbone, load_backbone_weights
+
+    m = config.model
+    if not m.backbone_weights:
+        raise ConfigError("--backbone_weights: expected the file to convert")
+    if not output.endswith(".weights.h5"):
+        raise ConfigError(
+            "--output: expected the converted file's path, ending in .weights.h5. "
+            f"Received: {output!r}"
+        )
+    backbone = build_backbone(
+        m.backbone, config.data.image_size, m.stem, m.width, m.input_norm
+    )
+    load_backbone_weights(backbone, m.backbone_weights)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    backbone.save_weights(output)
+    print(
+        f"Converted {m.backbone_weights} ({len(backbone.weights)} arrays) into "
+        f"{output}. Train from it with --backbone={m.backbone} --stem={m.stem} "
+        f"--width={m.width} --input_norm={m.input_norm} --backbone_weights={output}"
+    )
+
+
 MODES = {
     "prepare": run_prepare,
     "train": run_train,
@@ -186,4 +212,5 @@ MODES = {
     "export": run_export,
     "pretrain_generator": _not_yet("pretrain_generator"),
     "visualize": run_visualize,
+    "convert_weights": run_convert_weights,
 }

@@ -22,6 +22,7 @@ MODES = (
     "export",
     "pretrain_generator",
     "visualize",
+    "convert_weights",
 )
 
 FLAGS = absl_flags.FLAGS

@@ -7,6 +7,14 @@ that the invariant feature generator's discriminator reads.
 
 Stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool, for 224 px), `small` (3x3/1 conv, no
 pool: 48 px keeps its resolution) and `small_s2` (3x3/2 conv, no pool).
+
+Strided convolutions pad symmetrically (k // 2 on every side), as PyTorch and the
+original networks do, rather than TensorFlow's `same` (which pads one pixel more at
+the bottom and right): converted PyTorch weights then give the same features.
+
+Every backbone starts with an `InputNorm` layer: the project feeds images in
+[-1, 1] RGB, and a backbone pre-trained elsewhere expects its own input (ImageNet
+mean/std for PyTorch face ResNets, BGR minus the mean pixel for VGGFace).
 """
 
 from __future__ import annotations
@@ -17,15 +25,68 @@ import keras
 from keras import layers
 
 _BN = dict(momentum=0.9, epsilon=1e-5)
-BACKBONE_NAMES = ("resnet18", "resnet34", "vgg13", "vgg16", "alexnet")
+BACKBONE_NAMES = (
+    "resnet18",
+    "resnet34",
+    "vgg13",
+    "vgg16",
+    "alexnet",
+    "vgg16_face",
+    "resnet50_face",
+)
+INPUT_NORMS = ("auto", "symmetric", "imagenet", "vggface1", "vggface2")
+# Mean pixel (B, G, R) of the VGGFace (1) and VGGFace2 training sets, 0..255.
+_VGGFACE_MEAN = {
+    "vggface1": (93.5940, 104.7624, 129.1863),
+    "vggface2": (91.4953, 103.8827, 131.0912),
+}
+
+
+@keras.saving.register_keras_serializable("ean_tf")
+class InputNorm(layers.Layer):
+    """Maps the project's [-1, 1] RGB images to a backbone's own input.
+
+    symmetric: unchanged; imagenet: (x01 - mean) / std (torchvision);
+    vggface1/vggface2: BGR, 0..255, minus the data set's mean pixel.
+    """
+
+    def __init__(self, mode: str = "symmetric", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in INPUT_NORMS[1:]:
+            raise ValueError(
+                f"Expected input_norm in {INPUT_NORMS[1:]}. Received: {mode!r}"
+            )
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "symmetric":
+            return x
+        x01 = (x + 1.0) * 0.5
+        if self.mode == "imagenet":
+            mean = keras.ops.convert_to_tensor([0.485, 0.456, 0.406], x.dtype)
+            std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225], x.dtype)
+            return (x01 - mean) / std
+        bgr = keras.ops.flip(x01 * 255.0, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(_VGGFACE_MEAN[self.mode], x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _padded(x, kernel, stride, name):
+    """Symmetric padding for a strided window (PyTorch's convention)."""
+    if stride > 1 and kernel > 1:
+        return layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x), "valid"
+    return x, "same"
 
 
 def _conv_bn(x, filters, kernel, stride, name, relu=True):
+    x, padding = _padded(x, kernel, stride, name)
     x = layers.Conv2D(
         filters,
         kernel,
         stride,
-        padding="same",
+        padding=padding,
         use_bias=False,
         kernel_initializer="he_normal",
         name=f"{name}_conv",
@@ -37,7 +98,9 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True):
 def _stem(x, stem: str, filters: int):
     if stem == "imagenet":
         x = _conv_bn(x, filters, 7, 2, "stem")
-        return layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        # Zero padding equals PyTorch's -inf padding here: x >= 0 after the ReLU.
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        return layers.MaxPooling2D(3, 2, name="stem_pool")(x)
     if stem in ("small", "small_s2"):
         return _conv_bn(x, filters, 3, 1 if stem == "small" else 2, "stem")
     raise ValueError(
@@ -61,11 +124,17 @@ def resnet(
     stem: str = "imagenet",
     width: int = 64,
     name: str | None = None,
+    input_norm: str = "symmetric",
 ) -> keras.Model:
-    """ResNet-18/34 (He et al.), `width` channels in stage 1 (64 = standard)."""
+    """ResNet-18/34 (He et al.), `width` channels in stage 1 (64 = standard).
+
+    With `stem="imagenet"` and `width=64` the layers match torchvision's
+    `resnet18`/`resnet34` one to one (see `ean_tf.models.convert`).
+    """
     blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = _stem(inputs, stem, width)
+    x = InputNorm(input_norm, name="input_norm")(inputs)
+    x = _stem(x, stem, width)
     conv3 = None
     for stage, n in enumerate(blocks):
         filters = width * 2**stage
@@ -87,10 +156,11 @@ def vgg(
     stem: str = "imagenet",
     width: int = 64,
     name: str | None = None,
+    input_norm: str = "symmetric",
 ) -> keras.Model:
     """VGG13/16 with batch norm; small stems drop the first two max-pools."""
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    x, conv3 = inputs, None
+    x, conv3 = InputNorm(input_norm, name="input_norm")(inputs), None
     for stage, n in enumerate(_VGG[depth]):
         filters = width * min(2**stage, 8)
         for b in range(n):
@@ -106,15 +176,20 @@ def vgg(
 
 
 def alexnet(
-    image_size: int, stem: str = "imagenet", width: int = 64, name: str = "alexnet"
+    image_size: int,
+    stem: str = "imagenet",
+    width: int = 64,
+    name: str = "alexnet",
+    input_norm: str = "symmetric",
 ) -> keras.Model:
     """AlexNet (Krizhevsky et al.) with batch norm after each conv."""
     inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = InputNorm(input_norm, name="input_norm")(inputs)
     if stem == "imagenet":
-        x = _conv_bn(inputs, width, 11, 4, "conv1")
+        x = _conv_bn(x, width, 11, 4, "conv1")
         x = layers.MaxPooling2D(3, 2, padding="same", name="pool1")(x)
     else:
-        x = _conv_bn(inputs, width, 3, 1 if stem == "small" else 2, "conv1")
+        x = _conv_bn(x, width, 3, 1 if stem == "small" else 2, "conv1")
     x = _conv_bn(x, width * 3, 5, 1, "conv2")
     x = layers.MaxPooling2D(3, 2, padding="same", name="pool2")(x)
     conv3 = _conv_bn(x, width * 6, 3, 1, "conv3")
@@ -126,31 +201,61 @@ def alexnet(
 
 
 def build_backbone(
-    name: str, image_size: int, stem: str = "imagenet", width: int = 64
+    name: str,
+    image_size: int,
+    stem: str = "imagenet",
+    width: int = 64,
+    input_norm: str = "auto",
 ) -> keras.Model:
+    """A backbone by name. `input_norm="auto"`: VGGFace's own input for the face
+    backbones, the project's [-1, 1] for the others."""
+    from ean_tf.models import face_backbones
+
+    if input_norm == "auto":
+        input_norm = (
+            "vggface1"
+            if name == "vgg16_face"
+            else ("vggface2" if name == "resnet50_face" else "symmetric")
+        )
     if name == "resnet18":
-        return resnet(18, image_size, stem, width)
+        return resnet(18, image_size, stem, width, input_norm=input_norm)
     if name == "resnet34":
-        return resnet(34, image_size, stem, width)
+        return resnet(34, image_size, stem, width, input_norm=input_norm)
     if name == "vgg13":
-        return vgg(13, image_size, stem, width)
+        return vgg(13, image_size, stem, width, input_norm=input_norm)
     if name == "vgg16":
-        return vgg(16, image_size, stem, width)
+        return vgg(16, image_size, stem, width, input_norm=input_norm)
     if name == "alexnet":
-        return alexnet(image_size, stem, width)
+        return alexnet(image_size, stem, width, input_norm=input_norm)
+    if name == "vgg16_face":
+        return face_backbones.vgg16_face(image_size, input_norm)
+    if name == "resnet50_face":
+        return face_backbones.resnet50_face(image_size, input_norm)
     raise ValueError(
         f"Expected backbone in {BACKBONE_NAMES}. Received: backbone={name!r}"
     )
 
 
 def load_backbone_weights(backbone: keras.Model, path: str) -> None:
-    """Loads a Keras weights file (`.weights.h5`, as `save_weights` writes it).
+    """Loads backbone weights from a local file, whichever of these it is:
 
-    A missing file or a mismatch raises ValueError listing the layers that did not
-    match, and the backbone is left as it was: nothing loads half-way.
+    - a Keras weights file (`.weights.h5`, as `save_weights` writes it);
+    - a PyTorch ResNet checkpoint (`.pth`, `.pt`, `.pth.tar`, `.bin`), converted
+      by `ean_tf.models.convert` (needs torch, for the conversion only);
+    - a Keras 2 / VGGFace `.h5` weight file (layers matched by name).
+
+    A missing file or a mismatch raises ValueError listing what did not match, and
+    the backbone is left as it was: nothing loads half-way.
     """
     if not os.path.isfile(path):
         raise ValueError(f"--backbone_weights={path}: no such file")
+    from ean_tf.models import convert
+
+    kind = convert.weights_format(path)
+    if kind == "torch":
+        return convert.load_torch_resnet(backbone, path)
+    if kind == "keras2_h5":
+        return convert.load_vggface_h5(backbone, path)
     problems = _mismatch(backbone, path)
     if problems:  # checked before loading: nothing loads half-way
         raise ValueError(

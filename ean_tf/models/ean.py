@@ -59,6 +59,7 @@ class EAN(keras.Model):
         cross_replica_graph: bool = False,
         embedding_norm: str = "batchnorm",
         class_names=None,
+        input_norm: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,7 +109,10 @@ class EAN(keras.Model):
                 f"Expected {num_classes} class names. Received: {self.class_names}"
             )
 
-        self.backbone = build_backbone(backbone, self.image_size, stem, self.width)
+        self.input_norm = input_norm
+        self.backbone = build_backbone(
+            backbone, self.image_size, stem, self.width, input_norm
+        )
         feature_dim = self.backbone.outputs[0].shape[-1]
         self.feature_dim = int(feature_dim)
         self.embedding = keras.layers.Dense(
@@ -500,6 +504,7 @@ class EAN(keras.Model):
             "backbone": self.backbone_name,
             "stem": self.stem,
             "width": self.width,
+            "input_norm": self.input_norm,
             "head": self.head_type,
             "embedding_dim": self.embedding_dim,
             "embedding_norm": self.embedding_norm,
@@ -548,6 +553,7 @@ def build_model(
         backbone=m.backbone,
         stem=m.stem,
         width=m.width,
+        input_norm=m.input_norm,
         head=m.head,
         embedding_dim=m.embedding_dim,
         embedding_norm=m.embedding_norm,
