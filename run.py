@@ -51,7 +51,7 @@ def main(argv):
         modes.MODES[mode](config, ean_flags.CHECKPOINT.value, ean_flags.OUTPUT.value)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    except (DataError, modes.NotAvailableError) as error:
+    except DataError as error:
         sys.exit(f"error: {error}")
     except Exception as error:  # library errors with a clear message
         from ean_tf.train import TrainingError

@@ -3,6 +3,8 @@
     python bench/experiments.py --experiment=clean      # linear baseline vs EAN
     python bench/experiments.py --experiment=noise      # 0/10/20/30% label noise
     python bench/experiments.py --experiment=ablations  # EAN's own choices
+    python bench/experiments.py --experiment=generator  # table 5: with/without
+                                                        # the invariant generator
 
 Each run trains with `--config` (default `ferplus48`, the CPU protocol: FERPlus
 majority labels, 48 px, ResNet-18 from scratch) plus the run's overrides, then
@@ -27,11 +29,17 @@ import common
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("experiment", "clean", ["clean", "noise", "ablations"], "Which.")
+flags.DEFINE_enum(
+    "experiment", "clean", ["clean", "noise", "ablations", "generator"], "Which."
+)
 flags.DEFINE_string("config", "ferplus48", "Preset every run starts from.")
 flags.DEFINE_string("data_dir", common.FERPLUS_DIR, "Data set root.")
 flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where result JSONs go.")
-flags.DEFINE_string("runs_dir", "runs/bench", "Where the runs' checkpoints go.")
+flags.DEFINE_string(
+    "runs_dir",
+    os.path.join(common.ROOT, "runs", "bench"),
+    "Where runs' checkpoints go.",
+)
 flags.DEFINE_list("only", [], "Run only these run names.")
 flags.DEFINE_list("extra", [], "field=value overrides for every run.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
@@ -50,6 +58,13 @@ def runs(experiment: str) -> dict[str, dict]:
             for head in ("linear", "ean"):
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
         return out
+    if experiment == "generator":  # the paper's table 5: backbone with / without
+        return {
+            "linear": {"head": "linear"},
+            "linear_generator": {"head": "linear", "_pretrain": True},
+            "ean": {},
+            "ean_generator": {"_pretrain": True},
+        }
     return {
         "ean_default": {},
         "single_threshold": {"tau2": float("-inf")},
@@ -83,9 +98,11 @@ def _parse_extra(items):
 
 def run_one(name: str, overrides: dict, out_path: str) -> dict:
     from ean_tf.config import make_config
+    from ean_tf.generator import pretrain
     from ean_tf.train import train
 
     overrides = {**overrides, **_parse_extra(FLAGS.extra)}
+    with_generator = overrides.pop("_pretrain", False)
     base = make_config(FLAGS.config, **_parse_extra(FLAGS.extra))
     if overrides.get("adj_warmup_epochs") == -1:
         overrides["adj_warmup_epochs"] = max(1, base.train.epochs // 2)
@@ -98,6 +115,17 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         **overrides,
     )
     start = time.time()
+    pretrained = None
+    if with_generator:  # pre-train the backbone, then train from it
+        pretrained = pretrain(config)
+        config = make_config(
+            FLAGS.config,
+            data_dir=FLAGS.data_dir,
+            run_dir=run_dir,
+            seed=FLAGS.seed,
+            generator_checkpoint=pretrained["backbone_weights"],
+            **overrides,
+        )
     summary = train(config)
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -118,10 +146,32 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         "flipped_labels": metrics.get("flipped_labels"),
         "seconds": round(time.time() - start, 1),
     }
+    if FLAGS.experiment == "generator":
+        result["generator"] = pretrained
+        result["robustness"] = _robustness(config, run_dir)
     common.write_result(
         os.path.basename(out_path)[:-5], result, os.path.dirname(out_path)
     )
     return result
+
+
+def _robustness(config, run_dir: str) -> dict:
+    """Clean and perturbed validation accuracy of the run's final model."""
+    from ean_tf import data as data_lib
+    from ean_tf.generator import robustness
+    from ean_tf.train import load_model
+
+    model = load_model(os.path.join(run_dir, "model.keras"))
+    splits = data_lib.load(config.data, seed=config.train.seed)
+    graph = "bank" if model.head_type == "ean" else "isolated"
+    return robustness(
+        model,
+        splits.val,
+        config.data.image_size,
+        config.train.batch_size,
+        graph,
+        config.generator.robustness_seed,
+    )
 
 
 def summarise(results: dict[str, dict], out_dir: str) -> None:
@@ -143,6 +193,10 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
                 "flipped_predicted_clean": (r.get("flipped_labels") or {}).get(
                     "predicted_clean_fraction"
                 ),
+                **{
+                    f"robust_{k}": round(v["accuracy"], 4)
+                    for k, v in (r.get("robustness") or {}).items()
+                },
             }
         )
     common.write_result(FLAGS.experiment, {"table": table}, out_dir)

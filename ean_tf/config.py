@@ -200,11 +200,41 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """The invariant feature generator (paper section 2.2, DESIGN 1.3)."""
+
+    identity_data_dir: str = _f(
+        "",
+        "Identity data in the CFP layout (<identity>/frontal/, <identity>/profile/); "
+        "empty: perturbed views of the training images (built-in data: its own "
+        "identities; other data: each image its own identity).",
+    )
+    view_kinds: str = _f(
+        "occlusion,illumination,pose",
+        "Comma-separated kinds of perturbed view to make: occlusion, illumination, "
+        "pose.",
+    )
+    generator_epochs: int = _f(3, "--mode=pretrain_generator: epochs.")
+    lambda_adv: float = _f(0.1, "Weight of the view-adversarial term of the G loss.")
+    lambda_id: float = _f(0.1, "Weight of the identity term of the G loss.")
+    d_learning_rate: float = _f(1e-3, "Adam learning rate of the discriminator D_m.")
+    generator_checkpoint: str = _f(
+        "",
+        "--mode=train: start the backbone from the weights --mode=pretrain_generator "
+        "wrote (<run_dir>/generator/backbone.weights.h5).",
+    )
+    robustness_seed: int = _f(
+        1234, "Seed of the perturbed validation copies of --mode=robustness."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def __post_init__(self):
         validate(self)
@@ -218,6 +248,7 @@ SECTIONS = {
     "model": ModelConfig,
     "train": TrainConfig,
     "export": ExportConfig,
+    "generator": GeneratorConfig,
 }
 
 
@@ -348,6 +379,20 @@ def validate(config: Config) -> None:
         if choices is not None:
             _check(value in choices, name, f"one of {list(choices)}", value)
     d, m, t = config.data, config.model, config.train
+    g = config.generator
+    kinds = [k.strip() for k in g.view_kinds.split(",") if k.strip()]
+    _check(
+        bool(kinds) and all(k in ("occlusion", "illumination", "pose") for k in kinds),
+        "view_kinds",
+        "a comma-separated list of occlusion, illumination, pose",
+        g.view_kinds,
+    )
+    _check(
+        g.generator_epochs >= 1, "generator_epochs", "an int >= 1", g.generator_epochs
+    )
+    for name in ("lambda_adv", "lambda_id"):
+        _check(getattr(g, name) >= 0, name, "a float >= 0", getattr(g, name))
+    _check(g.d_learning_rate > 0, "d_learning_rate", "a float > 0", g.d_learning_rate)
     _check(
         16 <= d.image_size <= 1024, "image_size", "an int in [16, 1024]", d.image_size
     )

@@ -10,10 +10,6 @@ from ean_tf.config import Config
 log = logging.getLogger("ean_tf")
 
 
-class NotAvailableError(RuntimeError):
-    """A mode that this version of the project does not provide yet."""
-
-
 def default_checkpoint(config: Config, checkpoint: str) -> str:
     return checkpoint or os.path.join(config.train.run_dir, "model.keras")
 
@@ -158,13 +154,74 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
         print(f"  {problem['file']}: {problem['problem']}")
 
 
-def _not_yet(mode: str):
-    def run(config: Config, checkpoint: str = "", output: str = "") -> None:
-        raise NotAvailableError(
-            f"--mode={mode} is not available yet in this version of ean_tf."
-        )
+def run_pretrain_generator(
+    config: Config, checkpoint: str = "", output: str = ""
+) -> None:
+    from ean_tf.generator import pretrain
 
-    return run
+    s = pretrain(config, output)
+    final = s["final"]
+    lines = [
+        "",
+        f"Pre-trained the backbone against D_m for {s['epochs']} epochs in "
+        f"{s['seconds']:.0f} s ({s['identities']} identities).",
+        f"  D view accuracy {final.get('d_view_accuracy', float('nan')):.3f}, "
+        f"expression accuracy {final.get('expression_accuracy', float('nan')):.3f}",
+        f"  backbone weights: {s['backbone_weights']}",
+        f"  figure 4:         {s.get('figure', '')}",
+        "  conv3 cosine frontal/perturbed before -> after: "
+        + ", ".join(
+            f"{k} {s['feature_similarity']['before'][k]:.3f} -> "
+            f"{s['feature_similarity']['after'][k]:.3f}"
+            for k in s.get("feature_similarity", {}).get("after", {})
+        ),
+        "Next: python run.py --mode=train --generator_checkpoint="
+        f"{s['backbone_weights']} (with the same --backbone/--stem/--width)",
+    ]
+    print("\n".join(lines))
+
+
+def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> None:
+    """Accuracy on the validation split and on perturbed copies of it."""
+    import json
+
+    from ean_tf import data as data_lib
+    from ean_tf.generator import robustness
+    from ean_tf.train import load_model
+
+    path = default_checkpoint(config, checkpoint)
+    model = load_model(path)
+    d = config.data
+    if model.image_size != d.image_size:
+        d = type(d)(**{**d.__dict__, "image_size": model.image_size})
+    splits = data_lib.load(d, seed=config.train.seed)
+    graph = config.model.inference_graph
+    graph = "isolated" if model.head_type == "linear" else graph
+    graph = "bank" if graph == "all" else graph
+    result = robustness(
+        model,
+        splits.val,
+        d.image_size,
+        config.train.batch_size,
+        graph,
+        config.generator.robustness_seed,
+    )
+    report = {
+        "checkpoint": path,
+        "graph": graph,
+        "seed": config.generator.robustness_seed,
+        "results": result,
+    }
+    out = output or os.path.join(config.train.run_dir, "robustness.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    for name, r in result.items():
+        print(
+            f"{name:>13}: accuracy {r['accuracy']:.4f}, mean class accuracy "
+            f"{r['mean_class_accuracy']:.4f}"
+        )
+    print(f"Wrote {out}")
 
 
 def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
@@ -210,7 +267,8 @@ MODES = {
     "eval": run_eval,
     "predict": run_predict,
     "export": run_export,
-    "pretrain_generator": _not_yet("pretrain_generator"),
+    "pretrain_generator": run_pretrain_generator,
+    "robustness": run_robustness,
     "visualize": run_visualize,
     "convert_weights": run_convert_weights,
 }

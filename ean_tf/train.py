@@ -329,6 +329,10 @@ def train(config: Config, verbose: int = 1) -> dict:
             )
             if m.backbone_weights:
                 load_backbone_weights(model.backbone, m.backbone_weights)
+            if config.generator.generator_checkpoint:  # --mode=pretrain_generator
+                load_backbone_weights(
+                    model.backbone, config.generator.generator_checkpoint
+                )
             model.compile(
                 optimizer=make_optimizer(config, steps), jit_compile=t.jit_compile
             )

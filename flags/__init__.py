@@ -23,6 +23,7 @@ MODES = (
     "pretrain_generator",
     "visualize",
     "convert_weights",
+    "robustness",
 )
 
 FLAGS = absl_flags.FLAGS

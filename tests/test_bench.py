@@ -105,3 +105,15 @@ def test_experiment_scripts_on_tiny(tmp_path):
     )
     run = json.load(open(tmp_path / "results" / "ablations" / "adj_sum.json"))
     assert run["config"]["model"]["adj_reduction"] == "sum"
+    _bench(
+        "experiments.py",
+        "--experiment=generator",
+        "--only=ean_generator",
+        *common,
+        "--extra=epochs=1,adj_warmup_epochs=0,generator_epochs=1",
+    )
+    run = json.load(open(tmp_path / "results" / "generator" / "ean_generator.json"))
+    assert run["config"]["generator"]["generator_checkpoint"].endswith(
+        "backbone.weights.h5"
+    )
+    assert set(run["robustness"]) == {"clean", "occlusion", "illumination", "pose"}

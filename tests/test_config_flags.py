@@ -133,10 +133,18 @@ def test_cli_out_of_range_value_is_one_line():
     assert "Traceback" not in result.stderr
 
 
-def test_cli_mode_not_available_yet_exits_nonzero():
-    result = _run("--mode=pretrain_generator", "--config=tiny")
+def test_cli_identity_folder_error_is_one_line(tmp_path):
+    os.makedirs(tmp_path / "cfp" / "id0" / "frontal")
+    result = _run(
+        "--mode=pretrain_generator",
+        "--config=tiny",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--identity_data_dir={tmp_path / 'cfp'}",
+    )
     assert result.returncode != 0
-    assert "not available yet" in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "id0/profile is missing" in lines[-1]
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_helpfull_lists_modes_and_flags():

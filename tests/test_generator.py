@@ -1,0 +1,295 @@
+"""Invariant feature generator: views, identity data, the two-player step, modes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import write_png
+
+from ean_tf.config import make_config, replace
+from ean_tf.data import views
+from ean_tf.data.base import DataError
+from ean_tf.models.backbones import build_backbone, load_backbone_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _faces(n=6, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("kinds", [["occlusion"], ["illumination"], ["pose"], None])
+def test_views_deterministic_shape_and_range(kinds):
+    x = _faces()
+    kinds = kinds or views.VIEW_KINDS
+    a = views.make_views(x, [7, 1], kinds).numpy()
+    b = views.make_views(x, [7, 1], kinds).numpy()
+    c = views.make_views(x, [7, 2], kinds).numpy()
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 255.0
+    np.testing.assert_array_equal(a, b)  # same seed, same views
+    assert np.abs(a - c).max() > 1.0  # another seed, other views
+    changed = np.abs(a - x).reshape(len(x), -1).max(1)
+    assert (changed > 1.0).all()  # every image is perturbed
+
+
+def test_views_reject_unknown_kind():
+    with pytest.raises(ValueError, match="view kinds"):
+        views.make_views(_faces(), [0, 0], ["blur"])
+    with pytest.raises(Exception, match="--view_kinds"):
+        make_config("tiny", view_kinds="occlusion,blur")
+
+
+def _cfp(root, identities=2, per=2, drop_profile=None):
+    for i in range(identities):
+        for view in ("frontal", "profile"):
+            if view == "profile" and i == drop_profile:
+                continue
+            for j in range(per):
+                write_png(str(root / f"id{i}" / view / f"{j}.png"), 32, seed=i * 10 + j)
+    return str(root)
+
+
+def test_cfp_reader_pairs_and_errors(tmp_path):
+    folders = views.read_identity_folders(_cfp(tmp_path / "ok", 3, 2))
+    assert folders["identities"] == ["id0", "id1", "id2"]
+    frontal, profile, ids = views.identity_pairs(folders, seed=0)
+    assert len(frontal) == len(profile) == len(ids) == 6
+    for f, p, i in zip(frontal, profile, ids, strict=True):
+        assert f"id{i}{os.sep}frontal" in f and f"id{i}{os.sep}profile" in p
+
+    root = _cfp(tmp_path / "missing", 2, 1, drop_profile=1)
+    with pytest.raises(DataError, match=r"id1.profile is missing"):
+        views.read_identity_folders(root)
+    os.makedirs(tmp_path / "empty" / "a" / "frontal")
+    os.makedirs(tmp_path / "empty" / "a" / "profile")
+    with pytest.raises(DataError, match="holds no images"):
+        views.read_identity_folders(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="no such folder"):
+        views.read_identity_folders(str(tmp_path / "nope"))
+
+
+def _generator(num_identities=4, size=32):
+    import keras
+
+    from ean_tf.generator import InvariantFeatureGenerator
+
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("resnet18", size, "small_s2", 8)
+    model = InvariantFeatureGenerator(backbone, num_identities, 3)
+    model.build()
+    model.compile(
+        g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        d_optimizer=keras.optimizers.Adam(3e-3),
+        lambda_adv=1.0,
+        lambda_id=1.0,
+    )
+    return model
+
+
+def _batch(n=8, size=32, seed=0):
+    x_f = _faces(n, size, seed)
+    x_p = views.make_views(x_f, [seed, 0]).numpy()
+    ids = np.arange(n) % 4
+    targets = np.eye(3, dtype="float32")[np.arange(n) % 3]
+    return x_f, x_p, ids.astype("int32"), targets
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _changed(before, variables):
+    return [
+        not np.array_equal(b, v.numpy()) for b, v in zip(before, variables, strict=True)
+    ]
+
+
+def test_d_step_changes_only_d_and_g_step_only_g():
+    model = _generator()
+    x_f, x_p, ids, targets = _batch()
+    g_vars = model.backbone.weights + model.expression_head.weights  # incl. BN stats
+    d_vars = model.discriminator.weights
+    g0, d0 = _values(g_vars), _values(d_vars)
+    conv3_f, conv3_p = model.features(x_f), model.features(x_p)
+    logs = model.d_step(conv3_f, conv3_p, ids)
+    assert not any(_changed(g0, g_vars))
+    assert all(_changed(d0, model.discriminator.trainable_variables))
+    assert all(np.isfinite(float(v)) for v in logs.values())
+
+    d1 = _values(d_vars)
+    logs, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+    assert not any(_changed(d1, d_vars))
+    g_trainable = {id(v) for v in model.g_variables}
+    moved = [
+        c
+        for c, v in zip(_changed(g0, g_vars), g_vars, strict=True)
+        if id(v) in g_trainable
+    ]
+    assert len(moved) == len(model.g_variables) and all(moved)  # every G weight
+    assert all(np.isfinite(float(v)) for v in logs.values())
+
+
+def test_losses_move_in_the_expected_direction():
+    model = _generator()
+    x_f, x_p, ids, targets = _batch()
+    # D alone on fixed features: its loss falls, its view accuracy rises to 1
+    conv3_f, conv3_p = model.features(x_f), model.features(x_p)
+    first = model.d_step(conv3_f, conv3_p, ids)
+    for _ in range(25):
+        last = model.d_step(conv3_f, conv3_p, ids)
+    assert float(last["d_loss"]) < float(first["d_loss"]) * 0.7
+    assert float(last["d_view_loss"]) < float(first["d_view_loss"])
+    assert float(last["d_id_loss"]) < float(first["d_id_loss"])
+    # G alone against that fixed D: it learns to fool D's view head and to keep
+    # the identity, and learns the expressions
+    first, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+    for _ in range(12):
+        last, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+    for term in ("adv_loss", "id_loss", "expression_loss"):
+        assert np.isfinite(float(last[term]))
+        assert float(last[term]) < float(first[term]), term
+
+
+def test_train_step_updates_every_tracker():
+    model = _generator()
+    x_f, x_p, ids, targets = _batch()
+    logs = model.train_step(((x_f, x_p, ids), (x_f, targets)))
+    for name in ("g_loss", "adv_loss", "id_loss", "d_loss", "d_view_accuracy"):
+        assert np.isfinite(float(logs[name])), name
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("generator")
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "run.py"),
+        "--mode=pretrain_generator",
+        "--config=tiny",
+        f"--data_dir={tmp / 'data'}",
+        f"--run_dir={tmp / 'run'}",
+        "--generator_epochs=2",
+        "--steps_per_epoch=2",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return tmp, result
+
+
+def test_pretrain_generator_mode_writes_weights_figure_log(pretrained):
+    tmp, result = pretrained
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp / "run" / "generator"
+    for name in ("backbone.weights.h5", "feature_maps.png", "log.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["identities"] == 8  # the tiny preset's built-in identities
+    assert set(summary["feature_similarity"]["after"]) == set(views.VIEW_KINDS)
+    assert "Next: python run.py --mode=train --generator_checkpoint=" in result.stdout
+    with open(out / "log.csv") as f:
+        assert len(f.read().strip().splitlines()) == 3  # header + 2 epochs
+
+
+def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
+    from ean_tf.models.ean import build_model
+    from ean_tf.train import train
+
+    tmp, _ = pretrained
+    weights = str(tmp / "run" / "generator" / "backbone.weights.h5")
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp / "data"),
+        run_dir=str(tmp_path / "run"),
+        generator_checkpoint=weights,
+        epochs=1,
+        steps_per_epoch=2,
+    )
+    model = build_model(config.model, config.data, 7)
+    load_backbone_weights(model.backbone, weights)
+    reference = build_backbone("resnet18", 32, "small_s2", 8)
+    reference.load_weights(weights)
+    for a, b in zip(model.backbone.weights, reference.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    summary = train(config, verbose=0)
+    assert summary["epochs_done"] == 1
+
+    wrong = replace(config, width=16, run_dir=str(tmp_path / "wrong"))
+    with pytest.raises(ValueError, match="backbone.weights.h5 does not fit"):
+        train(wrong, verbose=0)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "run.py"),
+            "--mode=robustness",
+            "--config=tiny",
+            f"--data_dir={tmp / 'data'}",
+            f"--run_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "robustness.json").read_text())
+    assert set(report["results"]) == {"clean", *views.VIEW_KINDS}
+    for r in report["results"].values():
+        assert 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_pretrain_with_identity_folders_under_mirrored(tmp_path):
+    cfp = _cfp(tmp_path / "cfp", 3, 2)
+    script = f"""
+        import sys, json
+        sys.path.insert(0, {ROOT!r})
+        import ean_tf
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from ean_tf.config import make_config
+        from ean_tf.generator import pretrain
+        config = make_config(
+            "tiny", data_dir={str(tmp_path / "data")!r},
+            run_dir={str(tmp_path / "run")!r}, strategy="mirrored",
+            identity_data_dir={cfp!r}, generator_epochs=1, steps_per_epoch=2)
+        s = pretrain(config, verbose=0)
+        print("SUMMARY", json.dumps(s["final"]), s["identities"], s["views"])
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("SUMMARY")][0]
+    assert line.endswith("3 real profiles")
+    final = json.loads(line.split(" ", 1)[1].rsplit(" ", 3)[0])
+    assert all(np.isfinite(v) for v in final.values())
+
+
+def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
+    from ean_tf.generator import pretrain
+
+    tmp, _ = pretrained
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp / "data"),
+        run_dir=str(tmp / "run"),
+        generator_epochs=3,
+        steps_per_epoch=2,
+    )
+    with caplog.at_level("INFO", logger="ean_tf"):
+        summary = pretrain(config, verbose=0)
+    assert "Resuming generator pre-training after epoch 2" in caplog.text
+    with open(tmp / "run" / "generator" / "log.csv") as f:
+        epochs = [row.split(",")[0] for row in f.read().strip().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]  # continued, not restarted
+    assert np.isfinite(summary["final"]["g_loss"])
