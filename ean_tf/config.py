@@ -37,6 +37,7 @@ BACKBONES = (
     "vgg16_face",
     "resnet50_face",
 )
+INPUT_NORMS = ("auto", "symmetric", "imagenet", "vggface1", "vggface2")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class ModelConfig:
         "(torchvision mean/std, for PyTorch checkpoints), vggface1/vggface2 (BGR "
         "minus the mean pixel); auto: vggface for the face backbones, else "
         "symmetric.",
-        ("auto", "symmetric", "imagenet", "vggface1", "vggface2"),
+        INPUT_NORMS,
     )
     head: str = _f(
         "ean",

@@ -40,9 +40,10 @@ def print_summary(summary: dict) -> None:
     print("\n".join(lines))
 
 
-def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
+def _model_and_splits(config: Config, checkpoint: str):
+    """The checkpoint (default <run_dir>/model.keras), its path, and the data at
+    the model's image size."""
     from ean_tf import data as data_lib
-    from ean_tf import evaluate
     from ean_tf.train import load_model
 
     path = default_checkpoint(config, checkpoint)
@@ -50,7 +51,13 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
     d = config.data
     if model.image_size != d.image_size:
         d = type(d)(**{**d.__dict__, "image_size": model.image_size})
-    splits = data_lib.load(d, seed=config.train.seed)
+    return model, path, data_lib.load(d, seed=config.train.seed)
+
+
+def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf import evaluate
+
+    model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graphs = ("bank", "batch", "isolated") if graph == "all" else (graph,)
     if model.head_type == "linear":
@@ -185,23 +192,16 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
     """Accuracy on the validation split and on perturbed copies of it."""
     import json
 
-    from ean_tf import data as data_lib
     from ean_tf.generator import robustness
-    from ean_tf.train import load_model
 
-    path = default_checkpoint(config, checkpoint)
-    model = load_model(path)
-    d = config.data
-    if model.image_size != d.image_size:
-        d = type(d)(**{**d.__dict__, "image_size": model.image_size})
-    splits = data_lib.load(d, seed=config.train.seed)
+    model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graph = "isolated" if model.head_type == "linear" else graph
     graph = "bank" if graph == "all" else graph
     result = robustness(
         model,
         splits.val,
-        d.image_size,
+        model.image_size,
         config.train.batch_size,
         graph,
         config.generator.robustness_seed,

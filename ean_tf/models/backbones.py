@@ -24,17 +24,10 @@ import os
 import keras
 from keras import layers
 
+from ean_tf.config import BACKBONES, INPUT_NORMS
+
 _BN = dict(momentum=0.9, epsilon=1e-5)
-BACKBONE_NAMES = (
-    "resnet18",
-    "resnet34",
-    "vgg13",
-    "vgg16",
-    "alexnet",
-    "vgg16_face",
-    "resnet50_face",
-)
-INPUT_NORMS = ("auto", "symmetric", "imagenet", "vggface1", "vggface2")
+BACKBONE_NAMES = BACKBONES
 # Mean pixel (B, G, R) of the VGGFace (1) and VGGFace2 training sets, 0..255.
 _VGGFACE_MEAN = {
     "vggface1": (93.5940, 104.7624, 129.1863),
