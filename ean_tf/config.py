@@ -224,6 +224,12 @@ class GeneratorConfig:
         "--mode=train: start the backbone from the weights --mode=pretrain_generator "
         "wrote (<run_dir>/generator/backbone.weights.h5).",
     )
+    generator_cotrain_weight: float = _f(
+        0.0,
+        "--mode=train: add the generator's adversarial term (D_m's view head, "
+        "trained alongside on perturbed views of each batch) to EAN's loss with "
+        "this weight (0: off).",
+    )
     robustness_seed: int = _f(
         1234, "Seed of the perturbed validation copies of --mode=robustness."
     )
@@ -391,7 +397,7 @@ def validate(config: Config) -> None:
     _check(
         g.generator_epochs >= 1, "generator_epochs", "an int >= 1", g.generator_epochs
     )
-    for name in ("lambda_adv", "lambda_id"):
+    for name in ("lambda_adv", "lambda_id", "generator_cotrain_weight"):
         _check(getattr(g, name) >= 0, name, "a float >= 0", getattr(g, name))
     _check(g.d_learning_rate > 0, "d_learning_rate", "a float > 0", g.d_learning_rate)
     _check(

@@ -43,8 +43,9 @@ log = logging.getLogger("ean_tf")
 FRONTAL, PERTURBED = 0, 1
 
 
-def build_discriminator(conv3_shape, num_identities: int) -> keras.Model:
-    """D_m: two convs on the conv3 map, then identity (M_d + 1) and view heads."""
+def build_discriminator(conv3_shape, num_identities: int | None) -> keras.Model:
+    """D_m: two convs on the conv3 map, then identity (M_d + 1) and view heads.
+    With `num_identities=None` only the view head (co-training)."""
     inputs = keras.Input(tuple(conv3_shape), name="conv3")
     x = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="d_conv1")(
         inputs
@@ -54,9 +55,66 @@ def build_discriminator(conv3_shape, num_identities: int) -> keras.Model:
     )(x)
     x = keras.layers.GlobalAveragePooling2D(name="d_pool")(x)
     x = keras.layers.Dense(256, activation="relu", name="d_fc")(x)
-    identity = keras.layers.Dense(num_identities + 1, name="d_identity")(x)
     view = keras.layers.Dense(2, name="d_view")(x)
+    if num_identities is None:
+        return keras.Model(inputs, view, name="view_discriminator")
+    identity = keras.layers.Dense(num_identities + 1, name="d_identity")(x)
     return keras.Model(inputs, [identity, view], name="discriminator")
+
+
+class CoTrainer:
+    """`--generator_cotrain_weight`: the generator's adversarial term inside EAN
+    training. EAN's train step adds `weight * CE(D^f(G(x_p)), frontal)` for
+    perturbed views x_p of its batch to its loss, then updates D's view head on the
+    step's conv3 maps (frontal vs perturbed) with its own Adam optimizer. The
+    identity terms need identity labels and stay in `--mode=pretrain_generator`.
+
+    Kept outside the EAN model (a plain object, so Keras does not save it into
+    model.keras or the export); `RunCheckpoint` saves D's weights beside the run.
+    """
+
+    def __init__(self, conv3_shape, weight: float, learning_rate: float, kinds, seed):
+        self.weight = float(weight)
+        self.kinds = tuple(kinds)
+        self.seed = int(seed)
+        self.discriminator = build_discriminator(conv3_shape, None)
+        self.discriminator(tf.zeros((1, *conv3_shape)))
+        self.optimizer = keras.optimizers.Adam(learning_rate)
+        self.optimizer.build(self.discriminator.trainable_variables)
+        names = ("adv_loss", "d_view_loss", "d_view_accuracy")
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    def adversarial_loss(self, backbone, images, step):
+        """Per-example CE(D^f(G(x_p)), frontal) and the perturbed conv3 maps."""
+        seed = tf.stack([tf.constant(self.seed), tf.cast(step, tf.int32)])
+        perturbed = views.make_views(images, seed, self.kinds)
+        conv3_p = backbone(normalize(perturbed), training=True)[1]
+        view_p = self.discriminator(conv3_p, training=False)
+        adv = keras.losses.sparse_categorical_crossentropy(
+            tf.fill([tf.shape(images)[0]], FRONTAL),
+            tf.cast(view_p, tf.float32),
+            from_logits=True,
+        )
+        return adv, conv3_p
+
+    def d_step(self, conv3_f, conv3_p):
+        """One update of D's view head; returns its loss and accuracy."""
+        x = tf.stop_gradient(tf.concat([conv3_f, conv3_p], 0))
+        b = tf.shape(conv3_f)[0]
+        labels = tf.concat([tf.fill([b], FRONTAL), tf.fill([b], PERTURBED)], 0)
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.discriminator(x, training=True), tf.float32)
+            ce = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+            loss = tf.nn.compute_average_loss(ce)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        hits = tf.cast(
+            tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.float32
+        )
+        return tf.reduce_mean(ce), tf.reduce_mean(hits)
 
 
 class InvariantFeatureGenerator(keras.Model):

@@ -197,6 +197,11 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def _save(self):
         self.state["steps_done"] = int(self.model.optimizer.iterations.numpy())
+        cotrainer = getattr(self.model, "cotrainer", None)
+        if cotrainer is not None:  # D_m of --generator_cotrain_weight, before state
+            path = os.path.join(self.run_dir, "discriminator.weights.h5")
+            cotrainer.discriminator.save_weights(path[:-11] + ".tmp.weights.h5")
+            os.replace(path[:-11] + ".tmp.weights.h5", path)
         _atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
         _write_json(os.path.join(self.run_dir, "state.json"), self.state)
 
@@ -338,6 +343,21 @@ def train(config: Config, verbose: int = 1) -> dict:
             )
     validation_graph = "batch" if m.head == "ean" else "isolated"
     model.set_inference_graph(validation_graph)
+    g = config.generator
+    if g.generator_cotrain_weight > 0:
+        from ean_tf.generator import CoTrainer, view_kinds
+
+        with strategy.scope():
+            model.cotrainer = CoTrainer(
+                model.backbone.outputs[1].shape[1:],
+                g.generator_cotrain_weight,
+                g.d_learning_rate,
+                view_kinds(config),
+                t.seed,
+            )
+        d_path = os.path.join(run_dir, "discriminator.weights.h5")
+        if resume and os.path.isfile(d_path):
+            model.cotrainer.discriminator.load_weights(d_path)
 
     done = state["epochs_done"]
     summary = {"run_dir": run_dir, "epochs_done": done, "chief": is_chief}

@@ -293,3 +293,33 @@ def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
         epochs = [row.split(",")[0] for row in f.read().strip().splitlines()[1:]]
     assert epochs == ["0", "1", "2"]  # continued, not restarted
     assert np.isfinite(summary["final"]["g_loss"])
+
+
+def test_cotraining_adds_the_adversarial_term_and_trains_d(tmp_path):
+    import csv
+
+    from ean_tf.train import train
+
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp_path / "data"),
+        run_dir=str(tmp_path / "run"),
+        generator_cotrain_weight=0.5,
+        epochs=2,
+        steps_per_epoch=3,
+        adj_warmup_epochs=0,
+    )
+    summary = train(config, verbose=0)
+    assert summary["epochs_done"] == 2
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        assert 0.0 < float(row["adv_loss"]) < 10.0
+        assert 0.0 <= float(row["d_view_accuracy"]) <= 1.0
+    assert (tmp_path / "run" / "discriminator.weights.h5").is_file()
+    # the saved model is plain EAN: no discriminator weights in it
+    from ean_tf.train import load_model
+
+    model = load_model(str(tmp_path / "run" / "model.keras"))
+    assert model.cotrainer is None
+    assert not any("d_view" in w.path for w in model.weights)

@@ -204,6 +204,9 @@ class EAN(keras.Model):
         self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
         self.nodes_tracker = keras.metrics.Mean(name="graph_nodes")
         self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+        # --generator_cotrain_weight: a generator.CoTrainer, attached by training,
+        # never saved with the model.
+        self.cotrainer = None
         self.build((None, self.image_size, self.image_size, 3))
 
     def build(self, input_shape):
@@ -345,7 +348,7 @@ class EAN(keras.Model):
             self.edge_tracker,
             self.nodes_tracker,
             self.accuracy,
-        ]
+        ] + list(getattr(self.cotrainer, "trackers", {}).values())
 
     def _gather(self, x):
         """All replicas' rows of x, in replica order (cross-replica graph)."""
@@ -371,7 +374,7 @@ class EAN(keras.Model):
         under a multi-replica strategy the graph spans every replica's batch.
         """
         labels = tf.argmax(targets, axis=-1)
-        pooled, embeddings, _ = self.features(images, training=training)
+        pooled, embeddings, conv3 = self.features(images, training=training)
         b = tf.shape(pooled)[0]
         if self.head_type == "linear":
             logits = self.head(pooled)
@@ -401,23 +404,34 @@ class EAN(keras.Model):
         ce = keras.losses.categorical_crossentropy(
             targets, logits, from_logits=True, label_smoothing=self.label_smoothing
         )
-        return ce, adj_value, logits, {"edges_per_node": edges, "graph_nodes": nodes}
+        stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
+        return ce, adj_value, logits, stats
 
     def train_step(self, data):
         images, targets = data[0], data[1]
         ctx = tf.distribute.get_replica_context()
         replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        cotrain = self.cotrainer  # --generator_cotrain_weight (generator.CoTrainer)
         with tf.GradientTape() as tape:
             ce, adj_value, logits, stats = self.compute_losses(images, targets)
             # Distribution-safe: the optimizer sums gradients over replicas.
             loss = tf.nn.compute_average_loss(ce) + adj_value / replicas
             if self.losses:
                 loss += tf.add_n(self.losses) / replicas
+            if cotrain is not None:
+                adv, conv3_p = cotrain.adversarial_loss(
+                    self.backbone, images, self.optimizer.iterations
+                )
+                loss += cotrain.weight * tf.nn.compute_average_loss(adv)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(
             zip(grads, self.trainable_variables, strict=True)
         )
+        if cotrain is not None:
+            d_loss, d_acc = cotrain.d_step(stats["conv3"], conv3_p)
+            stats = {**stats, "adv_loss": tf.reduce_mean(adv), "d_view_loss": d_loss}
+            stats["d_view_accuracy"] = d_acc
         return self._update_metrics(ce, adj_value, logits, targets, stats)
 
     def test_step(self, data):
@@ -434,6 +448,8 @@ class EAN(keras.Model):
         if stats is not None:
             self.edge_tracker.update_state(stats["edges_per_node"])
             self.nodes_tracker.update_state(stats["graph_nodes"])
+            for name, tracker in getattr(self.cotrainer, "trackers", {}).items():
+                tracker.update_state(stats[name])
         self.accuracy.update_state(targets, logits)
         logs = {m.name: m.result() for m in self.metrics}
         if isinstance(
