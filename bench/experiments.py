@@ -64,6 +64,7 @@ def runs(experiment: str) -> dict[str, dict]:
             "linear_generator": {"head": "linear", "_pretrain": True},
             "ean": {},
             "ean_generator": {"_pretrain": True},
+            "ean_cotrain": {"generator_cotrain_weight": 0.1},
         }
     return {
         "ean_default": {},
