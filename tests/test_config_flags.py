@@ -134,7 +134,9 @@ def test_cli_out_of_range_value_is_one_line():
 
 
 def test_cli_identity_folder_error_is_one_line(tmp_path):
-    os.makedirs(tmp_path / "cfp" / "id0" / "frontal")
+    from conftest import write_png
+
+    write_png(str(tmp_path / "cfp" / "id0" / "frontal" / "a.png"))
     result = _run(
         "--mode=pretrain_generator",
         "--config=tiny",
