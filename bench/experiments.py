@@ -222,6 +222,14 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     plt.close(fig)
 
 
+def _same_run_elsewhere(name: str) -> str | None:
+    """The clean experiment's JSON for a 0% noise run (identical configuration)."""
+    if FLAGS.experiment == "noise" and name.endswith("_noise0"):
+        head = name.split("_")[0]
+        return os.path.join(FLAGS.out_dir, "clean", f"{head}.json")
+    return None
+
+
 def main(argv):
     del argv
     out_dir = os.path.join(FLAGS.out_dir, FLAGS.experiment)
@@ -231,6 +239,12 @@ def main(argv):
         if FLAGS.only and name not in FLAGS.only:
             continue
         path = os.path.join(out_dir, f"{name}.json")
+        same = _same_run_elsewhere(name)
+        if not os.path.isfile(path) and same and os.path.isfile(same):
+            with open(same) as f:  # noise 0% is the clean experiment's run
+                result = {**json.load(f), "run": name, "same_run_as": same}
+            with open(path, "w") as f:
+                json.dump(result, f, indent=2)
         if os.path.isfile(path):
             print(f"{name}: done before ({path})")
             with open(path) as f:

@@ -148,7 +148,8 @@ class InvariantFeatureGenerator(keras.Model):
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     def compile(self, g_optimizer, d_optimizer, lambda_adv=0.1, lambda_id=0.1, **kw):
-        super().compile(**kw)
+        # Keras's own `optimizer` is G's (else it builds an unused RMSprop).
+        super().compile(optimizer=g_optimizer, **kw)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.lambda_adv, self.lambda_id = float(lambda_adv), float(lambda_id)
         # built now, so that save_weights/load_weights carry their state (resume)

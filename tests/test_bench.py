@@ -94,7 +94,13 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # A second call finds every run done and trains nothing.
     again = _bench("experiments.py", "--experiment=clean", *common)
     assert again.stdout.count("done before") == 2
-    _bench("experiments.py", "--experiment=noise", "--only=ean_noise20", *common)
+    _bench(
+        "experiments.py", "--experiment=noise", "--only=ean_noise0,ean_noise20", *common
+    )
+    clean = json.load(open(tmp_path / "results" / "clean" / "ean.json"))
+    zero = json.load(open(tmp_path / "results" / "noise" / "ean_noise0.json"))
+    assert zero["same_run_as"].endswith("ean.json")  # not trained twice
+    assert zero["accuracy"] == clean["accuracy"]
     run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
     assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
     _bench(
