@@ -98,7 +98,8 @@ def test_torch_resnet18_gives_torchvision_features(tmp_path, layout):
     state = net.state_dict()
     if layout == "bare":
         obj, path = state, tmp_path / "resnet18_msceleb.pth"
-    elif layout == "state_dict":  # SCN: DataParallel keys, extra entries
+    elif layout == "state_dict":  # SCN: DataParallel keys, extra entries and heads
+        state = {**state, "feature.weight": torch.zeros(256, 512)}
         obj = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
         path = tmp_path / "ijba_res18_naive.pth.tar"
     else:

@@ -6,8 +6,9 @@ Two kinds of file that face-pretrained backbones circulate as:
   `ijba_res18_naive.pth.tar`, DAN's `resnet18_msceleb.pth`, ...): a `state_dict`,
   a dict holding one under `state_dict` or `model_state_dict`, or a bare dict;
   `module.` prefixes (DataParallel) are removed and the `fc` head, of any size, is
-  dropped. Needs `torch` (`pip install torch==2.13.0`), for the conversion only:
-  nothing else in the project imports it. Convert once with
+  dropped (so is any other entry outside conv1/bn1/layerN, such as an extra
+  `feature` layer; it is logged). Needs `torch` (`pip install torch==2.13.0`), for
+  the conversion only: nothing else in the project imports it. Convert once with
   `python run.py --mode=convert_weights --backbone=resnet18 --stem=imagenet
   --width=64 --backbone_weights=IN.pth --output=OUT.weights.h5`.
 - Keras 2 `.h5` weight files such as the VGGFace ones
@@ -27,13 +28,15 @@ like PyTorch, so the converted network computes the same features.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import keras
 import numpy as np
 
+log = logging.getLogger("ean_tf")
+
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
-_HEADS_TORCH = ("fc.",)
 _HEADS_VGGFACE = ("fc6", "fc7", "fc8", "classifier")
 
 
@@ -158,13 +161,15 @@ def torch_resnet_values(
             )
             continue
         values[layer.name] = arrays
-    extra = sorted(
-        k
-        for k in state
-        if k not in used
-        and not k.startswith(_HEADS_TORCH)
-        and not k.endswith("num_batches_tracked")
-    )
+    unused = [k for k in state if k not in used and not k.endswith("batches_tracked")]
+    # Entries outside the backbone (fc, or a checkpoint's own extra heads such as
+    # `feature`) are heads and dropped; anything that looks like backbone and did not
+    # match is an error.
+    backbone_like = re.compile(r"(conv1|bn1|layer\d+)\.")
+    heads = sorted(k for k in unused if not backbone_like.match(k))
+    extra = sorted(k for k in unused if backbone_like.match(k))
+    if heads:
+        log.info("Dropped head entries of the checkpoint: %s", heads[:10])
     problems = (
         _listed("missing from the checkpoint", missing)
         + _listed("checkpoint entries with no layer here", extra)
