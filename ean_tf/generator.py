@@ -425,6 +425,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
         steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the stream is shuffled already
     )
     losses = history.history.get("g_loss", [])
     if losses and not np.isfinite(losses[-1]):
