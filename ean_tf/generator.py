@@ -120,7 +120,9 @@ class CoTrainer:
 class InvariantFeatureGenerator(keras.Model):
     """G_enc (the backbone) + an expression head, against the discriminator D_m.
 
-    Data: `((x_frontal, x_perturbed, identity), (x_expression, targets))`, images
+    Data: `((x_frontal, x_perturbed, identity), (x_expression, targets))`, or
+    `((x_frontal, x_perturbed, identity), targets)` when x_frontal are the
+    expression images; images
     float 0..255, identity int in [0, M_d), targets (B, C) label distributions.
     """
 
@@ -191,12 +193,18 @@ class InvariantFeatureGenerator(keras.Model):
         )
 
     def g_step(self, x_f, x_p, ids, x_e, targets):
-        """One G update; returns (logs, conv3 of x_f, conv3 of x_p)."""
+        """One G update; returns (logs, conv3 of x_f, conv3 of x_p).
+        `x_e=None`: the expression images are x_f (one backbone pass fewer)."""
         batch = tf.shape(x_f)[0]
         with tf.GradientTape() as tape:
-            pooled_e, _ = self.backbone(normalize(x_e), training=True)
+            pooled, conv3 = self.backbone(
+                normalize(tf.concat([x_f, x_p], 0)), training=True
+            )
+            if x_e is None:
+                pooled_e = pooled[:batch]
+            else:
+                pooled_e, _ = self.backbone(normalize(x_e), training=True)
             logits_e = self.expression_head(pooled_e, training=True)
-            _, conv3 = self.backbone(normalize(tf.concat([x_f, x_p], 0)), training=True)
             conv3_f, conv3_p = conv3[:batch], conv3[batch:]
             id_p, view_p = self.discriminator(conv3_p, training=False)
             expression = keras.losses.categorical_crossentropy(
@@ -256,7 +264,11 @@ class InvariantFeatureGenerator(keras.Model):
         }
 
     def train_step(self, data):
-        (x_f, x_p, ids), (x_e, targets) = data
+        (x_f, x_p, ids), expression = data
+        # (x_e, targets), or targets alone when the expression images are x_f
+        x_e, targets = (
+            expression if isinstance(expression, tuple) else (None, expression)
+        )
         ids = tf.cast(ids, tf.int32)
         logs, conv3_f, conv3_p = self.g_step(x_f, x_p, ids, x_e, targets)
         logs.update(self.d_step(conv3_f, conv3_p, ids))
@@ -315,7 +327,7 @@ def generator_dataset(config: Config, train: Examples, batch: int, seed: int):
             images, tf.stack([seed, tf.cast(step, tf.int32)]), kinds
         )
         identity = tf.cast(t[:, -1], tf.int64)
-        return (images, perturbed, identity), (images, t[:, :-1])
+        return (images, perturbed, identity), t[:, :-1]  # x_e is x_f
 
     ds = make_dataset(with_ids, d.image_size, batch, True, seed, **common)
     return ds.enumerate().map(to_views, num_parallel_calls=tf.data.AUTOTUNE), (
@@ -344,10 +356,10 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             return 0
 
     def on_epoch_end(self, epoch, logs=None):
+        from ean_tf.train import atomic_save_weights
+
         os.makedirs(self.folder, exist_ok=True)
-        tmp = self.weights[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.weights)
+        atomic_save_weights(self.model, self.weights)
         with open(self.state + ".tmp", "w") as f:
             json.dump({"epochs_done": epoch + 1}, f)
         os.replace(self.state + ".tmp", self.state)

@@ -158,6 +158,13 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.SGD
     )
 
 
+def atomic_save_weights(model: keras.Model, path: str) -> None:
+    """`save_weights` to a temporary file renamed into place (path: .weights.h5)."""
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
 def _atomic_save(model: keras.Model, path: str) -> None:
     tmp = path + ".tmp.keras"
     model.save(tmp)
@@ -199,9 +206,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state["steps_done"] = int(self.model.optimizer.iterations.numpy())
         cotrainer = getattr(self.model, "cotrainer", None)
         if cotrainer is not None:  # D_m of --generator_cotrain_weight, before state
-            path = os.path.join(self.run_dir, "discriminator.weights.h5")
-            cotrainer.discriminator.save_weights(path[:-11] + ".tmp.weights.h5")
-            os.replace(path[:-11] + ".tmp.weights.h5", path)
+            atomic_save_weights(
+                cotrainer.discriminator,
+                os.path.join(self.run_dir, "discriminator.weights.h5"),
+            )
         _atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
         _write_json(os.path.join(self.run_dir, "state.json"), self.state)
 

@@ -111,6 +111,19 @@ def _listed(what: str, names: list[str]) -> list[str]:
     return [f"{what}: {names[:10]}{more}"]
 
 
+def _match(layer, source: str, where: str, arrays, values: dict, problems: list):
+    """Keeps `arrays` for `layer` when their shapes fit, else records why not."""
+    shapes = [tuple(a.shape) for a in arrays]
+    expected = [tuple(w.shape) for w in layer.weights]
+    if shapes != expected:
+        problems.append(
+            f"layer {layer.name} ({source}): {where} has shapes {shapes}, "
+            f"model {expected}"
+        )
+    else:
+        values[layer.name] = arrays
+
+
 def _torch_prefix(layer_name: str) -> str | None:
     """torchvision's name for one of the project's ResNet layers."""
     if layer_name in ("stem_conv", "stem_bn"):
@@ -152,15 +165,7 @@ def torch_resnet_values(
             arrays.append(fn(state[name]))
         if len(arrays) != len(keys):
             continue
-        shapes = [tuple(a.shape) for a in arrays]
-        expected = [tuple(w.shape) for w in layer.weights]
-        if shapes != expected:
-            problems.append(
-                f"layer {layer.name} ({prefix}): checkpoint has shapes {shapes}, "
-                f"model {expected}"
-            )
-            continue
-        values[layer.name] = arrays
+        _match(layer, prefix, "checkpoint", arrays, values, problems)
     unused = [k for k in state if k not in used and not k.endswith("batches_tracked")]
     # Entries outside the backbone (fc, or a checkpoint's own extra heads such as
     # `feature`) are heads and dropped; anything that looks like backbone and did not
@@ -218,15 +223,7 @@ def vggface_values(
             missing.append(layer.name)
             continue
         file_name, arrays = by_name.pop(layer.name)
-        shapes = [tuple(a.shape) for a in arrays]
-        expected = [tuple(w.shape) for w in layer.weights]
-        if shapes != expected:
-            problems.append(
-                f"layer {layer.name} ({file_name}): file has shapes {shapes}, "
-                f"model {expected}"
-            )
-            continue
-        values[layer.name] = arrays
+        _match(layer, file_name, "file", arrays, values, problems)
     extra = sorted(k for k, _ in by_name.values() if not k.startswith(_HEADS_VGGFACE))
     problems = (
         _listed("layers missing from the file", missing)
