@@ -99,7 +99,6 @@ def _parse_extra(items):
 
 def run_one(name: str, overrides: dict, out_path: str) -> dict:
     from ean_tf.config import make_config
-    from ean_tf.generator import pretrain
     from ean_tf.train import train
 
     overrides = {**overrides, **_parse_extra(FLAGS.extra)}
@@ -118,7 +117,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
     start = time.time()
     pretrained = None
     if with_generator:  # pre-train the backbone, then train from it
-        pretrained = pretrain(config)
+        pretrained = _pretrained_backbone(out_path)
         config = make_config(
             FLAGS.config,
             data_dir=FLAGS.data_dir,
@@ -154,6 +153,37 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         os.path.basename(out_path)[:-5], result, os.path.dirname(out_path)
     )
     return result
+
+
+def _pretrained_backbone(out_path: str) -> dict:
+    """One generator pre-training shared by every run that starts from it.
+
+    The pre-training does not depend on the head, so `linear_generator` and
+    `ean_generator` start from the same backbone; it runs once (and resumes after a
+    kill) in `<runs_dir>/<experiment>/pretrained`, and its figure 4 is copied next to
+    the result JSONs.
+    """
+    import shutil
+
+    from ean_tf.config import make_config
+    from ean_tf.generator import generator_dir, pretrain
+
+    config = make_config(
+        FLAGS.config,
+        data_dir=FLAGS.data_dir,
+        run_dir=os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"),
+        seed=FLAGS.seed,
+        **_parse_extra(FLAGS.extra),
+    )
+    summary_path = os.path.join(generator_dir(config), "summary.json")
+    if os.path.isfile(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+    else:
+        summary = pretrain(config)
+    figure = os.path.join(os.path.dirname(out_path), "feature_maps.png")
+    shutil.copyfile(summary["figure"], figure)
+    return {**summary, "figure": os.path.relpath(figure, common.ROOT)}
 
 
 def _robustness(config, run_dir: str) -> dict:

@@ -114,12 +114,18 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=generator",
-        "--only=ean_generator",
+        "--only=ean_generator,linear_generator",
         *common,
         "--extra=epochs=1,adj_warmup_epochs=0,generator_epochs=1",
     )
     run = json.load(open(tmp_path / "results" / "generator" / "ean_generator.json"))
-    assert run["config"]["generator"]["generator_checkpoint"].endswith(
-        "backbone.weights.h5"
+    linear = json.load(
+        open(tmp_path / "results" / "generator" / "linear_generator.json")
     )
+    checkpoint = run["config"]["generator"]["generator_checkpoint"]
+    assert checkpoint.endswith("backbone.weights.h5")
+    # One pre-training serves both heads.
+    assert linear["config"]["generator"]["generator_checkpoint"] == checkpoint
+    assert linear["generator"]["seconds"] == run["generator"]["seconds"]
+    assert (tmp_path / "results" / "generator" / "feature_maps.png").is_file()
     assert set(run["robustness"]) == {"clean", "occlusion", "illumination", "pose"}
