@@ -78,6 +78,9 @@ def runs(experiment: str) -> dict[str, dict]:
         "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
+        # The head itself: one GCN layer (a linear head while A = I) and no dropout.
+        "one_gcn_layer": {"gcn_units": ()},
+        "gcn_dropout_0": {"gcn_dropout": 0.0},
     }
 
 

@@ -316,6 +316,9 @@ def test_cotraining_adds_the_adversarial_term_and_trains_d(tmp_path):
     for row in rows:
         assert 0.0 < float(row["adv_loss"]) < 10.0
         assert 0.0 <= float(row["d_view_accuracy"]) <= 1.0
+    # training-only terms are not logged as zeros for the validation split
+    assert "val_accuracy" in rows[0]
+    assert not any(k in rows[0] for k in ("val_adv_loss", "val_edges_per_node"))
     assert (tmp_path / "run" / "discriminator.weights.h5").is_file()
     # the saved model is plain EAN: no discriminator weights in it
     from ean_tf.train import load_model

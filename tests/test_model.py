@@ -183,16 +183,22 @@ def test_config_round_trip():
 
 
 @pytest.mark.parametrize(
-    "tau2,signed", [(-math.inf, False), (-0.2, False), (-0.2, True)]
+    "tau2,signed,units",
+    [
+        (-math.inf, False, (16, 8)),
+        (-0.2, False, (16, 8)),
+        (-0.2, True, (16, 8)),
+        (-0.2, False, ()),  # one GCN layer: the linear head on aggregated features
+    ],
 )
-def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed):
+def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units):
     keras.utils.set_random_seed(2)
     model = EAN(
         4,
         tau1=0.1,
         tau2=tau2,
         signed_edges=signed,
-        gcn_units=(16, 8),
+        gcn_units=units,
         **{k: v for k, v in TINY.items() if k != "gcn_units"},
     )
     model.graph_enabled.assign(1.0)

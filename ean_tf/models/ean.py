@@ -451,7 +451,15 @@ class EAN(keras.Model):
             for name, tracker in getattr(self.cotrainer, "trackers", {}).items():
                 tracker.update_state(stats[name])
         self.accuracy.update_state(targets, logits)
-        logs = {m.name: m.result() for m in self.metrics}
+        # Evaluation updates only the loss, CE and accuracy: the graph statistics
+        # and the co-training terms are training-only, so they stay out of the
+        # `val_` logs instead of showing there as zeros.
+        evaluated = {id(m) for m in (self.loss_tracker, self.ce_tracker, self.accuracy)}
+        logs = {
+            m.name: m.result()
+            for m in self.metrics
+            if stats is not None or id(m) in evaluated
+        }
         if isinstance(
             self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
         ):
