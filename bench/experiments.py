@@ -78,8 +78,9 @@ def runs(experiment: str) -> dict[str, dict]:
         "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
-        # The head itself: one GCN layer (a linear head while A = I) and no dropout.
-        "one_gcn_layer": {"gcn_units": ()},
+        # The head itself. One GCN layer without dropout is exactly the linear
+        # baseline's head while A = I, so it separates the graph from the head.
+        "one_gcn_layer": {"gcn_units": (), "gcn_dropout": 0.0},
         "gcn_dropout_0": {"gcn_dropout": 0.0},
     }
 
@@ -256,10 +257,13 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
 
 
 def _same_run_elsewhere(name: str) -> str | None:
-    """The clean experiment's JSON for a 0% noise run (identical configuration)."""
+    """The clean experiment's JSON for a run of identical configuration: noise 0%
+    and the ablations' default EAN."""
     if FLAGS.experiment == "noise" and name.endswith("_noise0"):
         head = name.split("_")[0]
         return os.path.join(FLAGS.out_dir, "clean", f"{head}.json")
+    if FLAGS.experiment == "ablations" and name == "ean_default":
+        return os.path.join(FLAGS.out_dir, "clean", "ean.json")
     return None
 
 

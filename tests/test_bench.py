@@ -106,11 +106,14 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=ablations",
-        "--only=adj_sum,warmup_half",
+        "--only=ean_default,adj_sum,warmup_half",
         *common,
     )
     run = json.load(open(tmp_path / "results" / "ablations" / "adj_sum.json"))
     assert run["config"]["model"]["adj_reduction"] == "sum"
+    default = json.load(open(tmp_path / "results" / "ablations" / "ean_default.json"))
+    assert default["same_run_as"].endswith(os.path.join("clean", "ean.json"))
+    assert default["accuracy"] == clean["accuracy"]
     _bench(
         "experiments.py",
         "--experiment=generator",
