@@ -15,7 +15,9 @@ whose JSON exists is skipped, so an interrupted experiment continues where it
 stopped; commit the JSONs. When every run is done, `<experiment>.json` (the table)
 and `<experiment>.png` (validation accuracy over epochs) are written beside them.
 
-`--extra=flag=value,...` applies to every run (e.g. `epochs=70` on a GPU).
+`--extra=flag=value,...` applies to every run. On a GPU, `--config=ferplus48_gpu`
+runs the full protocol (stride-1 stem, the paper's 70 epochs, images cached in
+memory, mixed precision and XLA); its results go to `bench/results/ferplus48_gpu/`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("config", "ferplus48", "Preset every run starts from.")
 flags.DEFINE_string("data_dir", common.FERPLUS_DIR, "Data set root.")
-flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where result JSONs go.")
+flags.DEFINE_string(
+    "out_dir",
+    "",
+    "Where result JSONs go (empty: bench/results for the CPU protocol ferplus48, "
+    "bench/results/<config> for any other preset, so that runs of another protocol "
+    "never count as done by the CPU ones).",
+)
 flags.DEFINE_string(
     "runs_dir",
     os.path.join(common.ROOT, "runs", "bench"),
@@ -256,20 +264,28 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     plt.close(fig)
 
 
+def _out_root() -> str:
+    if FLAGS.out_dir:
+        return FLAGS.out_dir
+    if FLAGS.config == "ferplus48":
+        return common.RESULTS_DIR
+    return os.path.join(common.RESULTS_DIR, FLAGS.config)
+
+
 def _same_run_elsewhere(name: str) -> str | None:
     """The clean experiment's JSON for a run of identical configuration: noise 0%
     and the ablations' default EAN."""
     if FLAGS.experiment == "noise" and name.endswith("_noise0"):
         head = name.split("_")[0]
-        return os.path.join(FLAGS.out_dir, "clean", f"{head}.json")
+        return os.path.join(_out_root(), "clean", f"{head}.json")
     if FLAGS.experiment == "ablations" and name == "ean_default":
-        return os.path.join(FLAGS.out_dir, "clean", "ean.json")
+        return os.path.join(_out_root(), "clean", "ean.json")
     return None
 
 
 def main(argv):
     del argv
-    out_dir = os.path.join(FLAGS.out_dir, FLAGS.experiment)
+    out_dir = os.path.join(_out_root(), FLAGS.experiment)
     os.makedirs(out_dir, exist_ok=True)
     results = {}
     for name, overrides in runs(FLAGS.experiment).items():

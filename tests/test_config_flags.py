@@ -39,6 +39,15 @@ def test_preset_is_a_delta_of_the_default(parse):
     assert config.model.tau1 == make_config().model.tau1
 
 
+@pytest.mark.parametrize("preset", sorted(config_lib.PRESETS))
+def test_every_preset_is_a_valid_config(preset):
+    config = make_config(preset)
+    for field, value in config_lib.PRESETS[preset].items():
+        section, _ = config_lib.field_index()[field]
+        assert getattr(getattr(config, section), field) == value, field
+    assert config.train.adj_warmup_epochs < config.train.epochs
+
+
 def test_explicit_flag_overrides_the_preset(parse):
     config = parse(
         "--config=ferplus48",
