@@ -90,6 +90,15 @@ def runs(experiment: str) -> dict[str, dict]:
         # baseline's head while A = I, so it separates the graph from the head.
         "one_gcn_layer": {"gcn_units": (), "gcn_dropout": 0.0},
         "gcn_dropout_0": {"gcn_dropout": 0.0},
+        # The graph on each replica's batch or on the global batch, with 2 replicas
+        # (2 logical CPU devices where there is no GPU; with one GPU there is one
+        # replica and the two are the same run).
+        "graph_local": {"strategy": "mirrored", "_replicas": 2},
+        "graph_global": {
+            "strategy": "mirrored",
+            "cross_replica_graph": True,
+            "_replicas": 2,
+        },
     }
 
 
@@ -115,6 +124,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
 
     overrides = {**overrides, **_parse_extra(FLAGS.extra)}
     with_generator = overrides.pop("_pretrain", False)
+    overrides.pop("_replicas", None)  # devices were split in main()
     base = make_config(FLAGS.config, **_parse_extra(FLAGS.extra))
     if overrides.get("adj_warmup_epochs") == -1:
         overrides["adj_warmup_epochs"] = max(1, base.train.epochs // 2)
@@ -154,6 +164,8 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
             g: r["mean_class_accuracy"] for g, r in metrics["graphs"].items()
         },
         "best_val_accuracy": summary["best_val_accuracy"],
+        "replicas": summary["replicas"],
+        "graph_nodes": float(log[-1]["graph_nodes"]) if log else None,
         "val_accuracy_per_epoch": [float(r["val_accuracy"]) for r in log],
         "flipped_labels": metrics.get("flipped_labels"),
         "seconds": round(time.time() - start, 1),
@@ -283,14 +295,33 @@ def _same_run_elsewhere(name: str) -> str | None:
     return None
 
 
+def _split_cpu(replicas: int) -> None:
+    """Without a GPU, `replicas` logical CPU devices, so that mirrored training
+    has that many replicas (must run before TensorFlow starts its runtime)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+    )
+
+
 def main(argv):
     del argv
+    selected = {
+        name: overrides
+        for name, overrides in runs(FLAGS.experiment).items()
+        if not FLAGS.only or name in FLAGS.only
+    }
+    replicas = max([o.get("_replicas", 1) for o in selected.values()] + [1])
+    if replicas > 1:
+        _split_cpu(replicas)
     out_dir = os.path.join(_out_root(), FLAGS.experiment)
     os.makedirs(out_dir, exist_ok=True)
     results = {}
-    for name, overrides in runs(FLAGS.experiment).items():
-        if FLAGS.only and name not in FLAGS.only:
-            continue
+    for name, overrides in selected.items():
         path = os.path.join(out_dir, f"{name}.json")
         same = _same_run_elsewhere(name)
         if not os.path.isfile(path) and same and os.path.isfile(same):

@@ -455,6 +455,7 @@ def train(config: Config, verbose: int = 1) -> dict:
         model=final,
         best_model=os.path.join(run_dir, "best.keras"),
         best_val_accuracy=state.get("best_val_accuracy"),
+        replicas=replicas,
         bank_per_class=bank_counts,
         metrics=os.path.join(run_dir, "metrics.json"),
         accuracy={g: r["accuracy"] for g, r in report["graphs"].items()},

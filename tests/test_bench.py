@@ -106,9 +106,12 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=ablations",
-        "--only=ean_default,adj_sum,warmup_half",
+        "--only=ean_default,adj_sum,warmup_half,graph_local",
         *common,
     )
+    local = json.load(open(tmp_path / "results" / "ablations" / "graph_local.json"))
+    assert local["replicas"] == 2
+    assert local["graph_nodes"] == 8  # half the tiny preset's batch of 16
     run = json.load(open(tmp_path / "results" / "ablations" / "adj_sum.json"))
     assert run["config"]["model"]["adj_reduction"] == "sum"
     default = json.load(open(tmp_path / "results" / "ablations" / "ean_default.json"))
