@@ -280,6 +280,20 @@ _PAPER_224 = {
     "random_crop_pad": 16,
 }
 
+_FERPLUS48 = {
+    "dataset": "ferplus",
+    "image_size": 48,
+    "width": 64,
+    "epochs": 6,
+    "batch_size": 64,
+    "lr_schedule": "cosine",
+    "lr_warmup_epochs": 1,
+    "nesterov": True,
+    "label_smoothing": 0.1,
+    "adj_warmup_epochs": 2,
+    "bank_per_class": 32,
+}
+
 # Presets are deltas of the default, keyed by field (= flag) name.
 PRESETS: dict[str, dict[str, Any]] = {
     # The main job: built-in data, a narrow ResNet-18, minutes on a 2-core CPU.
@@ -304,35 +318,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 0.05,
     },
     # FERPlus CPU protocol: 48 px, full ResNet-18 with a 3x3/2 stem, short schedule.
-    "ferplus48": {
-        "dataset": "ferplus",
-        "image_size": 48,
-        "width": 64,
-        "epochs": 6,
-        "batch_size": 64,
-        "lr_schedule": "cosine",
-        "lr_warmup_epochs": 1,
-        "nesterov": True,
-        "label_smoothing": 0.1,
-        "adj_warmup_epochs": 2,
-        "bank_per_class": 32,
-    },
+    "ferplus48": _FERPLUS48,
     # The same at full scale, for a GPU: the stride-1 stem, the paper's 70 epochs
     # (50 of adjacency warm-up, lr / 10 every 20), images cached in memory, mixed
     # precision and XLA (both slower on a CPU).
     "ferplus48_gpu": {
-        "dataset": "ferplus",
-        "image_size": 48,
-        "width": 64,
+        **_FERPLUS48,
         "stem": "small",
         "epochs": 70,
         "adj_warmup_epochs": 50,
+        "lr_schedule": "step",
         "lr_decay_epochs": 20,
-        "lr_warmup_epochs": 1,
-        "batch_size": 64,
-        "nesterov": True,
-        "label_smoothing": 0.1,
-        "bank_per_class": 32,
         "cache": True,
         "mixed_precision": True,
         "jit_compile": True,

@@ -356,13 +356,11 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             return 0
 
     def on_epoch_end(self, epoch, logs=None):
-        from ean_tf.train import atomic_save_weights
+        from ean_tf.train import _write_json, atomic_save_weights
 
         os.makedirs(self.folder, exist_ok=True)
         atomic_save_weights(self.model, self.weights)
-        with open(self.state + ".tmp", "w") as f:
-            json.dump({"epochs_done": epoch + 1}, f)
-        os.replace(self.state + ".tmp", self.state)
+        _write_json(self.state, {"epochs_done": epoch + 1})
 
 
 def generator_dir(config: Config) -> str:

@@ -454,12 +454,12 @@ class EAN(keras.Model):
         # Evaluation updates only the loss, CE and accuracy: the graph statistics
         # and the co-training terms are training-only, so they stay out of the
         # `val_` logs instead of showing there as zeros.
-        evaluated = {id(m) for m in (self.loss_tracker, self.ce_tracker, self.accuracy)}
-        logs = {
-            m.name: m.result()
-            for m in self.metrics
-            if stats is not None or id(m) in evaluated
-        }
+        logged = (
+            self.metrics
+            if stats is not None
+            else (self.loss_tracker, self.ce_tracker, self.accuracy)
+        )
+        logs = {m.name: m.result() for m in logged}
         if isinstance(
             self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
         ):
