@@ -118,36 +118,35 @@ def _parse_extra(items):
     return out
 
 
-def run_one(name: str, overrides: dict, out_path: str) -> dict:
+def _config(run_dir: str, **overrides):
+    """The preset with this run's folder, data, seed and `--extra` applied."""
     from ean_tf.config import make_config
+
+    return make_config(
+        FLAGS.config,
+        data_dir=FLAGS.data_dir,
+        run_dir=run_dir,
+        seed=FLAGS.seed,
+        **{**_parse_extra(FLAGS.extra), **overrides},
+    )
+
+
+def run_one(name: str, overrides: dict, out_path: str) -> dict:
     from ean_tf.train import train
 
     overrides = {**overrides, **_parse_extra(FLAGS.extra)}
     with_generator = overrides.pop("_pretrain", False)
     overrides.pop("_replicas", None)  # devices were split in main()
-    base = make_config(FLAGS.config, **_parse_extra(FLAGS.extra))
-    if overrides.get("adj_warmup_epochs") == -1:
-        overrides["adj_warmup_epochs"] = max(1, base.train.epochs // 2)
     run_dir = os.path.join(FLAGS.runs_dir, FLAGS.experiment, name)
-    config = make_config(
-        FLAGS.config,
-        data_dir=FLAGS.data_dir,
-        run_dir=run_dir,
-        seed=FLAGS.seed,
-        **overrides,
-    )
+    if overrides.get("adj_warmup_epochs") == -1:
+        epochs = _config(run_dir).train.epochs
+        overrides["adj_warmup_epochs"] = max(1, epochs // 2)
     start = time.time()
-    pretrained = None
+    pretrained, start_from = None, {}
     if with_generator:  # pre-train the backbone, then train from it
         pretrained = _pretrained_backbone(out_path)
-        config = make_config(
-            FLAGS.config,
-            data_dir=FLAGS.data_dir,
-            run_dir=run_dir,
-            seed=FLAGS.seed,
-            generator_checkpoint=pretrained["backbone_weights"],
-            **overrides,
-        )
+        start_from = {"generator_checkpoint": pretrained["backbone_weights"]}
+    config = _config(run_dir, **overrides, **start_from)
     summary = train(config)
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -189,16 +188,9 @@ def _pretrained_backbone(out_path: str) -> dict:
     """
     import shutil
 
-    from ean_tf.config import make_config
     from ean_tf.generator import generator_dir, pretrain
 
-    config = make_config(
-        FLAGS.config,
-        data_dir=FLAGS.data_dir,
-        run_dir=os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"),
-        seed=FLAGS.seed,
-        **_parse_extra(FLAGS.extra),
-    )
+    config = _config(os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"))
     summary_path = os.path.join(generator_dir(config), "summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
