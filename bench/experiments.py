@@ -162,6 +162,9 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         "mean_class_accuracy": {
             g: r["mean_class_accuracy"] for g, r in metrics["graphs"].items()
         },
+        "per_class_recall": {
+            g: r["per_class_recall"] for g, r in metrics["graphs"].items()
+        },
         "best_val_accuracy": summary["best_val_accuracy"],
         "replicas": summary["replicas"],
         "graph_nodes": float(log[-1]["graph_nodes"]) if log else None,

@@ -90,6 +90,8 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench("experiments.py", "--experiment=clean", *common)
     table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
     assert {row["run"] for row in table} == {"linear", "ean"}
+    ean = json.load(open(tmp_path / "results" / "clean" / "ean.json"))
+    assert set(ean["per_class_recall"]) == {"bank", "batch", "isolated"}
     assert os.path.isfile(tmp_path / "results" / "clean" / "clean.png")
     # A second call finds every run done and trains nothing.
     again = _bench("experiments.py", "--experiment=clean", *common)
