@@ -1,34 +1,41 @@
 # The README's two commands: `make train` and `make test`. Each creates .venv with
-# Python 3.11 when missing and installs the pinned requirements once (a stamp file
-# named after the requirements' hash skips the install when nothing changed).
+# Python 3.11 when missing and installs the pinned requirements once (stamp files
+# named after the requirements' hashes skip the install when nothing changed).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-REQS := requirements.txt requirements-dev.txt
-STAMP := $(VENV)/.stamp-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 ARGS ?=
+# `make train` needs only the runtime requirements; `make test` adds the test tools.
+hash = $(shell cat $(1) | sha1sum | cut -c1-12)
+RUN_STAMP := $(VENV)/.stamp-run-$(call hash,requirements.txt)
+DEV_STAMP := $(VENV)/.stamp-dev-$(call hash,requirements.txt requirements-dev.txt)
 
 .PHONY: train test lint venv clean
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-$(STAMP): $(REQS)
+$(RUN_STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), \
 		"Python 3.11 is required, found " + sys.version.split()[0]'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.stamp-run-*
+	@touch $@
+
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	@rm -f $(VENV)/.stamp-*
+	@rm -f $(VENV)/.stamp-dev-*
 	@touch $@
 
 # The main job: EAN on the built-in data, a few minutes on a 2-core CPU.
-train: $(STAMP)
+train: $(RUN_STAMP)
 	$(PY) run.py --mode=train $(ARGS)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests $(ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:

@@ -41,15 +41,21 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ from it."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
             cwd=ROOT,
             capture_output=True,
             text=True,
         ).stdout.strip()
     except OSError:
         return ""
+
+
+# Taken when a bench script starts, not when it writes: a run lasts long enough for
+# the tree to move on under it.
+COMMIT = git_commit()
 
 
 def write_result(name: str, result: dict, out_dir: str = RESULTS_DIR) -> str:
@@ -59,7 +65,7 @@ def write_result(name: str, result: dict, out_dir: str = RESULTS_DIR) -> str:
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "commit": git_commit(),
+        "commit": COMMIT,
         **result,
     }
     path = os.path.join(out_dir, f"{name}.json")

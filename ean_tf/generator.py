@@ -363,6 +363,18 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         _write_json(self.state, {"epochs_done": epoch + 1})
 
 
+def generator_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.SGD:
+    """G's optimizer: training's SGD, linear warm-up (``--lr_warmup_epochs``, at most
+    half the pre-training) then cosine to zero over ``--generator_epochs``. Without
+    the warm-up, lr 0.1 from the first step can collapse a backbone trained from
+    scratch."""
+    from ean_tf.train import make_optimizer
+
+    epochs = config.generator.generator_epochs
+    warmup = min(float(config.train.lr_warmup_epochs), epochs / 2)
+    return make_optimizer(config, steps_per_epoch, epochs, "cosine", warmup)
+
+
 def generator_dir(config: Config) -> str:
     return os.path.join(config.train.run_dir, "generator")
 
@@ -399,16 +411,8 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             backbone, num_identities, splits.train.num_classes, t.label_smoothing
         )
         model.build()
-        lr = keras.optimizers.schedules.CosineDecay(
-            t.learning_rate, steps * g.generator_epochs
-        )
         model.compile(
-            g_optimizer=keras.optimizers.SGD(
-                lr,
-                momentum=t.momentum,
-                nesterov=t.nesterov,
-                weight_decay=t.weight_decay or None,
-            ),
+            g_optimizer=generator_optimizer(config, steps),
             d_optimizer=keras.optimizers.Adam(g.d_learning_rate),
             lambda_adv=g.lambda_adv,
             lambda_id=g.lambda_id,

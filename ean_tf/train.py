@@ -139,16 +139,24 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
-def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.SGD:
+def make_optimizer(
+    config: Config,
+    steps_per_epoch: int,
+    epochs: int | None = None,
+    schedule: str | None = None,
+    warmup_epochs: float | None = None,
+) -> keras.optimizers.SGD:
+    """SGD with the configured schedule; the generator's pre-training passes its own
+    epochs, cosine, and a warm-up that fits them."""
     t = config.train
     lr = LearningRate(
         t.learning_rate,
         steps_per_epoch,
-        t.epochs,
-        t.lr_schedule,
+        t.epochs if epochs is None else epochs,
+        schedule or t.lr_schedule,
         t.lr_decay_epochs,
         t.lr_decay_factor,
-        t.lr_warmup_epochs,
+        t.lr_warmup_epochs if warmup_epochs is None else warmup_epochs,
     )
     return keras.optimizers.SGD(
         lr,

@@ -37,6 +37,13 @@ def test_speed_bench(tmp_path):
     assert row["ean_images_per_s"] > 0 and row["linear_images_per_s"] > 0
     assert 0 < row["graph_head_share"] < 1
     assert result["command"].startswith("bench/speed.py") and result["date"]
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    assert result["commit"].split("-")[0] == head  # "-dirty" marks a changed tree
 
 
 def test_pipeline_bench(tmp_path):

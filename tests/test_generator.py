@@ -164,6 +164,25 @@ def test_train_step_updates_every_tracker():
         assert np.isfinite(float(logs[name])), name
 
 
+@pytest.mark.parametrize("epochs, warmup", [(2, 1.0), (1, 0.5), (6, 1.0)])
+def test_pretraining_lr_warms_up_then_decays_to_zero(epochs, warmup):
+    from ean_tf.generator import generator_optimizer
+
+    config = make_config("tiny", generator_epochs=epochs, lr_warmup_epochs=1)
+    peak, steps = config.train.learning_rate, 10
+    optimizer = generator_optimizer(config, steps)
+
+    def lr_at(step):
+        optimizer.iterations.assign(step)
+        return float(optimizer.learning_rate)
+
+    assert lr_at(0) == pytest.approx(peak / (warmup * steps))  # not the peak at once
+    assert lr_at(int(warmup * steps)) == pytest.approx(peak)
+    assert lr_at(epochs * steps) == pytest.approx(0.0, abs=1e-7)
+    rising = [lr_at(i) for i in range(int(warmup * steps))]
+    assert rising == sorted(rising)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("generator")
