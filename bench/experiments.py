@@ -12,8 +12,9 @@ writes `<out_dir>/<experiment>/<run>.json` (final accuracy and mean class accura
 in each inference graph, the best validation accuracy, validation accuracy per
 epoch, the flipped-label report on noisy runs, time, command, machine, date). A run
 whose JSON exists is skipped, so an interrupted experiment continues where it
-stopped; commit the JSONs. When every run is done, `<experiment>.json` (the table)
-and `<experiment>.png` (validation accuracy over epochs) are written beside them.
+stopped; commit the JSONs. `<experiment>.json` (the table) and `<experiment>.png`
+(validation accuracy over epochs, one panel per noise level) are written beside them
+after each call, from every run done so far.
 
 `--extra=flag=value,...` applies to every run. On a GPU, `--config=ferplus48_gpu`
 runs the full protocol (stride-1 stem, the paper's 70 epochs, images cached in
@@ -250,22 +251,30 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             }
         )
     common.write_result(FLAGS.experiment, {"table": table}, out_dir)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results.items():
-        curve = r["val_accuracy_per_epoch"]
-        ax.plot(
-            range(1, len(curve) + 1),
-            curve,
-            marker="o",
-            ms=3,
-            label=name,
-            ls="--" if name.startswith("linear") else "-",
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (batch graph for EAN)")
-    ax.set_title(f"{FLAGS.experiment}: {FLAGS.config}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # One panel per noise level (baseline against EAN), one panel otherwise.
+    panels: dict[str, list[str]] = {}
+    for name in results:
+        key = name.split("_", 1)[1] if FLAGS.experiment == "noise" else ""
+        panels.setdefault(key, []).append(name)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels) + 2.8, 4.5), squeeze=False
+    )
+    for ax, (key, names) in zip(axes[0], panels.items(), strict=True):
+        for name in names:
+            curve = results[name]["val_accuracy_per_epoch"]
+            ax.plot(
+                range(1, len(curve) + 1),
+                curve,
+                marker="o",
+                ms=3,
+                label=name,
+                ls="--" if name.startswith("linear") else "-",
+            )
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{FLAGS.experiment} {key}: {FLAGS.config}".replace("  ", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, f"{FLAGS.experiment}.png"), dpi=110)
     plt.close(fig)
@@ -305,6 +314,12 @@ def _split_cpu(replicas: int) -> None:
 
 def main(argv):
     del argv
+    unknown = sorted(set(FLAGS.only) - set(runs(FLAGS.experiment)))
+    if unknown:
+        raise app.UsageError(
+            f"--only: no run {', '.join(unknown)} in --experiment={FLAGS.experiment}; "
+            f"its runs: {', '.join(runs(FLAGS.experiment))}"
+        )
     selected = {
         name: overrides
         for name, overrides in runs(FLAGS.experiment).items()
@@ -316,7 +331,7 @@ def main(argv):
     out_dir = os.path.join(_out_root(), FLAGS.experiment)
     os.makedirs(out_dir, exist_ok=True)
     results = {}
-    for name, overrides in selected.items():
+    for name, overrides in runs(FLAGS.experiment).items():
         path = os.path.join(out_dir, f"{name}.json")
         same = _same_run_elsewhere(name)
         if not os.path.isfile(path) and same and os.path.isfile(same):
@@ -325,13 +340,14 @@ def main(argv):
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
         if os.path.isfile(path):
-            print(f"{name}: done before ({path})")
+            if name in selected:
+                print(f"{name}: done before ({path})")
             with open(path) as f:
                 results[name] = json.load(f)
-            continue
-        print(f"{name}: training with {overrides}", flush=True)
-        results[name] = run_one(name, overrides, path)
-    if len(results) == len(runs(FLAGS.experiment)) or FLAGS.only:
+        elif name in selected:
+            print(f"{name}: training with {overrides}", flush=True)
+            results[name] = run_one(name, overrides, path)
+    if results:  # the table and the figure: every run done so far, selected or not
         summarise(results, out_dir)
 
 

@@ -112,6 +112,18 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert zero["accuracy"] == clean["accuracy"]
     run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
     assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
+    # The table holds every run done so far: linear 0% is the clean linear run.
+    table = json.load(open(tmp_path / "results" / "noise" / "noise.json"))["table"]
+    assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0", "ean_noise20"]
+    assert table[2]["flipped_predicted_clean"] is not None
+    assert os.path.isfile(tmp_path / "results" / "noise" / "noise.png")
+    wrong = subprocess.run(
+        [sys.executable, "bench/experiments.py", "--experiment=noise", "--only=ean20"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert wrong.returncode != 0 and "--only: no run ean20" in wrong.stderr
     _bench(
         "experiments.py",
         "--experiment=ablations",
