@@ -171,6 +171,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         "graph_nodes": float(log[-1]["graph_nodes"]) if log else None,
         "val_accuracy_per_epoch": [float(r["val_accuracy"]) for r in log],
         "flipped_labels": metrics.get("flipped_labels"),
+        "head_activity": metrics.get("head_activity"),
         "seconds": round(time.time() - start, 1),
     }
     if FLAGS.experiment == "generator":

@@ -9,6 +9,7 @@ writes `metrics.json` and `confusion.png` (of the first graph) to `out_dir`. The
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -139,6 +140,35 @@ def flipped_label_report(
     }
 
 
+def head_activity(
+    model, examples: Examples, image_size: int, batch_size: int, max_images: int = 2048
+) -> dict | None:
+    """How many hidden units of the GCN head ever fire (ReLU > 0), with A = I, on
+    the first `max_images` examples. A unit that never fires passes no gradient; a
+    head whose hidden units are all dead predicts from its biases alone, one class
+    for every image. None for a head without hidden layers."""
+    import keras
+
+    if getattr(model, "head_type", "") != "ean" or len(model.head.convs) < 2:
+        return None
+    subset = examples.select(np.arange(min(len(examples), max_images)))
+    hidden = model.head.convs[:-1]
+    fired = [np.zeros(conv.channels, bool) for conv in hidden]
+    for images, _ in make_dataset(subset, image_size, batch_size, training=False):
+        x, _, _ = model.features(images)
+        for i, conv in enumerate(hidden):
+            x = keras.ops.matmul(x, conv.kernel)
+            x = conv.activation(x + conv.bias if conv.use_bias else x)
+            fired[i] |= np.asarray(x > 0).any(axis=0)
+    return {
+        "images": len(subset),
+        "layers": [
+            {"name": conv.name, "units": int(f.size), "dead": int(np.sum(~f))}
+            for conv, f in zip(hidden, fired, strict=True)
+        ],
+    }
+
+
 def evaluate_model(
     model,
     examples: Examples,
@@ -178,6 +208,21 @@ def evaluate_model(
         mean_class_accuracy=first["mean_class_accuracy"],
         num_samples=first["num_samples"],
     )
+    activity = head_activity(model, examples, image_size, batch_size)
+    if activity is not None:
+        report["head_activity"] = activity
+        for layer in activity["layers"]:
+            if layer["dead"] > layer["units"] // 2:
+                logging.getLogger("ean_tf").warning(
+                    "GCN head: %d of %d hidden units of %s never fire on %d "
+                    "validation images (dead ReLUs: the head learns little or "
+                    "nothing). Lower --learning_rate, lengthen --lr_warmup_epochs "
+                    "or try --gcn_units= (one GCN layer).",
+                    layer["dead"],
+                    layer["units"],
+                    layer["name"],
+                    activity["images"],
+                )
     if noisy_labels and train_examples is not None and os.path.isfile(noisy_labels):
         report["flipped_labels"] = flipped_label_report(
             model, train_examples, noisy_labels, image_size, batch_size, graphs[0]

@@ -80,6 +80,11 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
             f"{g:>8} graph: accuracy {r['accuracy']:.4f}, mean class accuracy "
             f"{r['mean_class_accuracy']:.4f} on {r['num_samples']} images"
         )
+    for layer in (report.get("head_activity") or {}).get("layers", []):
+        print(
+            f"GCN head {layer['name']}: {layer['dead']} of {layer['units']} hidden "
+            f"units never fire on {report['head_activity']['images']} images"
+        )
     print(
         f"Wrote {os.path.join(out_dir, 'metrics.json')} and "
         f"{os.path.join(out_dir, 'confusion.png')}"

@@ -157,3 +157,29 @@ def test_visualize_draws_the_batch_graph(trained, tmp_path):
     assert info["similar_edges"] == int(np.sum(upper >= 0.2))
     assert info["opposite_edges"] == int(np.sum(upper <= -0.2))
     assert path.stat().st_size > 10_000
+
+
+def test_head_activity_counts_dead_hidden_units(trained, tmp_path, caplog):
+    import keras
+
+    from ean_tf import data as data_lib
+
+    config, summary = trained
+    model = keras.models.load_model(summary["model"])
+    val = data_lib.load(config.data).val
+    size, batch = config.data.image_size, config.train.batch_size
+    hidden = model.head.convs[0]
+    # Biases far above zero: every hidden unit fires on every image.
+    hidden.bias.assign(np.full(hidden.bias.shape, 1e6, "float32"))
+    alive = evaluate.head_activity(model, val, size, batch)
+    assert alive["images"] == len(val)
+    assert alive["layers"] == [{"name": "gcn_0", "units": 16, "dead": 0}]
+    # Far below zero: none can fire, and evaluation says so.
+    hidden.bias.assign(np.full(hidden.bias.shape, -1e6, "float32"))
+    with caplog.at_level("WARNING", logger="ean_tf"):
+        report = evaluate.evaluate_model(
+            model, val, size, batch, str(tmp_path), graphs=("isolated",)
+        )
+    assert report["head_activity"]["layers"][0]["dead"] == 16
+    assert "16 of 16 hidden units of gcn_0 never fire" in caplog.text
+    assert len(set(report["graphs"]["isolated"]["confusion_matrix"][0])) <= 2
