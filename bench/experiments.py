@@ -258,7 +258,11 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
         key = name.split("_", 1)[1] if FLAGS.experiment == "noise" else ""
         panels.setdefault(key, []).append(name)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.2 * len(panels) + 2.8, 4.5), squeeze=False
+        1,
+        len(panels),
+        figsize=(4.2 * len(panels) + 2.8, 4.5),
+        squeeze=False,
+        sharey=True,
     )
     for ax, (key, names) in zip(axes[0], panels.items(), strict=True):
         for name in names:
@@ -272,7 +276,8 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
                 ls="--" if name.startswith("linear") else "-",
             )
         ax.set_xlabel("epoch")
-        ax.set_title(f"{FLAGS.experiment} {key}: {FLAGS.config}".replace("  ", " "))
+        level = f"{key[len('noise') :]}% label noise" if key else FLAGS.experiment
+        ax.set_title(f"{level}: {FLAGS.config}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
