@@ -22,6 +22,7 @@ $(RUN_STAMP): requirements.txt
 	@rm -f $(VENV)/.stamp-run-*
 	@touch $@
 
+# Both files in one resolve, so that no test tool moves a pinned runtime package.
 $(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	@rm -f $(VENV)/.stamp-dev-*
