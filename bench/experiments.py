@@ -16,14 +16,22 @@ stopped; commit the JSONs. `<experiment>.json` (the table) and `<experiment>.png
 (validation accuracy over epochs, one panel per noise level) are written beside them
 after each call, from every run done so far.
 
-`--extra=flag=value,...` applies to every run. On a GPU, `--config=ferplus48_gpu`
-runs the full protocol (stride-1 stem, the paper's 70 epochs, images cached in
-memory, mixed precision and XLA); its results go to `bench/results/ferplus48_gpu/`.
+`--extra=flag=value,...` applies to every run, under the run's own overrides (a
+list value's items are separated by ':', e.g. `gcn_units=512:256`; `gcn_units=`
+for none). A run whose configuration (folders aside) matches a finished run's JSON
+anywhere under `--reuse_from` (default bench/results) or `--out_dir` is not trained
+again: its JSON is copied, with `same_run_as` naming the original (noise 0% is the
+clean runs).
+
+On a GPU, `--config=ferplus48_gpu` runs the full protocol (stride-1 stem, the
+paper's 70 epochs, images cached in memory, mixed precision and XLA); its
+results go to `bench/results/ferplus48_gpu/`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -52,6 +60,12 @@ flags.DEFINE_string(
 flags.DEFINE_list("only", [], "Run only these run names.")
 flags.DEFINE_list("extra", [], "field=value overrides for every run.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
+flags.DEFINE_list(
+    "reuse_from",
+    [common.RESULTS_DIR],
+    "Folders searched, with --out_dir, for a finished run of the same configuration "
+    "(which is then copied instead of trained).",
+)
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
 
@@ -103,24 +117,53 @@ def runs(experiment: str) -> dict[str, dict]:
     }
 
 
-def _parse_extra(items):
+def _parse_extra(items: list[str]) -> dict:
+    """`--extra` items, `field=value`, each value cast to its config field's type.
+
+    A list field's items are separated by ':' (`--extra` itself is comma-separated):
+    `gcn_units=512:256`, and `gcn_units=` for none.
+    """
+    from ean_tf.config import field_index
+
+    index = field_index()
     out = {}
     for item in items:
-        key, _, value = item.partition("=")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        if value in ("true", "false"):
-            value = value == "true"
-        out[key] = value
+        key, sep, value = item.partition("=")
+        if not sep or key not in index:
+            raise app.UsageError(
+                f"--extra: {item!r} is not field=value with a config field "
+                "(the fields are run.py's flags)"
+            )
+        field = index[key][1]
+        default = (
+            field.default_factory()
+            if field.default is dataclasses.MISSING
+            else field.default
+        )
+        try:
+            out[key] = _cast(value, default)
+        except ValueError:
+            raise app.UsageError(
+                f"--extra: {item!r}: expected a value like {default!r}"
+            ) from None
     return out
 
 
+def _cast(value: str, like):
+    if isinstance(like, bool):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(value)
+        return value.lower() == "true"
+    if isinstance(like, tuple):
+        kind = type(like[0]) if like else int
+        return tuple(kind(v) for v in value.split(":") if v)
+    if isinstance(like, (int, float)):
+        return type(like)(value)
+    return value
+
+
 def _config(run_dir: str, **overrides):
-    """The preset with this run's folder, data, seed and `--extra` applied."""
+    """The preset with this run's folder, data, seed and overrides applied."""
     from ean_tf.config import make_config
 
     return make_config(
@@ -128,20 +171,28 @@ def _config(run_dir: str, **overrides):
         data_dir=FLAGS.data_dir,
         run_dir=run_dir,
         seed=FLAGS.seed,
-        **{**_parse_extra(FLAGS.extra), **overrides},
+        **overrides,
     )
+
+
+def _plan(overrides: dict) -> tuple[dict, bool, int]:
+    """A run's config overrides (on top of `--extra`: a run's own overrides win),
+    whether it starts from a pre-trained generator, and its replica count."""
+    overrides = {**_parse_extra(FLAGS.extra), **overrides}
+    with_generator = overrides.pop("_pretrain", False)
+    replicas = overrides.pop("_replicas", 1)  # devices were split in main()
+    if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
+        del overrides["adj_warmup_epochs"]
+        epochs = _config(FLAGS.runs_dir, **overrides).train.epochs
+        overrides["adj_warmup_epochs"] = max(1, epochs // 2)
+    return overrides, with_generator, replicas
 
 
 def run_one(name: str, overrides: dict, out_path: str) -> dict:
     from ean_tf.train import train
 
-    overrides = {**overrides, **_parse_extra(FLAGS.extra)}
-    with_generator = overrides.pop("_pretrain", False)
-    overrides.pop("_replicas", None)  # devices were split in main()
+    overrides, with_generator, _ = _plan(overrides)
     run_dir = os.path.join(FLAGS.runs_dir, FLAGS.experiment, name)
-    if overrides.get("adj_warmup_epochs") == -1:
-        epochs = _config(run_dir).train.epochs
-        overrides["adj_warmup_epochs"] = max(1, epochs // 2)
     start = time.time()
     pretrained, start_from = None, {}
     if with_generator:  # pre-train the backbone, then train from it
@@ -195,7 +246,10 @@ def _pretrained_backbone(out_path: str) -> dict:
 
     from ean_tf.generator import generator_dir, pretrain
 
-    config = _config(os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"))
+    config = _config(
+        os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"),
+        **_parse_extra(FLAGS.extra),
+    )
     summary_path = os.path.join(generator_dir(config), "summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
@@ -294,14 +348,56 @@ def _out_root() -> str:
     return os.path.join(common.RESULTS_DIR, FLAGS.config)
 
 
+def _comparable(config: dict) -> dict:
+    """A config as JSON holds it, without the field that names the run's folder."""
+    config = json.loads(json.dumps(config))
+    config["train"].pop("run_dir", None)
+    config["data"]["data_dir"] = os.path.realpath(config["data"]["data_dir"] or ".")
+    return config
+
+
 def _same_run_elsewhere(name: str) -> str | None:
-    """The clean experiment's JSON for a run of identical configuration: noise 0%
-    and the ablations' default EAN."""
-    if FLAGS.experiment == "noise" and name.endswith("_noise0"):
-        head = name.split("_")[0]
-        return os.path.join(_out_root(), "clean", f"{head}.json")
-    if FLAGS.experiment == "ablations" and name == "ean_default":
-        return os.path.join(_out_root(), "clean", "ean.json")
+    """A finished run's JSON, under the results folders, whose configuration is
+    this run's (folders aside): noise 0% is the clean runs, the ablations' default
+    EAN (and `adj_mean`, `single_threshold`, the defaults) the clean EAN, and runs
+    with `--extra` find the runs made with the same overrides. A field that an
+    older JSON lacks counts as the preset's value."""
+    overrides, with_generator, replicas = _plan(runs(FLAGS.experiment)[name])
+    if with_generator:  # its config names a checkpoint made by this experiment
+        return None
+    from ean_tf.config import make_config
+
+    want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
+    preset = _comparable(
+        make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
+    )
+    own = os.path.abspath(os.path.join(_out_root(), FLAGS.experiment, name + ".json"))
+    roots = {os.path.abspath(p) for p in [_out_root(), *FLAGS.reuse_from]}
+    for root in sorted(roots):
+        for folder, _, files in sorted(os.walk(root)):
+            for file in sorted(f for f in files if f.endswith(".json")):
+                path = os.path.join(folder, file)
+                with open(path) as f:
+                    result = json.load(f)
+                if (
+                    path == own
+                    or not isinstance(result.get("config"), dict)
+                    or "accuracy" not in result  # a table, or another bench
+                    or "same_run_as" in result
+                    or result.get("replicas", 1) != replicas
+                    or result.get("generator")  # trained from a pre-trained G
+                    # the generator experiment's runs carry robustness too
+                    or (FLAGS.experiment == "generator" and "robustness" not in result)
+                ):
+                    continue
+                got = _comparable(result["config"])
+                if all(
+                    got.get(section, {}).get(key, preset[section][key]) == value
+                    for section, fields in want.items()
+                    for key, value in fields.items()
+                ):
+                    inside = path.startswith(common.ROOT + os.sep)
+                    return os.path.relpath(path, common.ROOT) if inside else path
     return None
 
 
@@ -320,6 +416,7 @@ def _split_cpu(replicas: int) -> None:
 
 def main(argv):
     del argv
+    _parse_extra(FLAGS.extra)  # a wrong --extra fails before any work
     unknown = sorted(set(FLAGS.only) - set(runs(FLAGS.experiment)))
     if unknown:
         raise app.UsageError(
@@ -339,9 +436,9 @@ def main(argv):
     results = {}
     for name, overrides in runs(FLAGS.experiment).items():
         path = os.path.join(out_dir, f"{name}.json")
-        same = _same_run_elsewhere(name)
-        if not os.path.isfile(path) and same and os.path.isfile(same):
-            with open(same) as f:  # noise 0% is the clean experiment's run
+        same = None if os.path.isfile(path) else _same_run_elsewhere(name)
+        if same:  # e.g. noise 0% is the clean experiment's run
+            with open(os.path.join(common.ROOT, same)) as f:
                 result = {**json.load(f), "run": name, "same_run_as": same}
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)

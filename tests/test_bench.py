@@ -127,17 +127,48 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=ablations",
-        "--only=ean_default,adj_sum,warmup_half,graph_local",
+        "--only=ean_default,one_gcn_layer,warmup_half,graph_local",
         *common,
     )
-    local = json.load(open(tmp_path / "results" / "ablations" / "graph_local.json"))
+    ablations = tmp_path / "results" / "ablations"
+    local = json.load(open(ablations / "graph_local.json"))
     assert local["replicas"] == 2
     assert local["graph_nodes"] == 8  # half the tiny preset's batch of 16
-    run = json.load(open(tmp_path / "results" / "ablations" / "adj_sum.json"))
-    assert run["config"]["model"]["adj_reduction"] == "sum"
-    default = json.load(open(tmp_path / "results" / "ablations" / "ean_default.json"))
+    one = json.load(open(ablations / "one_gcn_layer.json"))
+    assert one["config"]["model"]["gcn_units"] == []
+    assert json.load(open(ablations / "warmup_half.json"))["overrides"] == {
+        "epochs": 1,
+        "adj_warmup_epochs": 1,  # half of the epochs, at least one
+    }
+    default = json.load(open(ablations / "ean_default.json"))
     assert default["same_run_as"].endswith(os.path.join("clean", "ean.json"))
     assert default["accuracy"] == clean["accuracy"]
+    # adj_mean is the default configuration, so it is the clean run too.
+    assert "clean" in json.load(open(ablations / "adj_mean.json"))["same_run_as"]
+    assert not (ablations / "adj_sum.json").exists()
+    # `--extra` values take their field's type (a list field's items are split on
+    # ':'), and a run with the same overrides elsewhere is found, not trained.
+    extra = common[:-1] + [
+        f"--out_dir={tmp_path / 'one'}",
+        f"--reuse_from={tmp_path / 'results'}",
+        "--extra=epochs=1,adj_warmup_epochs=0,gcn_units=,gcn_dropout=0",
+    ]
+    again = _bench("experiments.py", "--experiment=noise", "--only=ean_noise0", *extra)
+    assert "training with" not in again.stdout
+    zero = json.load(open(tmp_path / "one" / "noise" / "ean_noise0.json"))
+    assert zero["same_run_as"] == str(ablations / "one_gcn_layer.json")
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "bench/experiments.py",
+            f"--out_dir={tmp_path / 'bad'}",
+            "--extra=gcn_units=a:b",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode != 0 and "--extra: 'gcn_units=a:b'" in bad.stderr
     _bench(
         "experiments.py",
         "--experiment=generator",
