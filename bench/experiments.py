@@ -60,6 +60,12 @@ flags.DEFINE_string(
 flags.DEFINE_list("only", [], "Run only these run names.")
 flags.DEFINE_list("extra", [], "field=value overrides for every run.")
 flags.DEFINE_integer("seed", 0, "Seed of every run.")
+flags.DEFINE_string(
+    "baseline_dir",
+    "",
+    "A results folder whose linear-head runs join this call's table and figure "
+    "(e.g. bench/results when --out_dir holds EAN variants run with --extra).",
+)
 flags.DEFINE_list(
     "reuse_from",
     [common.RESULTS_DIR],
@@ -296,6 +302,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
                     f"mca_{g}": round(a, 4) for g, a in r["mean_class_accuracy"].items()
                 },
                 "best_val_accuracy": r["best_val_accuracy"],
+                **({"from": r["from"]} if "from" in r else {}),
                 "flipped_predicted_clean": (r.get("flipped_labels") or {}).get(
                     "predicted_clean_fraction"
                 ),
@@ -450,6 +457,15 @@ def main(argv):
         elif name in selected:
             print(f"{name}: training with {overrides}", flush=True)
             results[name] = run_one(name, overrides, path)
+    if FLAGS.baseline_dir:  # the linear runs of another folder, for comparison
+        for name in runs(FLAGS.experiment):
+            path = os.path.join(FLAGS.baseline_dir, FLAGS.experiment, f"{name}.json")
+            if name.startswith("linear") and name not in results:
+                if os.path.isfile(path):
+                    with open(path) as f:
+                        results[name] = {**json.load(f), "from": path}
+        order = list(runs(FLAGS.experiment))
+        results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0])))
     if results:  # the table and the figure: every run done so far, selected or not
         summarise(results, out_dir)
 

@@ -153,10 +153,21 @@ def test_experiment_scripts_on_tiny(tmp_path):
         f"--reuse_from={tmp_path / 'results'}",
         "--extra=epochs=1,adj_warmup_epochs=0,gcn_units=,gcn_dropout=0",
     ]
-    again = _bench("experiments.py", "--experiment=noise", "--only=ean_noise0", *extra)
+    again = _bench(
+        "experiments.py",
+        "--experiment=noise",
+        "--only=ean_noise0",
+        f"--baseline_dir={tmp_path / 'results'}",
+        *extra,
+    )
     assert "training with" not in again.stdout
     zero = json.load(open(tmp_path / "one" / "noise" / "ean_noise0.json"))
     assert zero["same_run_as"] == str(ablations / "one_gcn_layer.json")
+    # The baseline folder's linear runs join the table (not copied as runs).
+    table = json.load(open(tmp_path / "one" / "noise" / "noise.json"))["table"]
+    assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0"]
+    assert table[0]["from"].endswith(os.path.join("noise", "linear_noise0.json"))
+    assert not (tmp_path / "one" / "noise" / "linear_noise0.json").exists()
     bad = subprocess.run(
         [
             sys.executable,
