@@ -338,7 +338,11 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             )
         ax.set_xlabel("epoch")
         level = f"{key[len('noise') :]}% label noise" if key else FLAGS.experiment
-        ax.set_title(f"{level}: {FLAGS.config}")
+        title = f"{level}: {FLAGS.config}"
+        if FLAGS.extra:
+            title += f"\n--extra={','.join(FLAGS.extra)}"
+            title += " (linear: --baseline_dir)" if FLAGS.baseline_dir else ""
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
@@ -463,7 +467,8 @@ def main(argv):
             if name.startswith("linear") and name not in results:
                 if os.path.isfile(path):
                     with open(path) as f:
-                        results[name] = {**json.load(f), "from": path}
+                        origin = os.path.relpath(os.path.abspath(path), common.ROOT)
+                        results[name] = {**json.load(f), "from": origin}
         order = list(runs(FLAGS.experiment))
         results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0])))
     if results:  # the table and the figure: every run done so far, selected or not
