@@ -229,6 +229,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
         "val_accuracy_per_epoch": [float(r["val_accuracy"]) for r in log],
         "flipped_labels": metrics.get("flipped_labels"),
         "head_activity": metrics.get("head_activity"),
+        "graph_quality": metrics.get("graph_quality"),
         "seconds": round(time.time() - start, 1),
     }
     if FLAGS.experiment == "generator":

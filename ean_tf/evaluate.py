@@ -169,6 +169,77 @@ def head_activity(
     }
 
 
+def graph_quality(
+    model,
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    shuffle_seed: int = 0,
+    max_images: int = 2048,
+) -> dict | None:
+    """What the batch graph connects, on batches of `batch_size` in the `batch`
+    graph's shuffled order (the first `max_images` of it), by the true labels.
+
+    `similar_precision`: the share of similar edges (C_s >= tau1) that join two
+    images of the same class, against `chance`, the share of all pairs that do (what
+    edges drawn at random would give); `similar_recall`: the share of same-class
+    pairs that are joined. Opposite edges (C_s <= tau2), when the model has them,
+    should join different classes: `opposite_precision` is the share that does.
+    Per node: edges, and the share of nodes with none (`isolated`); per class: the
+    share of its images' similar edges that stay in the class. None for the linear
+    head.
+    """
+    from ean_tf.models import adjacency as adj
+
+    if getattr(model, "head_type", "") != "ean":
+        return None
+    order = np.random.default_rng(shuffle_seed).permutation(len(examples))
+    subset = examples.select(order[:max_images])
+    n = similar = similar_same = opposite = opposite_diff = 0
+    pairs = pairs_same = isolated = 0
+    classes = len(examples.class_names)
+    class_edges, class_same = np.zeros(classes, int), np.zeros(classes, int)
+    for images, _ in make_dataset(subset, image_size, batch_size, training=False):
+        _, embeddings, _ = model.features(images)
+        cs = adj.cosine_similarity(embeddings).numpy()
+        labels = np.asarray(subset.labels[n : n + len(cs)])
+        off = ~np.eye(len(labels), dtype=bool)
+        same = (labels[:, None] == labels[None, :]) & off
+        sim = (cs >= model.tau1) & off
+        opp = (cs <= model.tau2) & off
+        n += len(labels)
+        pairs += int(off.sum())
+        pairs_same += int(same.sum())
+        similar += int(sim.sum())
+        similar_same += int((sim & same).sum())
+        opposite += int(opp.sum())
+        opposite_diff += int((opp & ~same & off).sum())
+        isolated += int((~(sim | opp).any(axis=1)).sum())
+        np.add.at(class_edges, labels, sim.sum(axis=1))
+        np.add.at(class_same, labels, (sim & same).sum(axis=1))
+
+    def share(part, whole):
+        return round(part / whole, 4) if whole else None
+
+    return {
+        "images": n,
+        "batch_size": batch_size,
+        "shuffle_seed": shuffle_seed,
+        "similar_per_node": round(similar / max(n, 1), 3),
+        "similar_precision": share(similar_same, similar),
+        "similar_recall": share(similar_same, pairs_same),
+        "chance": share(pairs_same, pairs),
+        "opposite_per_node": round(opposite / max(n, 1), 3),
+        "opposite_precision": share(opposite_diff, opposite),
+        "isolated": share(isolated, n),
+        # Per class: the share of its images' similar edges that stay in the class.
+        "similar_precision_per_class": {
+            name: share(int(class_same[k]), int(class_edges[k]))
+            for k, name in enumerate(examples.class_names)
+        },
+    }
+
+
 def evaluate_model(
     model,
     examples: Examples,
@@ -223,6 +294,9 @@ def evaluate_model(
                     layer["name"],
                     activity["images"],
                 )
+    quality = graph_quality(model, examples, image_size, batch_size, shuffle_seed)
+    if quality is not None:
+        report["graph_quality"] = quality
     if noisy_labels and train_examples is not None and os.path.isfile(noisy_labels):
         report["flipped_labels"] = flipped_label_report(
             model, train_examples, noisy_labels, image_size, batch_size, graphs[0]

@@ -85,6 +85,19 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
             f"GCN head {layer['name']}: {layer['dead']} of {layer['units']} hidden "
             f"units never fire on {report['head_activity']['images']} images"
         )
+    quality = report.get("graph_quality")
+    if quality:
+        print(
+            f"Batch graph on {quality['images']} images in batches of "
+            f"{quality['batch_size']}: {quality['similar_per_node']} similar edges a "
+            f"node, {quality['similar_precision']} of them within a class "
+            f"(chance {quality['chance']}), {quality['isolated']} of nodes without "
+            "edges; within a class, by class: "
+            + ", ".join(
+                f"{name} {value}"
+                for name, value in quality["similar_precision_per_class"].items()
+            )
+        )
     print(
         f"Wrote {os.path.join(out_dir, 'metrics.json')} and "
         f"{os.path.join(out_dir, 'confusion.png')}"

@@ -183,3 +183,46 @@ def test_head_activity_counts_dead_hidden_units(trained, tmp_path, caplog):
     assert report["head_activity"]["layers"][0]["dead"] == 16
     assert "16 of 16 hidden units of gcn_0 never fire" in caplog.text
     assert len(set(report["graphs"]["isolated"]["confusion_matrix"][0])) <= 2
+
+
+def test_graph_quality_counts_edges_by_label(trained):
+    import keras
+
+    from ean_tf import data as data_lib
+    from ean_tf.data.pipeline import make_dataset
+
+    config, summary = trained
+    model = keras.models.load_model(summary["model"])
+    val = data_lib.load(config.data).val
+    size, n = config.data.image_size, len(val)
+    # By hand: one batch of every image, in the batch graph's order for seed 3.
+    order = np.random.default_rng(3).permutation(n)
+    images, _ = next(iter(make_dataset(val.select(order), size, n, training=False)))
+    _, e, _ = model.features(images)
+    e = np.asarray(e) / np.linalg.norm(e, axis=1, keepdims=True)
+    cs = e @ e.T
+    off = ~np.eye(n, dtype=bool)
+    # Thresholds inside this model's cosines, so that both kinds of edge exist.
+    tau1, tau2 = np.quantile(cs[off], [0.7, 0.2])
+    model.tau1, model.tau2 = float(tau1), float(tau2)
+    quality = evaluate.graph_quality(model, val, size, n, shuffle_seed=3)
+    labels = np.asarray(val.labels)[order]
+    same = (labels[:, None] == labels[None, :]) & off
+    similar, opposite = (cs >= tau1) & off, (cs <= tau2) & off
+    assert similar.any() and opposite.any()
+    assert quality["images"] == n
+    assert quality["similar_per_node"] == round(similar.sum() / n, 3)
+    assert quality["chance"] == round(same.sum() / off.sum(), 4)
+    assert quality["similar_precision"] == round(
+        (similar & same).sum() / similar.sum(), 4
+    )
+    assert quality["similar_recall"] == round((similar & same).sum() / same.sum(), 4)
+    assert quality["opposite_precision"] == round(
+        (opposite & ~same).sum() / opposite.sum(), 4
+    )
+    assert quality["isolated"] == round((~(similar | opposite).any(1)).sum() / n, 4)
+    for k, name in enumerate(val.class_names):
+        edges = similar[labels == k]
+        kept = (edges & same[labels == k]).sum()
+        expected = round(kept / edges.sum(), 4) if edges.sum() else None
+        assert quality["similar_precision_per_class"][name] == expected
