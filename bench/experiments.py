@@ -327,15 +327,19 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
         sharey=True,
     )
     for ax, (key, names) in zip(axes[0], panels.items(), strict=True):
+        # Runs copied from the same original (same configuration) are one curve.
+        same: dict[str, list[str]] = {}
         for name in names:
-            curve = results[name]["val_accuracy_per_epoch"]
+            same.setdefault(results[name].get("same_run_as", name), []).append(name)
+        for group in same.values():
+            curve = results[group[0]]["val_accuracy_per_epoch"]
             ax.plot(
                 range(1, len(curve) + 1),
                 curve,
                 marker="o",
                 ms=3,
-                label=name,
-                ls="--" if name.startswith("linear") else "-",
+                label=" = ".join(group),
+                ls="--" if group[0].startswith("linear") else "-",
             )
         ax.set_xlabel("epoch")
         level = f"{key[len('noise') :]}% label noise" if key else FLAGS.experiment
