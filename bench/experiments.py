@@ -372,7 +372,28 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def _same_run_elsewhere(name: str) -> str | None:
+def _finished_runs() -> list[tuple[str, dict]]:
+    """(path, JSON) of every finished run under `--out_dir` and `--reuse_from` that
+    another run may copy: trained here, not itself a copy, not a table."""
+    found = []
+    roots = {os.path.abspath(p) for p in [_out_root(), *FLAGS.reuse_from]}
+    for root in sorted(roots):
+        for folder, _, files in sorted(os.walk(root)):
+            for file in sorted(f for f in files if f.endswith(".json")):
+                path = os.path.join(folder, file)
+                with open(path) as f:
+                    result = json.load(f)
+                if (
+                    isinstance(result.get("config"), dict)
+                    and "accuracy" in result  # not a table, nor another bench
+                    and "same_run_as" not in result
+                    and not result.get("generator")  # trained from a pre-trained G
+                ):
+                    found.append((path, result))
+    return found
+
+
+def _same_run_elsewhere(name: str, finished: list[tuple[str, dict]]) -> str | None:
     """A finished run's JSON, under the results folders, whose configuration is
     this run's (folders aside): noise 0% is the clean runs, the ablations' default
     EAN (and `adj_mean`, `single_threshold`, the defaults) the clean EAN, and runs
@@ -388,32 +409,22 @@ def _same_run_elsewhere(name: str) -> str | None:
         make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
     )
     own = os.path.abspath(os.path.join(_out_root(), FLAGS.experiment, name + ".json"))
-    roots = {os.path.abspath(p) for p in [_out_root(), *FLAGS.reuse_from]}
-    for root in sorted(roots):
-        for folder, _, files in sorted(os.walk(root)):
-            for file in sorted(f for f in files if f.endswith(".json")):
-                path = os.path.join(folder, file)
-                with open(path) as f:
-                    result = json.load(f)
-                if (
-                    path == own
-                    or not isinstance(result.get("config"), dict)
-                    or "accuracy" not in result  # a table, or another bench
-                    or "same_run_as" in result
-                    or result.get("replicas", 1) != replicas
-                    or result.get("generator")  # trained from a pre-trained G
-                    # the generator experiment's runs carry robustness too
-                    or (FLAGS.experiment == "generator" and "robustness" not in result)
-                ):
-                    continue
-                got = _comparable(result["config"])
-                if all(
-                    got.get(section, {}).get(key, preset[section][key]) == value
-                    for section, fields in want.items()
-                    for key, value in fields.items()
-                ):
-                    inside = path.startswith(common.ROOT + os.sep)
-                    return os.path.relpath(path, common.ROOT) if inside else path
+    for path, result in finished:
+        if (
+            path == own
+            or result.get("replicas", 1) != replicas
+            # the generator experiment's runs carry robustness too
+            or (FLAGS.experiment == "generator" and "robustness" not in result)
+        ):
+            continue
+        got = _comparable(result["config"])
+        if all(
+            got.get(section, {}).get(key, preset[section][key]) == value
+            for section, fields in want.items()
+            for key, value in fields.items()
+        ):
+            inside = path.startswith(common.ROOT + os.sep)
+            return os.path.relpath(path, common.ROOT) if inside else path
     return None
 
 
@@ -450,9 +461,10 @@ def main(argv):
     out_dir = os.path.join(_out_root(), FLAGS.experiment)
     os.makedirs(out_dir, exist_ok=True)
     results = {}
+    finished = _finished_runs()  # read once; runs trained below join it
     for name, overrides in runs(FLAGS.experiment).items():
         path = os.path.join(out_dir, f"{name}.json")
-        same = None if os.path.isfile(path) else _same_run_elsewhere(name)
+        same = None if os.path.isfile(path) else _same_run_elsewhere(name, finished)
         if same:  # e.g. noise 0% is the clean experiment's run
             with open(os.path.join(common.ROOT, same)) as f:
                 result = {**json.load(f), "run": name, "same_run_as": same}
@@ -466,6 +478,7 @@ def main(argv):
         elif name in selected:
             print(f"{name}: training with {overrides}", flush=True)
             results[name] = run_one(name, overrides, path)
+            finished.append((os.path.abspath(path), results[name]))
     if FLAGS.baseline_dir:  # the linear runs of another folder, for comparison
         for name in runs(FLAGS.experiment):
             path = os.path.join(FLAGS.baseline_dir, FLAGS.experiment, f"{name}.json")

@@ -213,7 +213,7 @@ def graph_quality(
         similar += int(sim.sum())
         similar_same += int((sim & same).sum())
         opposite += int(opp.sum())
-        opposite_diff += int((opp & ~same & off).sum())
+        opposite_diff += int((opp & ~same).sum())
         isolated += int((~(sim | opp).any(axis=1)).sum())
         np.add.at(class_edges, labels, sim.sum(axis=1))
         np.add.at(class_same, labels, (sim & same).sum(axis=1))
