@@ -349,10 +349,13 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             title += " (linear: --baseline_dir)" if FLAGS.baseline_dir else ""
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        # Below the axes, where no curve runs.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, f"{FLAGS.experiment}.png"), dpi=110)
+    fig.savefig(
+        os.path.join(out_dir, f"{FLAGS.experiment}.png"), dpi=110, bbox_inches="tight"
+    )
     plt.close(fig)
 
 
