@@ -349,8 +349,10 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             title += " (linear: --baseline_dir)" if FLAGS.baseline_dir else ""
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        # Below the axes, where no curve runs.
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        if len(panels) == 1:  # beside the axes, where no curve runs
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:  # one panel per noise level: a few curves each
+            ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
     fig.tight_layout()
     fig.savefig(
