@@ -322,7 +322,8 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     fig, axes = plt.subplots(
         1,
         len(panels),
-        figsize=(4.2 * len(panels) + 2.8, 4.5),
+        # A single panel's legend takes the width to its right.
+        figsize=(4.2 * len(panels) + 2.8 + (4.5 if len(panels) == 1 else 0), 4.5),
         squeeze=False,
         sharey=True,
     )
@@ -350,7 +351,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         if len(panels) == 1:  # beside the axes, where no curve runs
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         else:  # one panel per noise level: a few curves each
             ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("validation accuracy (batch graph for EAN)")
