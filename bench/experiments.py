@@ -319,11 +319,12 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     for name in results:
         key = name.split("_", 1)[1] if FLAGS.experiment == "noise" else ""
         panels.setdefault(key, []).append(name)
+    single = len(panels) == 1
     fig, axes = plt.subplots(
         1,
         len(panels),
         # A single panel's legend takes the width to its right.
-        figsize=(4.2 * len(panels) + 2.8 + (4.5 if len(panels) == 1 else 0), 4.5),
+        figsize=(4.2 * len(panels) + 2.8 + (4.5 if single else 0), 4.5),
         squeeze=False,
         sharey=True,
     )
@@ -350,7 +351,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             title += " (linear: --baseline_dir)" if FLAGS.baseline_dir else ""
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        if len(panels) == 1:  # beside the axes, where no curve runs
+        if single:  # beside the axes, where no curve runs
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         else:  # one panel per noise level: a few curves each
             ax.legend(fontsize=7, loc="best")
@@ -378,9 +379,19 @@ def _comparable(config: dict) -> dict:
     return config
 
 
+def _reusable(result: dict) -> bool:
+    """Whether another run may copy this JSON: a trained run, not itself a copy,
+    not a table, not trained from a pre-trained G."""
+    return (
+        isinstance(result.get("config"), dict)
+        and "accuracy" in result  # not a table, nor another bench
+        and "same_run_as" not in result
+        and not result.get("generator")
+    )
+
+
 def _finished_runs() -> list[tuple[str, dict]]:
-    """(path, JSON) of every finished run under `--out_dir` and `--reuse_from` that
-    another run may copy: trained here, not itself a copy, not a table."""
+    """(path, JSON) of every reusable run under `--out_dir` and `--reuse_from`."""
     found = []
     roots = {os.path.abspath(p) for p in [_out_root(), *FLAGS.reuse_from]}
     for root in sorted(roots):
@@ -389,12 +400,7 @@ def _finished_runs() -> list[tuple[str, dict]]:
                 path = os.path.join(folder, file)
                 with open(path) as f:
                     result = json.load(f)
-                if (
-                    isinstance(result.get("config"), dict)
-                    and "accuracy" in result  # not a table, nor another bench
-                    and "same_run_as" not in result
-                    and not result.get("generator")  # trained from a pre-trained G
-                ):
+                if _reusable(result):
                     found.append((path, result))
     return found
 
@@ -484,7 +490,8 @@ def main(argv):
         elif name in selected:
             print(f"{name}: training with {overrides}", flush=True)
             results[name] = run_one(name, overrides, path)
-            finished.append((os.path.abspath(path), results[name]))
+            if _reusable(results[name]):
+                finished.append((os.path.abspath(path), results[name]))
     if FLAGS.baseline_dir:  # the linear runs of another folder, for comparison
         for name in runs(FLAGS.experiment):
             path = os.path.join(FLAGS.baseline_dir, FLAGS.experiment, f"{name}.json")
