@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 # `make train` needs only the runtime requirements; `make test` adds the test tools.
 hash = $(shell cat $(1) | sha1sum | cut -c1-12)
-RUN_STAMP := $(VENV)/.stamp-run-$(call hash,requirements.txt)
+RUN_STAMP := $(VENV)/.stamp-run-$(call hash,requirements.txt pyproject.toml)
 DEV_STAMP := $(VENV)/.stamp-dev-$(call hash,requirements.txt requirements-dev.txt)
 
 .PHONY: train test lint venv clean
@@ -18,7 +18,10 @@ $(RUN_STAMP): requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), \
 		"Python 3.11 is required, found " + sys.version.split()[0]'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the pinned requirements into $(VENV) (a few minutes the first time)"
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps \
+		--no-build-isolation -e .
 	@rm -f $(VENV)/.stamp-run-*
 	@touch $@
 

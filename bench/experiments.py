@@ -107,10 +107,14 @@ def runs(experiment: str) -> dict[str, dict]:
         "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
-        # The head itself. One GCN layer without dropout is exactly the linear
-        # baseline's head while A = I, so it separates the graph from the head.
+        # The head itself. One GCN layer without dropout (the default) is exactly
+        # the linear baseline's head while A = I, so it separates the graph from
+        # the head; two layers with dropout were DESIGN's first head.
         "one_gcn_layer": {"gcn_units": (), "gcn_dropout": 0.0},
+        "two_gcn_layers": {"gcn_units": (256,), "gcn_dropout": 0.3},
         "gcn_dropout_0": {"gcn_dropout": 0.0},
+        # The served graph's reference context: several contexts averaged.
+        "context_sets_4": {"context_sets": 4},
         # The graph on each replica's batch or on the global batch, with 2 replicas
         # (2 logical CPU devices where there is no GPU; with one GPU there is one
         # replica and the two are the same run).
@@ -190,7 +194,8 @@ def _plan(overrides: dict) -> tuple[dict, bool, int]:
     if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
         del overrides["adj_warmup_epochs"]
         epochs = _config(FLAGS.runs_dir, **overrides).train.epochs
-        overrides["adj_warmup_epochs"] = max(1, epochs // 2)
+        # at least one epoch, and fewer than all of them
+        overrides["adj_warmup_epochs"] = min(max(1, epochs // 2), epochs - 1)
     return overrides, with_generator, replicas
 
 
@@ -276,7 +281,7 @@ def _robustness(config, run_dir: str) -> dict:
 
     model = load_model(os.path.join(run_dir, "model.keras"))
     splits = data_lib.load(config.data, seed=config.train.seed)
-    graph = "bank" if model.head_type == "ean" else "isolated"
+    graph = model.inference_graph if model.head_type == "ean" else "isolated"
     return robustness(
         model,
         splits.val,

@@ -1,8 +1,9 @@
 """ean_tf: the Expression Associative Network (EAN) for facial expression
 recognition, in Keras 3 / TensorFlow.
 
-`import ean_tf` registers the custom Keras objects, so a saved `.keras` model loads
-with `keras.models.load_model(path)`.
+`import ean_tf` registers every custom Keras object (the model, its layers and the
+optimizer's learning-rate schedule), so a saved `.keras` model loads with
+`keras.models.load_model(path)`.
 """
 
 import os
@@ -15,6 +16,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from ean_tf.config import Config, make_config  # noqa: E402
 from ean_tf.models.ean import EAN, AdjacencyWarmup, build_model  # noqa: E402
 from ean_tf.models.gcn import GCNConv, GCNHead  # noqa: E402
+from ean_tf.schedules import LearningRate  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Config",
     "GCNConv",
     "GCNHead",
+    "LearningRate",
     "build_model",
     "make_config",
 ]

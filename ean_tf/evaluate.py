@@ -1,7 +1,8 @@
 """Evaluation: accuracy, per-class recall, confusion matrix, figures.
 
 `evaluate_model` runs the model over a split in one or more inference graphs and
-writes `metrics.json` and `confusion.png` (of the first graph) to `out_dir`. The
+writes `metrics.json`, `confusion_<graph>.png` for each graph and `confusion.png`
+(the first graph's, the served one after training) to `out_dir`. The
 `batch` graph depends on which images share a batch: it is evaluated on batches of
 `batch_size` in a fixed order shuffled by `shuffle_seed`, both recorded.
 """
@@ -193,15 +194,15 @@ def graph_quality(
 
     if getattr(model, "head_type", "") != "ean":
         return None
-    order = np.random.default_rng(shuffle_seed).permutation(len(examples))
+    order = examples.shuffle_order(shuffle_seed)
     subset = examples.select(order[:max_images])
     n = similar = similar_same = opposite = opposite_diff = 0
     pairs = pairs_same = isolated = 0
     classes = len(examples.class_names)
     class_edges, class_same = np.zeros(classes, int), np.zeros(classes, int)
     for images, _ in make_dataset(subset, image_size, batch_size, training=False):
-        _, embeddings, _ = model.features(images)
-        cs = adj.cosine_similarity(embeddings).numpy()
+        _, raw, _ = model.encode(images)
+        cs = adj.cosine_similarity(model.graph_embeddings(raw)).numpy()
         labels = np.asarray(subset.labels[n : n + len(cs)])
         off = ~np.eye(len(labels), dtype=bool)
         same = (labels[:, None] == labels[None, :]) & off
@@ -263,7 +264,7 @@ def evaluate_model(
     for graph in graphs:
         order = None
         if graph == "batch":
-            order = np.random.default_rng(shuffle_seed).permutation(len(examples))
+            order = examples.shuffle_order(shuffle_seed)
         probs = predict(model, examples, image_size, batch_size, graph, order)
         result = classification_metrics(
             examples.labels, probs.argmax(1), examples.class_names
@@ -303,10 +304,14 @@ def evaluate_model(
         )
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
-    plot_confusion(
-        first["confusion_matrix"],
-        examples.class_names,
-        os.path.join(out_dir, "confusion.png"),
-        f"{graphs[0]} graph: accuracy {first['accuracy']:.3f}",
-    )
+    for name, path in [(g, f"confusion_{g}.png") for g in graphs] + [
+        (graphs[0], "confusion.png")
+    ]:
+        result = report["graphs"][name]
+        plot_confusion(
+            result["confusion_matrix"],
+            examples.class_names,
+            os.path.join(out_dir, path),
+            f"{name} graph: accuracy {result['accuracy']:.3f}",
+        )
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from ean_tf.config import Config
 
@@ -21,6 +22,14 @@ def run_train(config: Config, checkpoint: str = "", output: str = "") -> None:
     print_summary(summary)
 
 
+def _python() -> str:
+    """The interpreter to name in a printed command: the one running, relative to
+    the current folder when it lives below it (`.venv/bin/python`)."""
+    exe = sys.executable or "python"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else "python"
+
+
 def print_summary(summary: dict) -> None:
     acc = summary["accuracy"]
     lines = [
@@ -28,13 +37,13 @@ def print_summary(summary: dict) -> None:
         f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s.",
         "Validation accuracy: "
         + ", ".join(f"{g} graph {a:.4f}" for g, a in acc.items()),
-        f"  model (bank filled): {summary['model']}",
+        f"  model (references):  {summary['model']}",
         f"  best checkpoint:     {summary['best_model']}",
         f"  metrics:             {summary['metrics']}",
         f"  confusion matrix:    {summary['confusion']}",
         f"  logs:                {summary['logs']}",
         f"  TensorBoard:         {summary['tensorboard']}",
-        "Next: python run.py --mode=eval --inference_graph=all "
+        f"Next: {_python()} run.py --mode=eval --inference_graph=all "
         f"--run_dir={summary['run_dir']}",
     ]
     print("\n".join(lines))
@@ -58,10 +67,14 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf import evaluate
 
     model, path, splits = _model_and_splits(config, checkpoint)
+    from ean_tf.models.ean import DEFAULT_GRAPH
+    from ean_tf.train import evaluation_graphs
+
     graph = config.model.inference_graph
-    graphs = ("bank", "batch", "isolated") if graph == "all" else (graph,)
-    if model.head_type == "linear":
-        graphs = ("isolated",)
+    if graph == "all" or model.head_type == "linear":
+        graphs = evaluation_graphs(model, DEFAULT_GRAPH)
+    else:
+        graphs = (graph,)
     out_dir = output or config.train.run_dir
     noisy = os.path.join(config.train.run_dir, "noisy_labels.csv")
     report = evaluate.evaluate_model(
@@ -215,7 +228,10 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
     model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graph = "isolated" if model.head_type == "linear" else graph
-    graph = "bank" if graph == "all" else graph
+    if graph == "all":
+        from ean_tf.models.ean import DEFAULT_GRAPH
+
+        graph = DEFAULT_GRAPH
     result = robustness(
         model,
         splits.val,

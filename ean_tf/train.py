@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import shutil
 import time
 
 import keras
@@ -33,7 +33,15 @@ from ean_tf.config import Config
 from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.backbones import load_backbone_weights
-from ean_tf.models.ean import EAN, AdjacencyWarmup, build_model
+from ean_tf.models.ean import (
+    DEFAULT_GRAPH,
+    EAN,
+    INFERENCE_GRAPHS,
+    AdjacencyWarmup,
+    build_model,
+)
+from ean_tf.models.reference import select_context
+from ean_tf.schedules import LearningRate
 
 log = logging.getLogger("ean_tf")
 
@@ -89,54 +97,6 @@ def worker_run_dir(strategy: tf.distribute.Strategy, run_dir: str) -> tuple[str,
     ):
         return run_dir, True
     return os.path.join(run_dir, f"worker_{task_type}_{task_id}"), False
-
-
-@keras.saving.register_keras_serializable(package="ean_tf")
-class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up, then step decay (the paper) or cosine to zero."""
-
-    def __init__(
-        self,
-        peak: float,
-        steps_per_epoch: int,
-        epochs: int,
-        schedule: str = "step",
-        decay_epochs: int = 20,
-        decay_factor: float = 0.1,
-        warmup_epochs: int = 0,
-    ):
-        self.peak, self.steps_per_epoch, self.epochs = peak, steps_per_epoch, epochs
-        self.schedule, self.decay_epochs = schedule, decay_epochs
-        self.decay_factor, self.warmup_epochs = decay_factor, warmup_epochs
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        epoch = step / self.steps_per_epoch
-        warm = float(self.warmup_epochs)
-        if self.schedule == "cosine":
-            span = max(self.epochs - warm, 1e-6)
-            progress = tf.clip_by_value((epoch - warm) / span, 0.0, 1.0)
-            lr = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
-        else:
-            lr = self.peak * tf.pow(
-                self.decay_factor, tf.floor(epoch / self.decay_epochs)
-            )
-        if self.warmup_epochs > 0:
-            lr = tf.where(
-                epoch < warm, self.peak * (step + 1) / (warm * self.steps_per_epoch), lr
-            )
-        return lr
-
-    def get_config(self):
-        return dict(
-            peak=self.peak,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=self.epochs,
-            schedule=self.schedule,
-            decay_epochs=self.decay_epochs,
-            decay_factor=self.decay_factor,
-            warmup_epochs=self.warmup_epochs,
-        )
 
 
 def make_optimizer(
@@ -248,16 +208,89 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def _truncate_log(path: str, epochs_done: int) -> None:
-    """Drops CSV rows of epochs that were not checkpointed (redone on resume)."""
+    """Drops CSV rows of epochs that were not checkpointed (redone on resume),
+    keeping the line endings CSVLogger writes."""
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        lines = f.read().splitlines()
+    with open(path, newline="") as f:
+        lines = f.readlines()
     kept = lines[:1] + [
         row for row in lines[1:] if int(row.split(",")[0]) < epochs_done
     ]
-    with open(path, "w") as f:
-        f.write("\n".join(kept) + "\n")
+    with open(path, "w", newline="") as f:
+        f.writelines(kept)
+
+
+# Fields that may differ between a run folder and the command that resumes it:
+# a longer schedule, where the run is, and what is logged, checked or evaluated.
+# Any other difference (model, data, schedule) is another run.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "run_dir",
+        "overwrite",
+        "checkpoint_every_steps",
+        "validate_images",
+        "skip_bad_images",
+        "cache",
+        "jit_compile",
+        "inference_graph",
+        "strategy",
+    }
+)
+_RUN_SECTIONS = ("data", "model", "train")
+# What a training run writes into its folder (deleted by --overwrite).
+_RUN_FILES = (
+    "config.json",
+    "last.keras",
+    "state.json",
+    "best.keras",
+    "model.keras",
+    "log.csv",
+    "metrics.json",
+    "summary.json",
+    "noisy_labels.csv",
+    "bad_images.json",
+    "discriminator.weights.h5",
+)
+
+
+def check_run_dir(config: Config, run_dir: str) -> None:
+    """Stops before anything in `run_dir` changes when it holds another run.
+
+    Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside)
+    and `--epochs` at least the epochs already done. `--overwrite` deletes the
+    other run's files instead.
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    differ = [
+        f"{name}={old!r} there, {value!r} here"
+        for section in _RUN_SECTIONS
+        for name, value in current[section].items()
+        if name not in RESUMABLE_FIELDS
+        and (old := previous.get(section, {}).get(name, value)) != value
+    ]
+    done = read_state(run_dir)["epochs_done"]
+    if done > config.train.epochs:
+        differ.append(f"{done} epochs done there, --epochs={config.train.epochs} here")
+    if not differ:
+        return
+    if config.train.overwrite:
+        log.warning("--overwrite: deleting the run in %s", run_dir)
+        for name in _RUN_FILES:
+            if os.path.isfile(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        shutil.rmtree(os.path.join(run_dir, "tb"), ignore_errors=True)
+        return
+    raise TrainingError(
+        f"{run_dir} holds another run ({'; '.join(differ)}). Use a new --run_dir, "
+        "or --overwrite to delete that run and start this one there."
+    )
 
 
 def _bank_dataset(splits, config: Config, batch_size: int):
@@ -266,12 +299,33 @@ def _bank_dataset(splits, config: Config, batch_size: int):
     )
 
 
+def fill_references(model: EAN, splits, config: Config, batch_size: int) -> dict:
+    """The reference bank and the reference context of the served graphs, from the
+    training split without augmentation; returns the bank's per-class counts."""
+    counts = model.build_bank(
+        _bank_dataset(splits, config, batch_size), seed=config.train.seed
+    )
+    if model.head_type == "ean":
+        pick = select_context(
+            splits.train.labels,
+            model.context_size,
+            model.context_sets,
+            config.train.seed,
+            splits.train.num_classes,
+        )
+        subset = splits.train.select(pick.reshape(-1))
+        ds = make_dataset(subset, config.data.image_size, batch_size, training=False)
+        model.build_context(images for images, _ in ds)
+    return counts
+
+
 def train(config: Config, verbose: int = 1) -> dict:
     """Trains (or resumes) a run; returns the summary dict, also in summary.json."""
     t0 = time.time()
     d, m, t = config.data, config.model, config.train
     strategy = make_strategy(t.strategy)
     run_dir, is_chief = worker_run_dir(strategy, t.run_dir)
+    check_run_dir(config, run_dir)  # before anything in the folder changes
     os.makedirs(run_dir, exist_ok=True)
     keras.utils.set_random_seed(t.seed)
     if t.mixed_precision:
@@ -289,18 +343,7 @@ def train(config: Config, verbose: int = 1) -> dict:
         noise_lib.write_noisy_labels(
             splits.train, os.path.join(run_dir, "noisy_labels.csv")
         )
-    saved_config = config.to_dict()
-    config_path = os.path.join(run_dir, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path) as f:
-            previous = json.load(f)
-        if json.loads(json.dumps(saved_config, default=str)) != previous:
-            log.warning(
-                "%s differs from this command's configuration; resuming "
-                "with this command's values",
-                config_path,
-            )
-    _write_json(config_path, saved_config)
+    _write_json(os.path.join(run_dir, "config.json"), config.to_dict())
 
     replicas = strategy.num_replicas_in_sync
     batch = t.batch_size
@@ -347,6 +390,9 @@ def train(config: Config, verbose: int = 1) -> dict:
                 splits.class_names,
                 t.label_smoothing,
                 t.cross_replica_graph,
+                graph_nodes=batch
+                if t.cross_replica_graph or replicas == 1
+                else batch // replicas,
             )
             if m.backbone_weights:
                 load_backbone_weights(model.backbone, m.backbone_weights)
@@ -380,8 +426,14 @@ def train(config: Config, verbose: int = 1) -> dict:
     log_csv = os.path.join(run_dir, "log.csv")
     if resume:
         _truncate_log(log_csv, done)
+    # The batch graph's evaluation order, as --mode=eval uses it (defect: a
+    # class-major split put same-class images in one batch and inflated it).
     val_ds = make_dataset(
-        splits.val, d.image_size, batch, training=False, cache=d.cache
+        splits.val.select(splits.val.shuffle_order(0)),
+        d.image_size,
+        batch,
+        training=False,
+        cache=d.cache,
     )
     checkpoint = RunCheckpoint(run_dir, state, t.checkpoint_every_steps)
     append = resume
@@ -439,8 +491,10 @@ def train(config: Config, verbose: int = 1) -> dict:
     summary["epochs_done"] = state["epochs_done"]
 
     # The reference bank, then the final model and its evaluation.
-    bank_counts = model.build_bank(_bank_dataset(splits, config, batch), seed=t.seed)
-    model.set_inference_graph(m.inference_graph)
+    log.info("Filling the reference context and bank, then evaluating")
+    bank_counts = fill_references(model, splits, config, batch)
+    served = DEFAULT_GRAPH if m.inference_graph == "all" else m.inference_graph
+    model.set_inference_graph(served)
     final = os.path.join(run_dir, "model.keras")
     _atomic_save(model, final)
 
@@ -452,7 +506,7 @@ def train(config: Config, verbose: int = 1) -> dict:
         d.image_size,
         batch,
         run_dir,
-        graphs=("bank", "batch", "isolated") if m.head == "ean" else ("isolated",),
+        graphs=evaluation_graphs(model, served),
         checkpoint=final,
         noisy_labels=os.path.join(run_dir, "noisy_labels.csv")
         if d.noise_rate > 0
@@ -474,6 +528,13 @@ def train(config: Config, verbose: int = 1) -> dict:
     )
     _write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
+
+
+def evaluation_graphs(model: EAN, served: str) -> tuple[str, ...]:
+    """The graphs evaluated after training: the served one first, then the rest."""
+    if model.head_type != "ean":
+        return ("isolated",)
+    return (served, *(g for g in INFERENCE_GRAPHS if g != served))
 
 
 def load_model(path: str) -> EAN:

@@ -28,7 +28,8 @@ def batch_graph_figure(
     from ean_tf.models import adjacency as adj
 
     images = np.asarray(images, np.float32)
-    _, embeddings, _ = model.features(images, training=False)
+    _, raw, _ = model.encode(images, training=False)
+    embeddings = model.graph_embeddings(raw)  # as the batch graph builds them
     cs = adj.cosine_similarity(embeddings).numpy()
     preds = model(images, graph="batch").numpy().argmax(1)
     b = len(images)

@@ -9,16 +9,18 @@ examples.
 
 Signatures (see README "Serving"):
   serving_default      image_bytes: string [None] (REST: {"b64": ...}) -> probabilities
-                       [None, C], class_index [None], class_name [None]; bank graph.
-  predict_images       images: float32 [None, H, W, 3] RGB 0..255 -> same; bank graph.
+                       [None, C], class_index [None], class_name [None]; the
+                       model's served graph (`context` unless set otherwise).
+  predict_images       images: float32 [None, H, W, 3] RGB 0..255 -> same; same graph.
   predict_batch_graph  the same input, the request's images as ONE graph (the
                        paper's test protocol): an answer depends on the request.
   predict_isolated     the same input, A = I (no graph; the warm-up network).
   embed                images -> features [None, Fd] (pooled) and embeddings [None, E].
 
-In the bank graph each image is joined only to the reference bank stored in the
-model, so TF Serving's batching (which merges clients' requests and pads a batch
-by repeating rows) never changes one client's answer.
+In the context graph each image is joined only to the reference context stored in
+the model (in the bank graph, to the reference bank), so TF Serving's batching
+(which merges clients' requests and pads a batch by repeating rows) never changes
+one client's answer.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ MODEL_NAME = "ean"
 BATCHING_PARAMETERS = """\
 # TF Serving server-side batching (--enable_batching
 # --batching_parameters_file=batching_parameters.txt). Safe with the default
-# signature: its bank graph makes each image's answer independent of its batch.
+# signature: its context graph makes each image's answer independent of its batch.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 5000 }
 max_enqueued_batches { value: 100 }
@@ -74,6 +76,9 @@ class ServingModule(tf.Module):
         # Variables, so that they travel in the SavedModel for clients to read.
         self.class_names = tf.Variable(list(model.class_names), trainable=False)
         self.input_size = tf.Variable(self.image_size, trainable=False)
+        # The graph serving_default and predict_images answer in.
+        self.graph = model.inference_graph
+        self.served_graph = tf.Variable(self.graph, trainable=False)
 
     def _decode_one(self, contents):
         """One request image -> (S, S, 3) float32 0..255, or InvalidArgument."""
@@ -122,11 +127,11 @@ class ServingModule(tf.Module):
                 [self.image_size, self.image_size, 3], tf.float32
             ),
         )
-        return self._outputs(self.model(images, graph="bank"))
+        return self._outputs(self.model(images, graph=self.graph))
 
     @tf.function(input_signature=[_IMAGES])
     def predict_images(self, images):
-        return self._outputs(self.model(self._prepare(images), graph="bank"))
+        return self._outputs(self.model(self._prepare(images), graph=self.graph))
 
     @tf.function(input_signature=[_IMAGES])
     def predict_isolated(self, images):

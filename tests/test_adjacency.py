@@ -93,6 +93,51 @@ def test_normalized_matches_gcn_filter(n):
     )
 
 
+def test_normalized_gradient_is_the_derivative_of_eq8_at_absent_edges():
+    """With straight-through edges the GCN sees a hard 0/1 A, and the gradient
+    reaches the soft edges through dÂ/dA at that A. Every absent edge (A = 0)
+    still moves its row's degree; degrees from |A| dropped that term."""
+    n = 6
+    a = (RNG.random((n, n)) > 0.6).astype(np.float64)
+    a = np.maximum(a, a.T)
+    np.fill_diagonal(a, 0)
+    w = RNG.normal(size=(n, n))
+    a_var = tf.Variable(a.astype(np.float32))
+    with tf.GradientTape() as tape:
+        f = tf.reduce_sum(w.astype(np.float32) * adj.normalized_adjacency(a_var))
+    got = tape.gradient(f, a_var).numpy()
+    eps = 1e-6
+    want = np.zeros_like(a)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue  # the diagonal is zeroed: no gradient
+            up, down = a.copy(), a.copy()
+            up[i, j] += eps
+            down[i, j] -= eps
+            diff = np.sum(w * np_normalized(up)) - np.sum(w * np_normalized(down))
+            want[i, j] = diff / (2 * eps)
+    assert np.any(a == 0) and np.any(a[~np.eye(n, dtype=bool)] == 0)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_normalized_batched_and_signed():
+    a = (RNG.random((3, 5, 5)) > 0.5).astype(np.float32)
+    out = adj.normalized_adjacency(a).numpy()
+    for g in range(3):
+        np.testing.assert_allclose(out[g], np_normalized(a[g]), atol=1e-6)
+    signed = a[0] - 2 * (RNG.random((5, 5)) > 0.7) * a[0]  # some edges -1
+    s = signed.copy()
+    np.fill_diagonal(s, 0)
+    s += np.eye(5)
+    d = np.abs(s).sum(1)  # signed: degrees from |A + I|
+    np.testing.assert_allclose(
+        adj.normalized_adjacency(signed, signed=True).numpy(),
+        s / np.sqrt(d)[:, None] / np.sqrt(d)[None, :],
+        atol=1e-6,
+    )
+
+
 def test_normalized_zeroes_a_given_diagonal_and_keeps_isolated_nodes_finite():
     a = np.zeros((4, 4), np.float32)
     a[0, 1] = a[1, 0] = 1

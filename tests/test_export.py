@@ -23,8 +23,8 @@ def exported(tmp_path_factory):
         image_size=SIZE,
         width=8,
         embedding_dim=16,
-        gcn_units=(16,),
         bank_per_class=2,
+        context_size=7,
         tau1=0.0,
         class_names=["a", "b", "c", "d"],
     )
@@ -32,6 +32,7 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
     model.build_bank([(x, np.eye(4, dtype=np.float32)[np.arange(32) % 4])])
+    model.build_context([x[:7]])
     base = str(tmp_path_factory.mktemp("exports"))
     path = serving.export_model(model, base, max_image_bytes=20_000)
     return model, base, path, tf.saved_model.load(path)
@@ -54,8 +55,13 @@ def test_outputs_equal_the_keras_model(exported):
     model, _, _, loaded = exported
     x = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype("float32")
     bank = loaded.signatures["predict_images"](images=tf.constant(x))
+    assert model.inference_graph == "context"
+    assert loaded.served_graph.numpy().decode() == "context"
     np.testing.assert_allclose(
-        bank["probabilities"], tf.nn.softmax(model(x, graph="bank")), atol=1e-5
+        bank["probabilities"], tf.nn.softmax(model(x, graph="context")), atol=1e-5
+    )
+    assert not np.allclose(
+        bank["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-4
     )
     batch = loaded.signatures["predict_batch_graph"](images=tf.constant(x))
     np.testing.assert_allclose(
@@ -79,7 +85,7 @@ def test_serving_default_decodes_like_training(exported):
     out = loaded.signatures["serving_default"](image_bytes=tf.constant(data))
     images = tf.stack([resize_image(decode_image(tf.constant(d)), SIZE) for d in data])
     np.testing.assert_allclose(
-        out["probabilities"], tf.nn.softmax(model(images, graph="bank")), atol=1e-5
+        out["probabilities"], tf.nn.softmax(model(images, graph="context")), atol=1e-5
     )
     assert out["probabilities"].shape == (3, 4)
 

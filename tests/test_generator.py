@@ -226,6 +226,7 @@ def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
         run_dir=str(tmp_path / "run"),
         generator_checkpoint=weights,
         epochs=1,
+        adj_warmup_epochs=0,
         steps_per_epoch=2,
     )
     model = build_model(config.model, config.data, 7)

@@ -13,7 +13,7 @@ from ean_tf.models import backbones
 from ean_tf.models.ean import EAN, AdjacencyWarmup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_size=32, width=8, embedding_dim=16, gcn_units=(16,), bank_per_class=2)
+TINY = dict(image_size=32, width=8, embedding_dim=16, bank_per_class=2)
 
 
 def _data(n=16, classes=4, seed=0):
@@ -165,7 +165,7 @@ def test_keras_file_reloads_in_a_new_process(tmp_path):
         expected = np.load({str(tmp_path / "expected.npy")!r})
         got = model(x).numpy()
         assert type(model).__name__ == "EAN", type(model)
-        assert model.inference_graph == "bank"
+        assert model.inference_graph == "context"
         np.testing.assert_allclose(got, expected, atol=1e-5)
         print("RELOAD_OK")
     """)
@@ -199,7 +199,7 @@ def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units):
         tau2=tau2,
         signed_edges=signed,
         gcn_units=units,
-        **{k: v for k, v in TINY.items() if k != "gcn_units"},
+        **TINY,
     )
     model.graph_enabled.assign(1.0)
     x, y = _data(24)

@@ -33,12 +33,13 @@ def models(tmp_path_factory):
         image_size=48,
         width=8,
         embedding_dim=16,
-        gcn_units=(16,),
         bank_per_class=2,
+        context_size=7,
         class_names=NAMES,
     )
     x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
     model.build_bank([(x, np.eye(4, dtype="float32")[np.arange(16) % 4])])
+    model.build_context([x[:7]])
     model.save(str(tmp / "model.keras"))
     saved = serving.export_model(model, str(tmp / "exports"))
     photos = tmp / "photos"

@@ -46,7 +46,9 @@ def test_train_writes_every_output(trained):
     ):
         assert os.path.isfile(os.path.join(run, name)), name
     assert summary["epochs_done"] == config.train.epochs
-    assert set(summary["accuracy"]) == {"bank", "batch", "isolated"}
+    assert list(summary["accuracy"]) == ["context", "bank", "batch", "isolated"]
+    for graph in summary["accuracy"]:  # a confusion matrix for every graph
+        assert os.path.isfile(os.path.join(run, f"confusion_{graph}.png")), graph
     assert sum(summary["bank_per_class"].values()) > 0
     with open(os.path.join(run, "log.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -107,7 +109,14 @@ def test_cli_train_then_eval(tmp_path):
     run = str(tmp_path / "run")
     common = ["--config=tiny", f"--data_dir={tmp_path / 'data'}", f"--run_dir={run}"]
     result = subprocess.run(
-        [sys.executable, "run.py", "--mode=train", "--epochs=1", *common],
+        [
+            sys.executable,
+            "run.py",
+            "--mode=train",
+            "--epochs=1",
+            "--adj_warmup_epochs=0",
+            *common,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -131,9 +140,11 @@ def test_cli_train_then_eval(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert set(report["graphs"]) == {"bank", "batch", "isolated"}
+    assert list(report["graphs"]) == ["context", "bank", "batch", "isolated"]
     assert report["checkpoint"].endswith("model.keras")
     assert os.path.isfile(tmp_path / "eval" / "confusion.png")
+    for graph in report["graphs"]:
+        assert os.path.isfile(tmp_path / "eval" / f"confusion_{graph}.png"), graph
 
 
 def test_visualize_draws_the_batch_graph(trained, tmp_path):
@@ -151,8 +162,8 @@ def test_visualize_draws_the_batch_graph(trained, tmp_path):
     info = batch_graph_figure(model, images, labels, model.class_names, str(path))
     from ean_tf.models import adjacency as adj
 
-    _, emb, _ = model.features(images)
-    cs = adj.cosine_similarity(emb).numpy()
+    _, raw, _ = model.encode(images)
+    cs = adj.cosine_similarity(model.graph_embeddings(raw)).numpy()
     upper = cs[np.triu_indices(6, 1)]
     assert info["similar_edges"] == int(np.sum(upper >= 0.2))
     assert info["opposite_edges"] == int(np.sum(upper <= -0.2))
@@ -160,14 +171,16 @@ def test_visualize_draws_the_batch_graph(trained, tmp_path):
 
 
 def test_head_activity_counts_dead_hidden_units(trained, tmp_path, caplog):
-    import keras
 
     from ean_tf import data as data_lib
+    from ean_tf.models.ean import EAN
 
-    config, summary = trained
-    model = keras.models.load_model(summary["model"])
+    config, _ = trained
     val = data_lib.load(config.data).val
     size, batch = config.data.image_size, config.train.batch_size
+    model = EAN(
+        val.num_classes, image_size=size, width=8, embedding_dim=16, gcn_units=(16,)
+    )
     hidden = model.head.convs[0]
     # Biases far above zero: every hidden unit fires on every image.
     hidden.bias.assign(np.full(hidden.bias.shape, 1e6, "float32"))
@@ -198,8 +211,9 @@ def test_graph_quality_counts_edges_by_label(trained):
     # By hand: one batch of every image, in the batch graph's order for seed 3.
     order = np.random.default_rng(3).permutation(n)
     images, _ = next(iter(make_dataset(val.select(order), size, n, training=False)))
-    _, e, _ = model.features(images)
-    e = np.asarray(e) / np.linalg.norm(e, axis=1, keepdims=True)
+    _, raw, _ = model.encode(images)
+    e = np.asarray(model.graph_embeddings(raw))
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
     cs = e @ e.T
     off = ~np.eye(n, dtype=bool)
     # Thresholds inside this model's cosines, so that both kinds of edge exist.
@@ -226,3 +240,46 @@ def test_graph_quality_counts_edges_by_label(trained):
         kept = (edges & same[labels == k]).sum()
         expected = round(kept / edges.sum(), 4) if edges.sum() else None
         assert quality["similar_precision_per_class"][name] == expected
+
+
+def test_validation_batch_graph_uses_the_evaluation_order(
+    trained, tmp_path, monkeypatch
+):
+    """`val_accuracy` (which picks best.keras) is the batch graph on the same
+    shuffled batches as --mode=eval, even for a class-major split."""
+    import glob
+
+    from ean_tf import train as train_lib
+    from ean_tf.config import make_config
+
+    config, _ = trained
+    (source,) = glob.glob(os.path.join(config.data.data_dir, "default-*", "labels.csv"))
+    with open(source) as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: (r["split"], r["label"]))  # class-major, as a folder
+    sorted_csv = os.path.join(os.path.dirname(source), "class_major.csv")
+    with open(sorted_csv, "w") as f:
+        f.write("path,label,split\n")
+        f.writelines(f"{r['path']},{r['label']},{r['split']}\n" for r in rows)
+    run = make_config(
+        "tiny", dataset="csv", data_dir=sorted_csv, run_dir=str(tmp_path / "run")
+    )
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(examples, *args, training, **kwargs):
+        if not training:  # the validation set, made before the first epoch
+            seen.append(examples)
+            raise Stop
+        raise AssertionError("training data made before validation data")
+
+    monkeypatch.setattr(train_lib, "make_dataset", record)
+    with pytest.raises(Stop):
+        train_lib.train(run, verbose=0)
+    from ean_tf import data as data_lib
+
+    val = data_lib.load(run.data).val
+    assert np.all(np.diff(val.labels) >= 0)  # the file's order is class-major
+    assert seen[0].paths == val.select(val.shuffle_order(0)).paths

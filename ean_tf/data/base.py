@@ -75,6 +75,12 @@ class Examples:
             record_indices=pick(self.record_indices),
         )
 
+    def shuffle_order(self, seed: int) -> np.ndarray:
+        """A fixed permutation of the rows under `seed`: the order in which the
+        `batch` graph is evaluated, during training and after (a class-major
+        folder would otherwise put same-class images in the same batches)."""
+        return np.random.default_rng(seed).permutation(len(self))
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=self.num_classes)
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}

@@ -67,25 +67,28 @@ def straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
 
 
 def zero_diagonal(a: tf.Tensor) -> tf.Tensor:
-    """a: (N, N) -> a with a zero diagonal."""
+    """a: (..., N, N) -> a with a zero diagonal."""
     return tf.linalg.set_diag(a, tf.zeros_like(tf.linalg.diag_part(a)))
 
 
-def normalized_adjacency(a: tf.Tensor) -> tf.Tensor:
+def normalized_adjacency(a: tf.Tensor, signed: bool = False) -> tf.Tensor:
     """Â = D̃^-1/2 (A + I) D̃^-1/2 with A's diagonal zeroed first (eq. 8).
 
-    a: (N, N). Degrees are the row sums of |A + I| (absolute values, so signed
-    opposite edges still count as neighbours); each node has its self-loop, so no
-    degree is zero. For a symmetric non-negative A with a zero diagonal this equals
-    `spektral.utils.gcn_filter(A)`. A non-symmetric A (the bank graph's directed
-    edges) is normalised by out-degrees: row i of Â uses only row i's edges and the
-    degrees of the nodes it reads from.
+    a: (..., N, N), any leading batch dimensions. Degrees are the plain row sums of
+    A + I, so that the gradient through a straight-through A is the derivative of
+    eq. 8 itself (an absent edge still moves its degree). With `signed` (opposite
+    edges -1) they are the row sums of |A + I|, so opposite edges still count as
+    neighbours. Each node has its self-loop, so no degree is zero. For a symmetric
+    non-negative A with a zero diagonal this equals `spektral.utils.gcn_filter(A)`.
+    A non-symmetric A (the bank graph's directed edges) is normalised by
+    out-degrees: row i of Â uses only row i's edges and the degrees of the nodes it
+    reads from.
     """
     a = zero_diagonal(tf.cast(a, tf.float32))
-    a_tilde = a + tf.eye(tf.shape(a)[0], dtype=a.dtype)  # (N, N)
-    degree = tf.reduce_sum(tf.abs(a_tilde), axis=1)  # (N,) >= 1
-    d_inv_sqrt = tf.math.rsqrt(degree)
-    return a_tilde * d_inv_sqrt[:, None] * d_inv_sqrt[None, :]  # (N, N)
+    a_tilde = a + tf.eye(tf.shape(a)[-1], dtype=a.dtype)  # (..., N, N)
+    degree = tf.reduce_sum(tf.abs(a_tilde) if signed else a_tilde, axis=-1)
+    d_inv_sqrt = tf.math.rsqrt(degree)  # (..., N), degree >= 1
+    return a_tilde * d_inv_sqrt[..., :, None] * d_inv_sqrt[..., None, :]
 
 
 def label_mask(labels: tf.Tensor) -> tf.Tensor:
@@ -141,4 +144,5 @@ def bank_graph(
         a_query = a_query * valid[None, :]
     top = tf.concat([a_bank, tf.zeros([k, q])], axis=1)  # (K, K+Q)
     bottom = tf.concat([a_query, tf.zeros([q, q])], axis=1)  # (Q, K+Q)
-    return normalized_adjacency(tf.concat([top, bottom], axis=0))  # (K+Q, K+Q)
+    a_full = tf.concat([top, bottom], axis=0)
+    return normalized_adjacency(a_full, signed)  # (K+Q, K+Q)

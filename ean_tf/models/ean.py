@@ -8,29 +8,36 @@
     logits = GCN(F, norm(A + I))         (B, C)
     loss = CE(logits, y) + alpha * Adj_loss(A_soft_similar, y)
 
-`call()` is the inference path, in one of three graphs (`inference_graph`):
-`bank` (the default: each image joined only to a class-balanced reference bank
-stored in the model, so its answer never depends on the rest of the batch),
-`batch` (the request's images form the graph, the paper's test protocol) and
-`isolated` (A = I). `head="linear"` is the plain-classifier baseline on the same
-backbone.
+`call()` is the inference path, in one of four graphs (`inference_graph`):
+`context` (the default: each image is the last node of a training-sized batch
+whose other nodes are a fixed reference context of training images drawn with the
+training class prior, stored in the model; see `reference.py`), `bank` (each image
+joined only to a class-balanced reference bank, edges bank -> query), `batch` (the
+request's images form the graph, the paper's test protocol) and `isolated`
+(A = I). In `context` and `bank` an image's answer never depends on the rest of
+the batch. `head="linear"` is the plain-classifier baseline on the same backbone.
+
+The constructor's defaults are `ModelConfig`'s: one source of defaults.
 """
 
 from __future__ import annotations
-
-import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ean_tf.config import ModelConfig, TrainConfig
 from ean_tf.data.pipeline import normalize
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
 from ean_tf.models.gcn import GCNHead
+from ean_tf.models.reference import ReferenceContext
 
-INFERENCE_GRAPHS = ("bank", "batch", "isolated")
+INFERENCE_GRAPHS = ("context", "bank", "batch", "isolated")
 _GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
+_M = ModelConfig()  # the defaults of every constructor argument it shares
+DEFAULT_GRAPH = _M.inference_graph  # what `--inference_graph=all` serves
+_CONTEXT_SIZE = TrainConfig().batch_size - 1
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
@@ -39,27 +46,29 @@ class EAN(keras.Model):
         self,
         num_classes: int,
         image_size: int = 48,
-        backbone: str = "resnet18",
-        stem: str = "small_s2",
-        width: int = 64,
-        head: str = "ean",
-        embedding_dim: int = 128,
-        gcn_units=(256,),
-        gcn_dropout: float = 0.3,
-        tau1: float = 0.5,
-        tau2: float = -math.inf,
-        temperature: float = 0.1,
-        straight_through: bool = False,
-        signed_edges: bool = False,
-        adj_loss_weight: float = 0.1,
-        adj_reduction: str = "sum",
-        bank_per_class: int = 16,
-        inference_graph: str = "bank",
+        backbone: str = _M.backbone,
+        stem: str = _M.stem,
+        width: int = _M.width,
+        head: str = _M.head,
+        embedding_dim: int = _M.embedding_dim,
+        gcn_units=_M.gcn_units,
+        gcn_dropout: float = _M.gcn_dropout,
+        tau1: float = _M.tau1,
+        tau2: float = _M.tau2,
+        temperature: float = _M.temperature,
+        straight_through: bool = _M.straight_through,
+        signed_edges: bool = _M.signed_edges,
+        adj_loss_weight: float = _M.adj_loss_weight,
+        adj_reduction: str = _M.adj_reduction,
+        bank_per_class: int = _M.bank_per_class,
+        inference_graph: str = _M.inference_graph,
         label_smoothing: float = 0.0,
         cross_replica_graph: bool = False,
-        embedding_norm: str = "batchnorm",
+        embedding_norm: str = _M.embedding_norm,
         class_names=None,
-        input_norm: str = "auto",
+        input_norm: str = _M.input_norm,
+        context_size: int = _CONTEXT_SIZE,
+        context_sets: int = _M.context_sets,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -100,6 +109,12 @@ class EAN(keras.Model):
         self.adj_loss_weight = float(adj_loss_weight)
         self.adj_reduction = adj_reduction
         self.bank_per_class = int(bank_per_class)
+        self.context_size, self.context_sets = int(context_size), int(context_sets)
+        if self.context_size < 1 or self.context_sets < 1:
+            raise ValueError(
+                f"Expected context_size, context_sets >= 1. Received: "
+                f"{context_size}, {context_sets}"
+            )
         self.inference_graph = inference_graph
         self.label_smoothing = float(label_smoothing)
         self.cross_replica_graph = bool(cross_replica_graph)
@@ -145,6 +160,14 @@ class EAN(keras.Model):
             self.embedding.trainable = False
             if self.embedding_bn is not None:
                 self.embedding_bn.trainable = False
+        # The served graph's reference context (filled after training).
+        self.context = ReferenceContext(
+            self.context_sets,
+            self.context_size,
+            self.feature_dim,
+            self.embedding_dim,
+            name="reference_context",
+        )
         k = self.num_classes * self.bank_per_class
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
@@ -220,17 +243,40 @@ class EAN(keras.Model):
         self.built = True
 
     # ---------------------------------------------------------------- forward ---
-    def features(self, images, training=False):
-        """images (B, S, S, 3) 0..255 -> pooled (B, Fd), embedding (B, E), conv3."""
+    def encode(self, images, training=False):
+        """images (B, S, S, 3) 0..255 -> pooled (B, Fd), raw embedding (B, E) (before
+        its normalisation), conv3."""
         pooled, conv3 = self.backbone(normalize(images), training=training)
         pooled = tf.cast(pooled, tf.float32)
-        embeddings = self.embedding(pooled)  # (B, E)
+        return pooled, self.embedding(pooled), conv3
+
+    def features(self, images, training=False):
+        """images (B, S, S, 3) 0..255 -> pooled (B, Fd), embedding (B, E), conv3.
+
+        The embedding is normalised by batch norm: with the batch's statistics in
+        training, the moving ones otherwise (per image, as `embed` serves it).
+        """
+        pooled, raw, conv3 = self.encode(images, training=training)
+        embeddings = raw
         if self.embedding_bn is not None:
-            embeddings = self.embedding_bn(embeddings, training=training)
+            embeddings = self.embedding_bn(raw, training=training)
         return pooled, embeddings, conv3
 
+    def graph_embeddings(self, raw):
+        """raw (..., N, E) -> the embeddings a graph of those N nodes is built on.
+
+        Normalised with the statistics of the N nodes themselves, as batch norm
+        does in training, so an inference graph has the edges training would give
+        the same nodes (the moving statistics would move 1 edge in 7).
+        """
+        bn = self.embedding_bn
+        if bn is None:
+            return raw
+        mean, var = tf.nn.moments(raw, axes=[-2], keepdims=True)
+        return (raw - mean) * tf.math.rsqrt(var + bn.epsilon) * bn.gamma + bn.beta
+
     def batch_graph(self, embeddings):
-        """Edges among the batch: (hard-or-straight-through A, C_s), both (B, B)."""
+        """Edges among the batch: (hard-or-straight-through A, C_s), (..., B, B)."""
         cs = adj.cosine_similarity(embeddings)  # (B, B)
         a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
         if self.straight_through_edges:
@@ -240,16 +286,27 @@ class EAN(keras.Model):
             a = adj.straight_through(a, soft)
         return a * self.graph_enabled, cs
 
-    def classify(self, pooled, embeddings, graph: str, training=False):
-        """Logits (B, C) from features, in the `graph` inference mode."""
+    def graph_logits(self, pooled, raw, gate=1.0, training=False):
+        """Logits (..., N, C) of graphs of N nodes: pooled (..., N, Fd), raw
+        embeddings (..., N, E); edges times `gate` (0: A = I)."""
+        a, _ = self.batch_graph(self.graph_embeddings(raw))
+        a_hat = adj.normalized_adjacency(a * gate, self.signed_edges)
+        return self.head([pooled, a_hat], training=training)
+
+    def classify(self, pooled, raw, graph: str, training=False):
+        """Logits (B, C) from pooled features and raw embeddings, in `graph`."""
         if self.head_type == "linear":
             return self.head(pooled)
         if graph == "isolated":
             a_hat = tf.eye(tf.shape(pooled)[0])
             return self.head([pooled, a_hat], training=training)
         if graph == "batch":
-            a, _ = self.batch_graph(embeddings)
-            return self.head([pooled, adj.normalized_adjacency(a)], training=training)
+            return self.graph_logits(pooled, raw, training=training)
+        if graph == "context":
+            return self.context(pooled, raw, graph_logits=self.graph_logits)
+        embeddings = raw
+        if self.embedding_bn is not None:  # the bank uses the moving statistics
+            embeddings = self.embedding_bn(raw, training=False)
         if graph == "bank":
             return self._bank_forward(pooled, embeddings)
         if graph == "bank_full":  # the same maths on the whole (K+Q) graph; tests
@@ -304,7 +361,7 @@ class EAN(keras.Model):
         valid = self.bank_valid
         a = adj.zero_diagonal(a * valid[:, None] * valid[None, :])
         self.bank_degree.assign(1.0 + tf.reduce_sum(tf.abs(a), axis=1))
-        a_hat = adj.normalized_adjacency(a)  # (K, K)
+        a_hat = adj.normalized_adjacency(a, self.signed_edges)  # (K, K)
         h = tf.convert_to_tensor(self.bank_features)
         for conv, cache in zip(self.head.convs, self.bank_layer_inputs, strict=True):
             cache.assign(h)
@@ -312,9 +369,9 @@ class EAN(keras.Model):
 
     def call(self, images, training=False, graph: str | None = None):
         """Logits (B, C) for images (B, S, S, 3) in 0..255."""
-        pooled, embeddings, _ = self.features(images, training=training)
+        pooled, raw, _ = self.encode(images, training=training)
         return self.classify(
-            pooled, embeddings, graph or self.inference_graph, training=training
+            pooled, raw, graph or self.inference_graph, training=training
         )
 
     def set_inference_graph(self, graph: str) -> None:
@@ -390,7 +447,7 @@ class EAN(keras.Model):
             all_emb = packed[:, self.feature_dim : -1]
             all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
             a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
-            a_hat = adj.normalized_adjacency(a)
+            a_hat = adj.normalized_adjacency(a, self.signed_edges)
             logits_all = self.head([all_pooled, a_hat], training=training)
             logits = logits_all[offset : offset + b]
             soft = adj.relaxed_adjacency(
@@ -483,7 +540,7 @@ class EAN(keras.Model):
         seen = np.zeros(self.num_classes, np.int64)
         for images, targets in images_and_targets:
             pooled, emb, _ = self.features(images, training=False)
-            pred = tf.argmax(self.classify(pooled, emb, "isolated"), axis=-1)
+            pred = tf.argmax(self.classify(pooled, None, "isolated"), axis=-1)
             y = np.argmax(np.asarray(targets), axis=-1)
             feats.append(pooled.numpy())
             embs.append(emb.numpy())
@@ -519,6 +576,21 @@ class EAN(keras.Model):
         self._fill_bank_cache()
         return counts
 
+    def build_context(self, batches) -> None:
+        """Fills the reference context from batches of images (no augmentation),
+        `context_sets * context_size` in all, set-major (see
+        `reference.select_context` for which)."""
+        feats, raws = [], []
+        for images in batches:
+            pooled, raw, _ = self.encode(images, training=False)
+            feats.append(pooled.numpy())
+            raws.append(raw.numpy())
+        feats, raws = np.concatenate(feats), np.concatenate(raws)
+        want = self.context_sets * self.context_size
+        if len(feats) != want:
+            raise ValueError(f"Expected {want} context images. Received: {len(feats)}")
+        self.context.fill(feats, raws)
+
     # ---------------------------------------------------------- serialisation ---
     def get_config(self):
         return {
@@ -542,6 +614,8 @@ class EAN(keras.Model):
             "adj_loss_weight": self.adj_loss_weight,
             "adj_reduction": self.adj_reduction,
             "bank_per_class": self.bank_per_class,
+            "context_size": self.context_size,
+            "context_sets": self.context_sets,
             "inference_graph": self.inference_graph,
             "label_smoothing": self.label_smoothing,
             "cross_replica_graph": self.cross_replica_graph,
@@ -568,8 +642,11 @@ def build_model(
     class_names=None,
     label_smoothing: float = 0.0,
     cross_replica_graph: bool = False,
+    graph_nodes: int = TrainConfig().batch_size,
 ) -> EAN:
-    """An `EAN` from a `ModelConfig` and `DataConfig`."""
+    """An `EAN` from a `ModelConfig` and `DataConfig`; `graph_nodes` is the size of
+    a training graph (the batch, or each replica's batch), which the reference
+    context matches unless `context_size` is set."""
     m = model_config
     return EAN(
         num_classes=m.num_classes or num_classes,
@@ -591,7 +668,11 @@ def build_model(
         adj_loss_weight=m.adj_loss_weight,
         adj_reduction=m.adj_reduction,
         bank_per_class=m.bank_per_class,
-        inference_graph="bank" if m.inference_graph == "all" else m.inference_graph,
+        context_size=m.context_size or max(1, graph_nodes - 1),
+        context_sets=m.context_sets,
+        inference_graph=DEFAULT_GRAPH
+        if m.inference_graph == "all"
+        else m.inference_graph,
         label_smoothing=label_smoothing,
         cross_replica_graph=cross_replica_graph,
         class_names=class_names,

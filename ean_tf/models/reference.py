@@ -1,0 +1,141 @@
+"""The served graph: a fixed reference context that each query joins as one more node.
+
+The GCN was trained on batches of `n` images drawn with the training class prior,
+each node joined to its similar neighbours and normalised by degrees of that size.
+The context graph gives every query the same neighbourhood: `size = n - 1` training
+images, drawn with the class prior and stored in the model, plus the query as the
+n-th node. Every edge and degree is as in training (the context's edges to the
+query included), and the embedding is normalised with the statistics of those n
+nodes, as batch norm does in training. A query never sees another query, so its
+answer does not depend on the rest of the request. With `sets` > 1 the query is
+classified in each of several disjoint contexts and the logits are averaged.
+
+`select_context` picks the images (a pure function of the labels and a seed);
+`ReferenceContext` holds them and runs a query's graphs.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def prior_counts(labels: np.ndarray, size: int, num_classes: int) -> np.ndarray:
+    """How many of `size` context nodes each class gets: `size` times the class's
+    share of `labels`, rounded by largest remainder (so the counts sum to `size`)
+    and capped by what each class has."""
+    labels = np.asarray(labels, np.int64)
+    have = np.bincount(labels, minlength=num_classes)
+    if have.sum() == 0:
+        raise ValueError("select_context: no labels to draw the context from")
+    exact = size * have / have.sum()
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: size - counts.sum()]] += 1
+    return np.minimum(counts, have)
+
+
+def select_context(
+    labels: np.ndarray, size: int, sets: int = 1, seed: int = 0, num_classes=None
+) -> np.ndarray:
+    """Indices (sets, size) into `labels`: `sets` disjoint contexts of `size`
+    examples each, every one with the class counts of `prior_counts`, drawn
+    uniformly within each class. Where a class has too few examples for every set,
+    sets share them (drawn again); a class with none is left out and its slots go
+    to the other classes by the same rounding."""
+    labels = np.asarray(labels, np.int64)
+    if size < 1 or sets < 1:
+        raise ValueError(f"Expected size, sets >= 1. Received: {size}, {sets}")
+    if len(labels) < size:
+        raise ValueError(
+            f"select_context: {size} context images requested, only "
+            f"{len(labels)} training images"
+        )
+    classes = num_classes or int(labels.max()) + 1
+    counts = prior_counts(labels, size, classes)
+    short = size - counts.sum()  # classes capped by what they have
+    while short > 0:  # give the rest to the classes that still have images
+        spare = np.bincount(labels, minlength=classes) - counts
+        for c in np.argsort(-spare, kind="stable")[:short]:
+            if spare[c] > 0:
+                counts[c] += 1
+        short = size - counts.sum()
+    rng = np.random.default_rng(seed)
+    out = np.empty((sets, size), np.int64)
+    for c in range(classes):
+        if counts[c] == 0:
+            continue
+        pool = rng.permutation(np.flatnonzero(labels == c))
+        need = counts[c] * sets
+        if len(pool) < need:  # not enough for disjoint sets: draw again
+            pool = np.concatenate(
+                [pool, rng.choice(pool, need - len(pool), replace=True)]
+            )
+        start = int(counts[:c].sum())
+        out[:, start : start + counts[c]] = pool[:need].reshape(sets, counts[c])
+    return np.stack([rng.permutation(row) for row in out])
+
+
+class ReferenceContext(keras.layers.Layer):
+    """`sets` contexts of `size` nodes: pooled features and raw (un-normalised)
+    embeddings of training images, saved with the model.
+
+    `call(pooled, raw, graph_logits)` builds, for each query q and set m, the
+    (size + 1)-node graph [context_m; q] and returns the mean over m of the
+    query node's logits; `graph_logits(x (G, N, F), raw (G, N, E), gate)` is the
+    model's batched graph forward (embedding norm, edges times `gate`, GCN head):
+    until the context is filled, the gate is 0 and the query is isolated.
+    """
+
+    def __init__(
+        self, sets: int, size: int, feature_dim: int, embedding_dim: int, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.sets, self.size = int(sets), int(size)
+        self.features = self.add_weight(
+            shape=(self.sets, self.size, int(feature_dim)),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="features",
+        )
+        self.embeddings = self.add_weight(
+            shape=(self.sets, self.size, int(embedding_dim)),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="embeddings",
+        )
+        # 0 until `fill`: an empty context would join queries to zero vectors.
+        self.filled = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="filled",
+        )
+
+    def fill(self, features, embeddings) -> None:
+        """features (sets * size, F), raw embeddings (sets * size, E), set-major."""
+        self.features.assign(np.reshape(features, self.features.shape))
+        self.embeddings.assign(np.reshape(embeddings, self.embeddings.shape))
+        self.filled.assign(1.0)
+
+    def call(self, pooled, raw, graph_logits):
+        q = tf.shape(pooled)[0]
+        m, k = self.sets, self.size
+
+        def nodes(context, query):  # (M, K, D), (Q, D) -> (Q * M, K + 1, D)
+            d = tf.shape(context)[-1]
+            context = tf.broadcast_to(context[None], [q, m, k, d])
+            query = tf.broadcast_to(query[:, None, None, :], [q, m, 1, d])
+            return tf.reshape(tf.concat([context, query], axis=2), [q * m, k + 1, d])
+
+        x = nodes(tf.cast(self.features, pooled.dtype), pooled)
+        e = nodes(tf.cast(self.embeddings, raw.dtype), raw)
+        logits = graph_logits(x, e, self.filled)[:, -1, :]  # (Q * M, C): queries
+        return tf.reduce_mean(tf.reshape(logits, [q, m, -1]), axis=1)  # (Q, C)
+
+    def get_config(self):
+        return {**super().get_config(), "sets": self.sets, "size": self.size}
