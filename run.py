@@ -56,7 +56,9 @@ def main(argv):
     except Exception as error:  # library errors with a clear message
         from ean_tf.train import TrainingError
 
-        if isinstance(error, (TrainingError, ValueError, FileNotFoundError)):
+        if isinstance(
+            error, (TrainingError, ValueError, FileNotFoundError, FileExistsError)
+        ):
             sys.exit(f"error: {error}")
         raise
 

@@ -62,7 +62,9 @@ class DataConfig:
     noise_rate: float = _f(0.0, "Fraction of training labels flipped (tables 3-4).")
     noise_seed: int = _f(0, "Seed choosing which labels flip and to what.")
     skip_bad_images: bool = _f(
-        False, "Skip unreadable images and list them in a report instead of failing."
+        False,
+        "Skip unreadable images and list them in a report instead of failing "
+        "(decodes every image first, whatever --validate_images says).",
     )
     no_face: str = _f(
         "center",
@@ -215,6 +217,11 @@ class ExportConfig:
     export_version: int = _f(0, "Version number to write (0: the next free one).")
     max_image_bytes: int = _f(
         10 * 1024 * 1024, "Largest encoded image serving_default accepts (bytes)."
+    )
+    max_image_pixels: int = _f(
+        4096 * 4096,
+        "Most pixels (width x height, read from the header before decoding) of an "
+        "image serving_default accepts.",
     )
     images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
     annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
@@ -524,3 +531,4 @@ def validate(config: Config) -> None:
     e = config.export
     _check(e.export_version >= 0, "export_version", "an int >= 0", e.export_version)
     _check(e.max_image_bytes > 0, "max_image_bytes", "an int > 0", e.max_image_bytes)
+    _check(e.max_image_pixels > 0, "max_image_pixels", "an int > 0", e.max_image_pixels)

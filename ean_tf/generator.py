@@ -387,11 +387,12 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     d, m, t, g = config.data, config.model, config.train, config.generator
     strategy = make_strategy(t.strategy)
     run_dir, is_chief = worker_run_dir(strategy, generator_dir(config))
-    os.makedirs(run_dir, exist_ok=True)
     keras.utils.set_random_seed(t.seed)
     splits = data_lib.load(d, seed=t.seed)
     batch = t.batch_size
+    # The data first: a wrong identity folder stops before the run folder exists.
     ds, num_identities = generator_dataset(config, splits.train, batch, t.seed)
+    os.makedirs(run_dir, exist_ok=True)
     steps = t.steps_per_epoch or max(1, len(splits.train) // batch)
     log.info(
         "Generator pre-training: %d identities, views: %s, %d steps per epoch",

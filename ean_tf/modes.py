@@ -154,14 +154,16 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
 
     path = default_checkpoint(config, checkpoint)
     model = load_model(path)
-    if model.head_type == "ean" and not float(model.bank_valid.numpy().sum()):
+    if model.head_type == "ean" and not float(model.context.filled.numpy()):
         log.warning(
-            "%s has an empty reference bank: bank-graph answers equal the "
+            "%s has an empty reference context: context-graph answers equal the "
             "isolated network's",
             path,
         )
     e = config.export
-    final = export_model(model, e.export_dir, e.export_version, e.max_image_bytes)
+    final = export_model(
+        model, e.export_dir, e.export_version, e.max_image_bytes, e.max_image_pixels
+    )
     base = os.path.abspath(e.export_dir)
     print(f"Exported {path} to {final}")
     print("Serve it with TensorFlow Serving:")

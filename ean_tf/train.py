@@ -464,16 +464,19 @@ def train(config: Config, verbose: int = 1) -> dict:
             checkpoint,
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tb"), write_graph=False),
         ]
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=done + 1 if 0 < partial < steps else t.epochs,
-            initial_epoch=done,
-            steps_per_epoch=steps - partial if 0 < partial < steps else steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
+        try:
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=done + 1 if 0 < partial < steps else t.epochs,
+                initial_epoch=done,
+                steps_per_epoch=steps - partial if 0 < partial < steps else steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
+        except tf.errors.InvalidArgumentError as error:
+            _name_undecodable_image(error, splits, state, last)
         append = True
         if checkpoint.nan_epoch is None and state["epochs_done"] == done:
             break  # stopped early by a callback: nothing more to do here
@@ -528,6 +531,26 @@ def train(config: Config, verbose: int = 1) -> dict:
     )
     _write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
+
+
+def _name_undecodable_image(error, splits, state: dict, last: str) -> None:
+    """A decode error inside the input pipeline names no file: find the file
+    (decoding every image as training does) and raise a `DataError` naming it,
+    with where the last checkpoint is. Other errors are raised unchanged."""
+    if "decode" not in str(error).lower() and "image" not in str(error).lower():
+        raise error
+    kept = (
+        f"The last checkpoint ({state['epochs_done']} epochs) is {last}; rerun "
+        "the command after fixing the file to resume from it."
+        if os.path.isfile(last)
+        else "No checkpoint had been written yet."
+    )
+    for split in (splits.train, splits.val):
+        try:
+            data_lib.check_images(split, skip_bad=False, full_decode=True)
+        except data_lib.DataError as bad:
+            raise data_lib.DataError(f"{bad} {kept}") from None
+    raise error
 
 
 def evaluation_graphs(model: EAN, served: str) -> tuple[str, ...]:

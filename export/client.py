@@ -7,7 +7,9 @@ Faces are detected and aligned here, with the same MTCNN aligner as training
     python export/client.py --images=photo.jpg --rest=http://localhost:8501
     python export/client.py --images=photos/ --grpc=localhost:8500 --image_size=112
 
-Prints one JSON line per face: file, box, class_name, probabilities.
+Prints one JSON line per face: file, box, class_name, probabilities (or the
+server's `problem` for a face it could not read). The server is checked first: when
+none answers at the address, one line says so and nothing else runs.
 """
 
 from __future__ import annotations
@@ -16,11 +18,51 @@ import base64
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no start-up log lines
+
+
+class ServerError(RuntimeError):
+    """No TensorFlow Serving model answers at the given address."""
+
+
+def check_rest(url: str, model: str = "ean", timeout: float = 5.0) -> None:
+    """GET /v1/models/<model>: raises `ServerError` naming the address when no
+    server answers or it does not serve `model`."""
+    address = f"{url.rstrip('/')}/v1/models/{model}"
+    try:
+        with urllib.request.urlopen(address, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        raise ServerError(
+            f"{address}: the server answers but not for model {model!r} "
+            f"(HTTP {error.code})"
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ServerError(
+            f"no TensorFlow Serving answers at {url} ({reason})"
+        ) from None
+
+
+def check_grpc(target: str, timeout: float = 5.0) -> None:
+    """Raises `ServerError` when no gRPC server accepts a connection at `target`."""
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ServerError(
+            f"no TensorFlow Serving answers at {target} (gRPC, {timeout:g} s)"
+        ) from None
+    finally:
+        channel.close()
 
 
 def encode_png(image_rgb: np.ndarray) -> bytes:
@@ -48,7 +90,13 @@ def predict_rest(
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())["predictions"]
+        rows = json.loads(response.read())["predictions"]
+    return [
+        {"problem": row["problem"]}
+        if row.get("problem")
+        else {k: v for k, v in row.items() if k not in ("valid", "problem")}
+        for row in rows
+    ]
 
 
 def predict_grpc(
@@ -72,9 +120,12 @@ def predict_grpc(
     probs = tf.make_ndarray(response.outputs["probabilities"])
     names = tf.make_ndarray(response.outputs["class_name"])
     index = tf.make_ndarray(response.outputs["class_index"])
+    problems = tf.make_ndarray(response.outputs["problem"])
     return [
         {"probabilities": p.tolist(), "class_name": n.decode(), "class_index": int(i)}
-        for p, n, i in zip(probs, names, index, strict=True)
+        if not e
+        else {"problem": e.decode()}
+        for p, n, i, e in zip(probs, names, index, problems, strict=True)
     ]
 
 
@@ -106,8 +157,6 @@ def classify_files(files: list[str], send, image_size: int) -> list[dict]:
 def main(argv=None) -> int:
     import argparse
 
-    from ean_tf.predict import list_images
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, help="file, folder or glob")
     parser.add_argument("--rest", help="REST address, e.g. http://localhost:8501")
@@ -119,10 +168,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.rest) == bool(args.grpc):
         parser.error("give exactly one of --rest and --grpc")
-    if args.rest:
-        send = lambda images: predict_rest(args.rest, images, args.model)
-    else:
-        send = lambda images: predict_grpc(args.grpc, images, args.model)
+    try:  # before MTCNN and TensorFlow start
+        if args.rest:
+            check_rest(args.rest, args.model)
+            send = lambda images: predict_rest(args.rest, images, args.model)
+        else:
+            check_grpc(args.grpc)
+            send = lambda images: predict_grpc(args.grpc, images, args.model)
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from ean_tf.predict import list_images  # TensorFlow starts here
+
     for row in classify_files(list_images(args.images), send, args.image_size):
         print(json.dumps(row))
     return 0

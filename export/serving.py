@@ -35,6 +35,7 @@ import tensorflow as tf
 from ean_tf.data.pipeline import decode_image, resize_image
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_NAME = "ean"
 
@@ -68,11 +69,17 @@ _MAGIC = [b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF8"]
 class ServingModule(tf.Module):
     """The exported functions; holds the Keras model and its class names."""
 
-    def __init__(self, model, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    def __init__(
+        self,
+        model,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         super().__init__(name="ean_serving")
         self.model = model
         self.image_size = int(model.image_size)
         self.max_image_bytes = int(max_image_bytes)
+        self.max_image_pixels = int(max_image_pixels)
         # Variables, so that they travel in the SavedModel for clients to read.
         self.class_names = tf.Variable(list(model.class_names), trainable=False)
         self.input_size = tf.Variable(self.image_size, trainable=False)
@@ -80,39 +87,75 @@ class ServingModule(tf.Module):
         self.graph = model.inference_graph
         self.served_graph = tf.Variable(self.graph, trainable=False)
 
-    def _decode_one(self, contents):
-        """One request image -> (S, S, 3) float32 0..255, or InvalidArgument."""
-        length = tf.strings.length(contents)
-        checks = [
-            tf.debugging.assert_greater(
-                length, 0, message="image_bytes: empty string, expected an image"
-            ),
-            tf.debugging.assert_less_equal(
-                length,
-                self.max_image_bytes,
-                message=f"image_bytes: image larger than the limit set at export, "
-                f"{self.max_image_bytes} bytes",
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            known = tf.reduce_any(
-                [tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in _MAGIC]
-            )
-        check = tf.debugging.Assert(
-            known,
-            ["image_bytes: not a JPEG, PNG, BMP or GIF image (bytes do not decode)"],
-        )
-        with tf.control_dependencies([check]):
-            image = decode_image(contents)
-        return resize_image(image, self.image_size)
+    def _decode_rows(self, image_bytes):
+        """Request images -> (images (N, S, S, 3) float32 0..255, problem (N,)).
 
-    def _outputs(self, logits):
+        Each row is checked and decoded on its own: a bad row gets a zero image
+        and a non-empty `problem`, and never fails the other rows (TF Serving's
+        batching merges several clients' requests into one). The width and height
+        are read from the header before anything is decoded, so an image of too
+        many pixels costs no decoding.
+        """
+        length = tf.strings.length(image_bytes)
+        known = tf.reduce_any(
+            [tf.equal(tf.strings.substr(image_bytes, 0, len(m)), m) for m in _MAGIC],
+            axis=0,
+        )
+        sized, pixels = _map_rows(_header_pixels, image_bytes, [], tf.int64)
+        problem = _first_problem(
+            [
+                (length == 0, "empty string, expected an image"),
+                (
+                    length > self.max_image_bytes,
+                    f"larger than the limit set at export, {self.max_image_bytes} "
+                    "bytes",
+                ),
+                (~known, "not a JPEG, PNG, BMP or GIF image (bytes do not decode)"),
+                (~sized, "corrupt image header (bytes do not decode)"),
+                (
+                    pixels > self.max_image_pixels,
+                    f"more pixels than the limit set at export, "
+                    f"{self.max_image_pixels}",
+                ),
+            ]
+        )
+        size = self.image_size
+
+        def decode(row):
+            contents, wanted = row
+            return tf.cond(
+                wanted,
+                lambda: resize_image(decode_image(contents), size),
+                lambda: tf.zeros([size, size, 3]),
+            )
+
+        decoded, images = _map_rows(
+            decode, (image_bytes, tf.equal(problem, "")), [size, size, 3], tf.float32
+        )
+        problem = tf.where(
+            tf.equal(problem, "") & ~decoded,
+            "corrupt image (bytes do not decode)",
+            problem,
+        )
+        return images, problem
+
+    def _outputs(self, logits, problem=None):
         probabilities = tf.nn.softmax(logits, axis=-1)
         index = tf.argmax(probabilities, axis=-1)
+        name = tf.gather(self.class_names, index)
+        if problem is None:
+            return {
+                "probabilities": probabilities,
+                "class_index": index,
+                "class_name": name,
+            }
+        valid = tf.equal(problem, "")
         return {
-            "probabilities": probabilities,
-            "class_index": index,
-            "class_name": tf.gather(self.class_names, index),
+            "probabilities": probabilities * tf.cast(valid, tf.float32)[:, None],
+            "class_index": tf.where(valid, index, -1),
+            "class_name": tf.where(valid, name, ""),
+            "valid": valid,
+            "problem": problem,
         }
 
     def _prepare(self, images):
@@ -120,14 +163,8 @@ class ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(self, image_bytes):
-        images = tf.map_fn(
-            self._decode_one,
-            image_bytes,
-            fn_output_signature=tf.TensorSpec(
-                [self.image_size, self.image_size, 3], tf.float32
-            ),
-        )
-        return self._outputs(self.model(images, graph=self.graph))
+        images, problem = self._decode_rows(image_bytes)
+        return self._outputs(self.model(images, graph=self.graph), problem)
 
     @tf.function(input_signature=[_IMAGES])
     def predict_images(self, images):
@@ -145,6 +182,80 @@ class ServingModule(tf.Module):
     def embed(self, images):
         features, embeddings, _ = self.model.features(self._prepare(images))
         return {"features": features, "embeddings": embeddings}
+
+
+def _map_rows(fn, rows, shape, dtype):
+    """`fn` on each row of `rows` (a tensor or a tuple of tensors), where a row
+    whose `fn` raises (a corrupt image) yields zeros instead of failing the
+    others. Returns (ok (N,) bool, outputs (N, *shape))."""
+    n = tf.shape(tf.nest.flatten(rows)[0])[0]
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(n), rows))
+    ds = ds.map(lambda i, row: (i, fn(row))).ignore_errors()
+    # One sentinel row, so that the batch below exists when every row failed.
+    end = tf.data.Dataset.from_tensors((tf.constant(-1), tf.zeros(shape, dtype)))
+    index, out = ds.concatenate(end).batch(1 << 30).get_single_element()
+    keep = index >= 0
+    index, out = tf.boolean_mask(index, keep)[:, None], tf.boolean_mask(out, keep)
+    ok = tf.scatter_nd(index, tf.ones_like(index[:, 0]), [n]) > 0
+    full = tf.concat([[n], tf.constant(shape, tf.int32)], axis=0)
+    return ok, tf.scatter_nd(index, out, full)
+
+
+def _header_pixels(contents):
+    """Width x height from an image's header, without decoding it (PNG IHDR,
+    GIF logical screen, BMP info header, JPEG SOF); raises on a header that
+    does not parse."""
+    head = tf.strings.join([tf.strings.substr(contents, 0, 32), b"\0" * 32])
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, 32), tf.uint8), tf.int64)
+
+    def word(start, count, big_endian):
+        order = range(count) if big_endian else reversed(range(count))
+        value = tf.constant(0, tf.int64)
+        for k in order:
+            value = value * 256 + b[start + k]
+        return value
+
+    def bmp():
+        height = word(22, 4, False)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # top-down
+        return word(18, 4, False) * height
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
+        return shape[0] * shape[1]
+
+    starts = lambda magic: tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+    return tf.case(
+        [
+            (starts(b"\x89PNG"), lambda: word(16, 4, True) * word(20, 4, True)),
+            (starts(b"GIF8"), lambda: word(6, 2, False) * word(8, 2, False)),
+            (starts(b"BM"), bmp),
+        ],
+        default=jpeg,
+    )
+
+
+def _first_problem(rules) -> tf.Tensor:
+    """(N,) strings: the message of the first rule whose condition holds per row,
+    "" where none does."""
+    problem = tf.fill(tf.shape(rules[0][0]), "")
+    for condition, message in reversed(rules):
+        problem = tf.where(condition, message, problem)
+    return problem
+
+
+def _running(tmp_name: str) -> bool:
+    """Whether the export that made `.tmp-<version>-<pid>-...` is still running."""
+    parts = tmp_name.split("-")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def next_version(base_dir: str) -> int:
@@ -185,9 +296,17 @@ def export_model(
     base_dir: str,
     version: int = 0,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> str:
-    """Writes the SavedModel to `base_dir/<version>/`; returns that path."""
+    """Writes the SavedModel to `base_dir/<version>/`; returns that path.
+
+    Temporary folders left by an export that was killed are removed first (not
+    those of an export still running: each names its process).
+    """
     os.makedirs(base_dir, exist_ok=True)
+    for name in os.listdir(base_dir):
+        if name.startswith(".tmp-") and not _running(name):
+            shutil.rmtree(os.path.join(base_dir, name), ignore_errors=True)
     version = version or next_version(base_dir)
     final = os.path.join(base_dir, str(version))
     if os.path.exists(final):
@@ -195,9 +314,9 @@ def export_model(
             f"--export_version={version}: {final} already exists; "
             "omit the flag to take the next free version"
         )
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base_dir)
     try:
-        module = ServingModule(model, max_image_bytes)
+        module = ServingModule(model, max_image_bytes, max_image_pixels)
         signatures = {
             "serving_default": module.serve_bytes,
             "predict_images": module.predict_images,

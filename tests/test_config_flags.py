@@ -151,8 +151,10 @@ def test_cli_identity_folder_error_is_one_line(tmp_path):
         "--config=tiny",
         f"--data_dir={tmp_path / 'data'}",
         f"--identity_data_dir={tmp_path / 'cfp'}",
+        f"--run_dir={tmp_path / 'run'}",
     )
     assert result.returncode != 0
+    assert not (tmp_path / "run").exists()  # nothing made before the error
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "id0/profile is missing" in lines[-1]
     assert "Traceback" not in result.stderr

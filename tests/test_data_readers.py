@@ -304,3 +304,74 @@ def test_missing_data_dir_is_an_error(tmp_path):
     config = make_config("tiny", dataset="ferplus", data_dir=str(tmp_path / "nope"))
     with pytest.raises(DataError, match="--data_dir"):
         data_lib.load(config.data)
+
+
+def _crc_damaged_png(path, good):
+    """`good`'s PNG with one byte of its IDAT chunk's CRC changed: OpenCV only
+    warns, TensorFlow's decoder (the one training uses) refuses it."""
+    data = bytearray(open(good, "rb").read())
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4 : at], "big")
+    data[at + 4 + length] ^= 0xFF  # first CRC byte
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    return str(path)
+
+
+def test_png_with_a_damaged_crc_is_caught_by_validation(tmp_path):
+    good = write_png(str(tmp_path / "good.png"))
+    bad = _crc_damaged_png(tmp_path / "crc.png", good)
+    examples = data_lib.Examples(
+        [good, bad], np.array([0, 1]), ("a", "b"), source="labels.csv"
+    )
+    with pytest.raises(DataError, match="corrupt image") as info:
+        check_images(examples, skip_bad=False)
+    assert bad in str(info.value)
+
+
+def _csv_with_one_bad_image(tmp_path, bad_kind="crc"):
+    rows = ["path,label,split"]
+    for i in range(24):
+        split = "train" if i < 16 else "val"
+        path = write_png(str(tmp_path / "faces" / f"{i}.png"), size=32, seed=i)
+        rows.append(f"{path},{'ab'[i % 2]},{split}")
+    bad = _crc_damaged_png(tmp_path / "faces" / "crc.png", path)
+    rows.append(f"{bad},a,train")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return str(tmp_path / "labels.csv"), bad
+
+
+def test_skip_bad_images_implies_validation(tmp_path):
+    csv_path, bad = _csv_with_one_bad_image(tmp_path)
+    config = make_config(  # the tiny preset turns validation off
+        "tiny", dataset="csv", data_dir=csv_path, skip_bad_images=True
+    )
+    assert config.data.validate_images is False
+    splits = data_lib.load(config.data)
+    assert bad not in splits.train.paths and len(splits.train) == 16
+    assert [r["path"] for r in splits.bad_images] == [bad]
+
+
+def test_decode_error_in_training_names_the_file(tmp_path):
+    from ean_tf.train import train
+
+    csv_path, bad = _csv_with_one_bad_image(tmp_path)
+    config = make_config(
+        "tiny",
+        dataset="csv",
+        data_dir=csv_path,
+        run_dir=str(tmp_path / "run"),
+        epochs=1,
+        adj_warmup_epochs=0,
+    )
+    with pytest.raises(DataError, match="crc.png: corrupt image") as info:
+        train(config, verbose=0)
+    assert "No checkpoint had been written yet" in str(info.value)
+
+
+def test_ferplus_missing_split_names_what_is_needed(tmp_path):
+    config = make_config("tiny", dataset="ferplus", data_dir=str(tmp_path))
+    with pytest.raises(DataError) as info:
+        data_lib.load(config.data)
+    message = str(info.value)
+    assert "FER2013Train" in message and "FER2013Test is optional" in message

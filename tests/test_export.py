@@ -1,3 +1,4 @@
+import io
 import os
 import subprocess
 import sys
@@ -102,21 +103,66 @@ def test_answer_is_the_same_alone_among_63_and_padded(exported):
     np.testing.assert_allclose(np.tile(alone, (8, 1)), padded, atol=1e-5)
 
 
+def _png_claiming(width, height):
+    """A small PNG whose IHDR claims width x height (a pixel bomb's header)."""
+    data = bytearray(_png(7, size=8))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return bytes(data)
+
+
+def _crc_damaged(png):
+    data = bytearray(png)
+    at = data.index(b"IDAT")
+    data[at + 4 + int.from_bytes(data[at - 4 : at], "big")] ^= 0xFF
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     "bad,message",
     [
         (b"definitely not an image", "not a JPEG, PNG, BMP or GIF"),
         (b"", "empty string"),
         (b"\x89PNG" + b"\x00" * 30_000, "larger than the limit set at export"),
+        (_png_claiming(20_000, 20_000), "more pixels than the limit set at export"),
+        (_crc_damaged(_png(3)), "corrupt image"),
+        (b"\xff\xd8\xff" + b"\x00" * 50, "bytes do not decode"),
     ],
 )
-def test_bad_request_fails_clearly_and_serving_goes_on(exported, bad, message):
-    *_, loaded = exported
+def test_bad_image_fails_only_its_own_row(exported, bad, message):
+    model, *_, loaded = exported
     serve = loaded.signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        serve(image_bytes=tf.constant([_png(1), bad]))
-    out = serve(image_bytes=tf.constant([_png(1)]))
-    assert out["probabilities"].shape == (1, 4)
+    good = _png(1)
+    out = serve(image_bytes=tf.constant([good, bad, good]))
+    assert out["valid"].numpy().tolist() == [True, False, True]
+    problem = [p.decode() for p in out["problem"].numpy()]
+    assert problem[0] == problem[2] == "" and message in problem[1]
+    assert out["class_index"][1] == -1 and out["class_name"][1] == b""
+    np.testing.assert_array_equal(out["probabilities"][1], np.zeros(4))
+    image = resize_image(decode_image(tf.constant(good)), SIZE)[None]
+    want = tf.nn.softmax(model(image, graph="context"))[0]
+    np.testing.assert_allclose(out["probabilities"][0], want, atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"][2], want, atol=1e-5)
+    # A request of bad rows only still answers, row by row.
+    alone = serve(image_bytes=tf.constant([bad]))
+    assert not alone["valid"].numpy()[0]
+
+
+def test_header_pixels_read_without_decoding():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 50, 3), np.uint8)
+    encoded = {
+        ext: cv2.imencode(ext, image)[1].tobytes() for ext in (".png", ".jpg", ".bmp")
+    }
+    gif = io.BytesIO()
+    Image.fromarray(image).save(gif, format="GIF")
+    encoded[".gif"] = gif.getvalue()
+    for ext, data in encoded.items():
+        assert int(serving._header_pixels(tf.constant(data))) == 30 * 50, ext
+    assert int(serving._header_pixels(tf.constant(_png_claiming(20_000, 20_000)))) == (
+        20_000 * 20_000
+    )
 
 
 def test_interrupted_export_leaves_no_version(exported, tmp_path, monkeypatch):
@@ -138,6 +184,20 @@ def test_next_export_takes_the_next_version(exported, tmp_path):
     assert serving.next_version(str(tmp_path)) == 4
     with pytest.raises(FileExistsError):
         serving.export_model(model, str(tmp_path), version=3)
+
+
+def test_export_removes_what_a_killed_export_left(exported, tmp_path):
+    model, *_ = exported
+    dead = int(open("/proc/sys/kernel/pid_max").read()) + 1  # no such process
+    stale = tmp_path / f".tmp-2-{dead}-abc"
+    (stale / "variables").mkdir(parents=True)
+    old_style = tmp_path / ".tmp-1-xyz"
+    old_style.mkdir()
+    live = tmp_path / f".tmp-5-{os.getpid()}-def"  # an export still running
+    live.mkdir()
+    serving.export_model(model, str(tmp_path), version=7)
+    assert not stale.exists() and not old_style.exists() and live.exists()
+    assert (tmp_path / "7" / "saved_model.pb").is_file()
 
 
 def test_warmup_records_parse(exported):

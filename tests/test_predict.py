@@ -3,6 +3,7 @@ import csv
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -110,6 +111,14 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
 
     signature = None
 
+    def do_GET(self):  # noqa: N802  (model status: the client's check)
+        ok = self.path == "/v1/models/ean"
+        payload = b'{"model_version_status": []}' if ok else b"{}"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/v1/models/ean:predict"
@@ -120,11 +129,15 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
                 "probabilities": p.tolist(),
                 "class_index": int(i),
                 "class_name": n.decode(),
+                "valid": bool(v),
+                "problem": e.decode(),
             }
-            for p, i, n in zip(
+            for p, i, n, v, e in zip(
                 out["probabilities"].numpy(),
                 out["class_index"].numpy(),
                 out["class_name"].numpy(),
+                out["valid"].numpy(),
+                out["problem"].numpy(),
                 strict=True,
             )
         ]
@@ -148,6 +161,12 @@ def test_rest_client_against_a_local_server(models):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
+        client.check_rest(url)  # the server is up and serves "ean"
+        with pytest.raises(client.ServerError, match="not for model 'other'"):
+            client.check_rest(url, "other")
+        assert client.predict_rest(url, [b"not an image"]) == [
+            {"problem": "not a JPEG, PNG, BMP or GIF image (bytes do not decode)"}
+        ]
         rows = client.classify_files(
             [str(photos / "astronaut.jpg"), str(photos / "texture.png")],
             lambda images: client.predict_rest(url, images),
@@ -195,3 +214,29 @@ def test_cli_predict(models):
         "astronaut.jpg",
         "texture.png",
     }
+
+
+@pytest.mark.parametrize("kind", ["rest", "grpc"])
+def test_client_without_a_server_says_so_in_one_line(models, kind):
+    *_, photos, _ = models
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"http://127.0.0.1:{port}" if kind == "rest" else f"127.0.0.1:{port}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "export/client.py",
+            f"--images={photos / 'astronaut.jpg'}",
+            f"--{kind}={address}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0], result.stderr
+    assert lines[0].startswith("error: no TensorFlow Serving answers at")
+    assert result.stdout == ""

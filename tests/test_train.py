@@ -90,6 +90,37 @@ def test_rerun_resumes_and_continues(trained):
     with open(os.path.join(config.train.run_dir, "log.csv")) as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
     assert epochs == list(range(config.train.epochs + 1))
+    with open(os.path.join(config.train.run_dir, "log.csv"), "rb") as f:
+        raw = f.read()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # one line ending throughout
+
+
+def test_a_run_folder_never_resumes_another_run(tmp_path):
+    from ean_tf.config import make_config
+    from ean_tf.train import TrainingError
+
+    run = str(tmp_path / "run")
+    base = make_config("tiny", data_dir=str(tmp_path / "data"), run_dir=run)
+    train(replace(base, epochs=1, adj_warmup_epochs=0), verbose=0)
+    files = {n: os.path.getmtime(os.path.join(run, n)) for n in os.listdir(run)}
+    other = replace(base, image_size=40, epochs=1, adj_warmup_epochs=0)
+    with pytest.raises(TrainingError) as info:
+        train(other, verbose=0)
+    message = str(info.value)
+    assert "image_size=32 there, 40 here" in message
+    assert "--run_dir" in message and "--overwrite" in message
+    assert {n: os.path.getmtime(os.path.join(run, n)) for n in os.listdir(run)} == (
+        files
+    )  # nothing in the folder changed
+    # Fewer epochs than were done is another run too, not "finished".
+    with pytest.raises(TrainingError, match="2 epochs done there"):
+        train(replace(base, epochs=2, adj_warmup_epochs=0), verbose=0)
+        train(replace(base, epochs=1, adj_warmup_epochs=0), verbose=0)
+    # --overwrite starts the other run over in that folder.
+    summary = train(replace(other, overwrite=True), verbose=0)
+    assert summary["epochs_done"] == 1
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["data"]["image_size"] == 40
 
 
 def test_metrics_by_hand():

@@ -97,10 +97,10 @@ def load(data, seed: int = 0) -> DataSplits:
         )
     bad = []
     if data.dataset != "tfrecord":
-        train, bad_train = check_images(
-            train, data.skip_bad_images, data.validate_images
-        )
-        val, bad_val = check_images(val, data.skip_bad_images, data.validate_images)
+        # --skip_bad_images needs the full decode to find what to skip.
+        full = data.validate_images or data.skip_bad_images
+        train, bad_train = check_images(train, data.skip_bad_images, full)
+        val, bad_val = check_images(val, data.skip_bad_images, full)
         bad = bad_train + bad_val
     if data.noise_rate > 0:
         train = add_noise(train, data.noise_rate, data.noise_seed)

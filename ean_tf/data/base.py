@@ -90,8 +90,11 @@ _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 
 
 def _image_problem(path: str) -> str | None:
-    """Why `path` is not a readable image, or None when it is."""
-    import cv2  # local: only validation needs OpenCV
+    """Why `path` is not a readable image, or None when it is: decoded by the
+    decoder training uses (OpenCV only warns about some damage, a PNG's CRC)."""
+    import tensorflow as tf
+
+    from ean_tf.data.pipeline import decode_image  # local: pipeline imports base
 
     if not os.path.exists(path):
         return "file not found"
@@ -101,11 +104,13 @@ def _image_problem(path: str) -> str | None:
         data = f.read()
     if not data.startswith(_MAGIC):
         return "not a JPEG, PNG, BMP or GIF image"
-    if data.startswith(b"GIF"):
-        return None  # OpenCV has no GIF decoder; TF decodes the first frame.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        return "corrupt image (does not decode)"
+    try:
+        image = decode_image(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
+        reason = error.message.strip().splitlines()[0] if error.message else ""
+        return f"corrupt image, does not decode ({reason})"
+    if 0 in image.shape:
+        return "corrupt image, no pixels"
     return None
 
 

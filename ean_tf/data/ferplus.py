@@ -87,8 +87,9 @@ def read_split(
     label_file = os.path.join(folder, "label.csv")
     if not os.path.isfile(label_file):
         raise DataError(
-            f"{label_file}: not found. --data_dir must hold FERPlus's "
-            f"{'/'.join(SPLITS)} folders, each with a label.csv"
+            f"{label_file}: not found. --data_dir must hold FERPlus's {split} "
+            "folder (with its label.csv); training reads FER2013Train and "
+            "FER2013Valid, FER2013Test is optional"
         )
     paths, targets = [], []
     with open(label_file, newline="") as f:
