@@ -199,3 +199,24 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert linear["generator"]["seconds"] == run["generator"]["seconds"]
     assert (tmp_path / "results" / "generator" / "feature_maps.png").is_file()
     assert set(run["robustness"]) == {"clean", "occlusion", "illumination", "pose"}
+
+
+def test_context_sets_bench(tmp_path):
+    from ean_tf.config import make_config
+    from ean_tf.train import train
+
+    run = tmp_path / "run"
+    config = make_config("tiny", data_dir=str(tmp_path / "data"), run_dir=str(run))
+    train(config, verbose=0)
+    _bench(
+        "context_sets.py",
+        f"--run_dir={run}",
+        "--sets=1,2",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "context_sets.json"))
+    assert set(result["sets"]) == {"1", "2"}
+    own = json.load(open(run / "metrics.json"))["graphs"]["context"]
+    # One context drawn with the run's seed is the run's own context.
+    assert result["sets"]["1"]["accuracy"] == own["accuracy"]
+    assert (run / "context_sets_2" / "confusion_context.png").is_file()

@@ -237,3 +237,30 @@ def test_saved_model_cli_shows_the_signatures(exported):
         "class_name",
     ):
         assert name in result.stdout, name
+
+
+def test_cli_export_to_an_existing_version_is_one_line(exported, tmp_path):
+    model, *_ = exported
+    checkpoint = str(tmp_path / "model.keras")
+    model.save(checkpoint)
+    base = tmp_path / "exports"
+    os.makedirs(base / "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--mode=export",
+            f"--checkpoint={checkpoint}",
+            f"--export_dir={base}",
+            "--export_version=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: --export_version=1:") and "exists" in lines[-1]
