@@ -154,6 +154,23 @@ def read_state(run_dir: str) -> dict:
         return json.load(f)
 
 
+class _RestoreEpochMetrics(keras.callbacks.Callback):
+    """Puts back the metric sums of a checkpoint taken inside the epoch that a
+    resumed run finishes (fit resets metrics just before `on_epoch_begin`)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.values is None:
+            return
+        for metric, values in zip(self.model.metrics, self.values, strict=True):
+            for variable, value in zip(metric.variables, values, strict=True):
+                variable.assign(value)
+        self.values = None  # the first epoch only
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """`last.keras` + `state.json` after each epoch (and every `every_steps`
     steps when > 0), and `best.keras` when the validation accuracy improved.
@@ -170,8 +187,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.nan_epoch = None
         self.epoch = 0
 
-    def _save(self):
+    def _save(self, mid_epoch: bool = False):
         self.state["steps_done"] = int(self.model.optimizer.iterations.numpy())
+        # Inside an epoch, the running sums of its metrics, so that a resumed
+        # epoch's logged metrics cover all its steps, not only the resumed ones.
+        self.state["epoch_metrics"] = (
+            [[float(v.numpy()) for v in m.variables] for m in self.model.metrics]
+            if mid_epoch and self.model.distribute_strategy.num_replicas_in_sync == 1
+            else None
+        )
         cotrainer = getattr(self.model, "cotrainer", None)
         if cotrainer is not None:  # D_m of --generator_cotrain_weight, before state
             atomic_save_weights(
@@ -191,7 +215,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         if self.every_steps and (batch + 1) % self.every_steps == 0:
-            self._save()
+            self._save(mid_epoch=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_epoch is not None:
@@ -464,6 +488,8 @@ def train(config: Config, verbose: int = 1) -> dict:
             checkpoint,
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tb"), write_graph=False),
         ]
+        if 0 < partial < steps:  # before the logger reads the epoch's metrics
+            callbacks.insert(0, _RestoreEpochMetrics(state.get("epoch_metrics")))
         try:
             model.fit(
                 train_ds,
