@@ -155,6 +155,9 @@ def test_cli_train_then_eval(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Validation accuracy" in result.stdout and "--mode=eval" in result.stdout
+    # The next command names the interpreter that ran this one (.venv's).
+    python = os.path.relpath(sys.executable, ROOT)
+    assert f"Next: {python} run.py --mode=eval" in result.stdout
     result = subprocess.run(
         [
             sys.executable,
