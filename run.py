@@ -54,7 +54,7 @@ def main(argv):
     except DataError as error:
         sys.exit(f"error: {error}")
     except Exception as error:  # library errors with a clear message
-        from ean_tf.train import TrainingError
+        from ean_tf.runs import TrainingError
 
         if isinstance(
             error, (TrainingError, ValueError, FileNotFoundError, FileExistsError)

@@ -277,7 +277,7 @@ def _robustness(config, run_dir: str) -> dict:
     """Clean and perturbed validation accuracy of the run's final model."""
     from ean_tf import data as data_lib
     from ean_tf.generator import robustness
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
 
     model = load_model(os.path.join(run_dir, "model.keras"))
     splits = data_lib.load(config.data, seed=config.train.seed)

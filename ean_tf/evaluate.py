@@ -19,6 +19,15 @@ from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
 
 
+def evaluation_graphs(model, served: str) -> tuple[str, ...]:
+    """The graphs evaluated after training: the served one first, then the rest."""
+    if model.head_type != "ean":
+        return ("isolated",)
+    from ean_tf.models.ean import INFERENCE_GRAPHS
+
+    return (served, *(g for g in INFERENCE_GRAPHS if g != served))
+
+
 def confusion_matrix(
     labels: np.ndarray, predictions: np.ndarray, num_classes: int
 ) -> np.ndarray:

@@ -356,11 +356,11 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             return 0
 
     def on_epoch_end(self, epoch, logs=None):
-        from ean_tf.train import _write_json, atomic_save_weights
+        from ean_tf.runs import atomic_save_weights, write_json
 
         os.makedirs(self.folder, exist_ok=True)
         atomic_save_weights(self.model, self.weights)
-        _write_json(self.state, {"epochs_done": epoch + 1})
+        write_json(self.state, {"epochs_done": epoch + 1})
 
 
 def generator_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.SGD:
@@ -368,7 +368,7 @@ def generator_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizer
     half the pre-training) then cosine to zero over ``--generator_epochs``. Without
     the warm-up, lr 0.1 from the first step can collapse a backbone trained from
     scratch."""
-    from ean_tf.train import make_optimizer
+    from ean_tf.runs import make_optimizer
 
     epochs = config.generator.generator_epochs
     warmup = min(float(config.train.lr_warmup_epochs), epochs / 2)
@@ -381,7 +381,7 @@ def generator_dir(config: Config) -> str:
 
 def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     """--mode=pretrain_generator. Returns the summary, also in summary.json."""
-    from ean_tf.train import make_strategy, worker_run_dir
+    from ean_tf.runs import make_strategy, worker_run_dir
 
     t0 = time.time()
     d, m, t, g = config.data, config.model, config.train, config.generator
@@ -418,7 +418,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             lambda_adv=g.lambda_adv,
             lambda_id=g.lambda_id,
         )
-    from ean_tf.train import _truncate_log
+    from ean_tf.runs import truncate_log
 
     checkpoint = _EpochCheckpoint(os.path.join(run_dir, "checkpoint"))
     done = checkpoint.epochs_done()
@@ -427,7 +427,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
         model.load_weights(checkpoint.weights)
         log.info("Resuming generator pre-training after epoch %d", done)
         ds = ds.skip(done * steps)
-    _truncate_log(log_csv, done)
+    truncate_log(log_csv, done)
     callbacks = [
         checkpoint,
         keras.callbacks.CSVLogger(log_csv, append=True),
@@ -444,7 +444,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     )
     losses = history.history.get("g_loss", [])
     if losses and not np.isfinite(losses[-1]):
-        from ean_tf.train import TrainingError
+        from ean_tf.runs import TrainingError
 
         raise TrainingError(
             "Generator pre-training diverged (a loss became NaN); lower "

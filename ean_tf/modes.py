@@ -53,7 +53,7 @@ def _model_and_splits(config: Config, checkpoint: str):
     """The checkpoint (default <run_dir>/model.keras), its path, and the data at
     the model's image size."""
     from ean_tf import data as data_lib
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
 
     path = default_checkpoint(config, checkpoint)
     model = load_model(path)
@@ -67,8 +67,8 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf import evaluate
 
     model, path, splits = _model_and_splits(config, checkpoint)
+    from ean_tf.evaluate import evaluation_graphs
     from ean_tf.models.ean import DEFAULT_GRAPH
-    from ean_tf.train import evaluation_graphs
 
     graph = config.model.inference_graph
     if graph == "all" or model.head_type == "linear":
@@ -122,7 +122,7 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
 
     from ean_tf import data as data_lib
     from ean_tf.data.pipeline import make_dataset
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
     from ean_tf.visualize import batch_graph_figure
 
     model = load_model(default_checkpoint(config, checkpoint))
@@ -149,7 +149,7 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
 
 
 def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
     from export.serving import export_model
 
     path = default_checkpoint(config, checkpoint)

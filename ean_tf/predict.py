@@ -52,7 +52,7 @@ class Classifier:
             self.class_names = [n.decode() for n in loaded.class_names.numpy()]
             self.kind = "savedmodel"
         else:
-            from ean_tf.train import load_model
+            from ean_tf.runs import load_model
 
             self.model = load_model(path)
             self.image_size = self.model.image_size

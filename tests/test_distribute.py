@@ -215,7 +215,7 @@ def test_step_checkpoint_resumes_mid_epoch(tmp_path):
     for resumed, straight in zip(_log(tmp_path / "run"), _log(other), strict=True):
         for key in ("loss", "ce_loss", "accuracy", "val_accuracy"):
             assert float(resumed[key]) == pytest.approx(float(straight[key]), abs=1e-5)
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
 
     a = load_model(str(tmp_path / "run" / "model.keras"))
     b = load_model(str(other / "model.keras"))
@@ -225,7 +225,8 @@ def test_step_checkpoint_resumes_mid_epoch(tmp_path):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     from ean_tf.config import make_config
-    from ean_tf.train import TrainingError, train
+    from ean_tf.runs import TrainingError
+    from ean_tf.train import train
 
     config = make_config(
         "tiny",

@@ -341,7 +341,7 @@ def test_cotraining_adds_the_adversarial_term_and_trains_d(tmp_path):
     assert not any(k in rows[0] for k in ("val_adv_loss", "val_edges_per_node"))
     assert (tmp_path / "run" / "discriminator.weights.h5").is_file()
     # the saved model is plain EAN: no discriminator weights in it
-    from ean_tf.train import load_model
+    from ean_tf.runs import load_model
 
     model = load_model(str(tmp_path / "run" / "model.keras"))
     assert model.cotrainer is None

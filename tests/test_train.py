@@ -9,7 +9,8 @@ import pytest
 
 from ean_tf import evaluate
 from ean_tf.config import replace
-from ean_tf.train import read_state, train
+from ean_tf.runs import read_state
+from ean_tf.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +98,7 @@ def test_rerun_resumes_and_continues(trained):
 
 def test_a_run_folder_never_resumes_another_run(tmp_path):
     from ean_tf.config import make_config
-    from ean_tf.train import TrainingError
+    from ean_tf.runs import TrainingError
 
     run = str(tmp_path / "run")
     base = make_config("tiny", data_dir=str(tmp_path / "data"), run_dir=run)

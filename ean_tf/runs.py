@@ -1,0 +1,300 @@
+"""Run plumbing: the strategy, the optimizer and its schedule, atomic saves, the
+run state and its checkpoints, log trimming, the run-folder check, model loading.
+
+Shared by training (`train.py`) and the generator's pre-training (`pretrain.py`);
+imports nothing above the models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ean_tf.config import Config
+from ean_tf.schedules import LearningRate
+
+log = logging.getLogger("ean_tf")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what was kept."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """auto: MirroredStrategy over 2+ local GPUs, else the default strategy.
+
+    multi_worker must be made before TensorFlow runs anything (collectives are
+    configured at start-up), so it is checked first.
+    """
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError(
+                "--strategy=multi_worker needs the TF_CONFIG "
+                "environment variable (cluster and task)"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        cpus = tf.config.list_logical_devices("CPU")
+        if not gpus and len(cpus) > 1:  # logical CPU devices (tests, debugging)
+            return tf.distribute.MirroredStrategy(
+                [c.name for c in cpus],
+                cross_device_ops=tf.distribute.ReductionToOneDevice(),
+            )
+        return tf.distribute.MirroredStrategy()
+    raise TrainingError(f"Unknown --strategy={name!r}")
+
+
+def worker_run_dir(strategy: tf.distribute.Strategy, run_dir: str) -> tuple[str, bool]:
+    """(folder this process writes to, whether it is the chief).
+
+    Under MultiWorkerMirroredStrategy every worker trains and saves, but only the
+    chief (or worker 0 without a chief) writes to `run_dir`; the others write to
+    `run_dir/worker_<type>_<id>` so that no two processes write the same file.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return run_dir, True
+    task_id = resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and not has_chief
+    ):
+        return run_dir, True
+    return os.path.join(run_dir, f"worker_{task_type}_{task_id}"), False
+
+
+def make_optimizer(
+    config: Config,
+    steps_per_epoch: int,
+    epochs: int | None = None,
+    schedule: str | None = None,
+    warmup_epochs: float | None = None,
+) -> keras.optimizers.SGD:
+    """SGD with the configured schedule; the generator's pre-training passes its own
+    epochs, cosine, and a warm-up that fits them."""
+    t = config.train
+    lr = LearningRate(
+        t.learning_rate,
+        steps_per_epoch,
+        t.epochs if epochs is None else epochs,
+        schedule or t.lr_schedule,
+        t.lr_decay_epochs,
+        t.lr_decay_factor,
+        t.lr_warmup_epochs if warmup_epochs is None else warmup_epochs,
+    )
+    return keras.optimizers.SGD(
+        lr,
+        momentum=t.momentum,
+        nesterov=t.nesterov,
+        weight_decay=t.weight_decay or None,
+    )
+
+
+def atomic_save_weights(model: keras.Model, path: str) -> None:
+    """`save_weights` to a temporary file renamed into place (path: .weights.h5)."""
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_save(model: keras.Model, path: str) -> None:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "state.json")
+    if not os.path.isfile(path):
+        return {"epochs_done": 0, "steps_done": 0, "best_val_accuracy": None}
+    with open(path) as f:
+        return json.load(f)
+
+
+class RestoreEpochMetrics(keras.callbacks.Callback):
+    """Puts back the metric sums of a checkpoint taken inside the epoch that a
+    resumed run finishes (fit resets metrics just before `on_epoch_begin`)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.values is None:
+            return
+        for metric, values in zip(self.model.metrics, self.values, strict=True):
+            for variable, value in zip(metric.variables, values, strict=True):
+                variable.assign(value)
+        self.values = None  # the first epoch only
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """`last.keras` + `state.json` after each epoch (and every `every_steps`
+    steps when > 0), and `best.keras` when the validation accuracy improved.
+
+    Files are written then renamed, so a kill at any moment leaves the previous
+    complete checkpoint. `steps_done` is the optimizer's step count, from which a
+    resumed run finds its place in the epoch and in the data stream. A NaN loss
+    stops the run and keeps the last good checkpoint.
+    """
+
+    def __init__(self, run_dir: str, state: dict, every_steps: int = 0):
+        super().__init__()
+        self.run_dir, self.state, self.every_steps = run_dir, state, every_steps
+        self.nan_epoch = None
+        self.epoch = 0
+
+    def _save(self, mid_epoch: bool = False):
+        self.state["steps_done"] = int(self.model.optimizer.iterations.numpy())
+        # Inside an epoch, the running sums of its metrics, so that a resumed
+        # epoch's logged metrics cover all its steps, not only the resumed ones.
+        self.state["epoch_metrics"] = (
+            [[float(v.numpy()) for v in m.variables] for m in self.model.metrics]
+            if mid_epoch and self.model.distribute_strategy.num_replicas_in_sync == 1
+            else None
+        )
+        cotrainer = getattr(self.model, "cotrainer", None)
+        if cotrainer is not None:  # D_m of --generator_cotrain_weight, before state
+            atomic_save_weights(
+                cotrainer.discriminator,
+                os.path.join(self.run_dir, "discriminator.weights.h5"),
+            )
+        atomic_save(self.model, os.path.join(self.run_dir, "last.keras"))
+        write_json(os.path.join(self.run_dir, "state.json"), self.state)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.all(np.isfinite(loss)):
+            self.nan_epoch = self.epoch
+            self.model.stop_training = True
+            return
+        if self.every_steps and (batch + 1) % self.every_steps == 0:
+            self._save(mid_epoch=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_epoch is not None:
+            return
+        logs = logs or {}
+        self.state["epochs_done"] = epoch + 1
+        val = logs.get("val_accuracy")
+        best = self.state.get("best_val_accuracy")
+        if val is not None and (best is None or val > best):
+            self.state["best_val_accuracy"] = float(val)
+            self.state["best_epoch"] = epoch + 1
+            atomic_save(self.model, os.path.join(self.run_dir, "best.keras"))
+        self._save()
+
+
+def truncate_log(path: str, epochs_done: int) -> None:
+    """Drops CSV rows of epochs that were not checkpointed (redone on resume),
+    keeping the line endings CSVLogger writes."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    kept = lines[:1] + [
+        row for row in lines[1:] if int(row.split(",")[0]) < epochs_done
+    ]
+    with open(path, "w", newline="") as f:
+        f.writelines(kept)
+
+
+# Fields that may differ between a run folder and the command that resumes it:
+# a longer schedule, where the run is, and what is logged, checked or evaluated.
+# Any other difference (model, data, schedule) is another run.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "epochs",
+        "run_dir",
+        "overwrite",
+        "checkpoint_every_steps",
+        "validate_images",
+        "skip_bad_images",
+        "cache",
+        "jit_compile",
+        "inference_graph",
+        "strategy",
+    }
+)
+_RUN_SECTIONS = ("data", "model", "train")
+# What a training run writes into its folder (deleted by --overwrite).
+_RUN_FILES = (
+    "config.json",
+    "last.keras",
+    "state.json",
+    "best.keras",
+    "model.keras",
+    "log.csv",
+    "metrics.json",
+    "summary.json",
+    "noisy_labels.csv",
+    "bad_images.json",
+    "discriminator.weights.h5",
+)
+
+
+def check_run_dir(config: Config, run_dir: str) -> None:
+    """Stops before anything in `run_dir` changes when it holds another run.
+
+    Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside)
+    and `--epochs` at least the epochs already done. `--overwrite` deletes the
+    other run's files instead.
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    differ = [
+        f"{name}={old!r} there, {value!r} here"
+        for section in _RUN_SECTIONS
+        for name, value in current[section].items()
+        if name not in RESUMABLE_FIELDS
+        and (old := previous.get(section, {}).get(name, value)) != value
+    ]
+    done = read_state(run_dir)["epochs_done"]
+    if done > config.train.epochs:
+        differ.append(f"{done} epochs done there, --epochs={config.train.epochs} here")
+    if not differ:
+        return
+    if config.train.overwrite:
+        log.warning("--overwrite: deleting the run in %s", run_dir)
+        for name in _RUN_FILES:
+            if os.path.isfile(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        shutil.rmtree(os.path.join(run_dir, "tb"), ignore_errors=True)
+        return
+    raise TrainingError(
+        f"{run_dir} holds another run ({'; '.join(differ)}). Use a new --run_dir, "
+        "or --overwrite to delete that run and start this one there."
+    )
+
+
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` model written by `train` (custom objects registered)."""
+    if not os.path.isfile(path):
+        raise TrainingError(f"--checkpoint={path}: no such file")
+    return keras.models.load_model(path)
