@@ -256,7 +256,7 @@ def _pretrained_backbone(out_path: str) -> dict:
     """
     import shutil
 
-    from ean_tf.generator import generator_dir, pretrain
+    from ean_tf.pretrain import generator_dir, pretrain
 
     config = _config(
         os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"),
@@ -276,7 +276,7 @@ def _pretrained_backbone(out_path: str) -> dict:
 def _robustness(config, run_dir: str) -> dict:
     """Clean and perturbed validation accuracy of the run's final model."""
     from ean_tf import data as data_lib
-    from ean_tf.generator import robustness
+    from ean_tf.evaluate import robustness
     from ean_tf.runs import load_model
 
     model = load_model(os.path.join(run_dir, "model.keras"))

@@ -14,7 +14,9 @@ import logging
 import os
 
 import numpy as np
+import tensorflow as tf
 
+from ean_tf.data import views
 from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
 
@@ -324,3 +326,33 @@ def evaluate_model(
             f"{name} graph: accuracy {result['accuracy']:.3f}",
         )
     return report
+
+
+def robustness(
+    model,
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    graph: str,
+    seed: int,
+    kinds=views.VIEW_KINDS,
+) -> dict:
+    """Accuracy and mean class accuracy on the clean split and on perturbed copies
+    of it (one kind each, fixed seed: every model sees the same copies)."""
+    ds = make_dataset(examples, image_size, batch_size, training=False)
+    predict = tf.function(lambda x: tf.argmax(model(x, graph=graph), -1))
+    out = {}
+    for name in ("clean",) + tuple(kinds):
+        preds = []
+        for i, (images, _) in enumerate(ds):
+            if name != "clean":
+                images = views.make_views(images, [seed, i], [name])
+            preds.append(predict(images).numpy())
+        metrics = classification_metrics(
+            examples.labels, np.concatenate(preds), examples.class_names
+        )
+        out[name] = {
+            "accuracy": metrics["accuracy"],
+            "mean_class_accuracy": metrics["mean_class_accuracy"],
+        }
+    return out

@@ -197,7 +197,7 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
 def run_pretrain_generator(
     config: Config, checkpoint: str = "", output: str = ""
 ) -> None:
-    from ean_tf.generator import pretrain
+    from ean_tf.pretrain import pretrain
 
     s = pretrain(config, output)
     final = s["final"]
@@ -225,7 +225,7 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
     """Accuracy on the validation split and on perturbed copies of it."""
     import json
 
-    from ean_tf.generator import robustness
+    from ean_tf.evaluate import robustness
 
     model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph

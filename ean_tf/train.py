@@ -212,7 +212,8 @@ def _attach_cotrainer(run: _Run, model: EAN, resume: bool) -> None:
     g, t = run.config.generator, run.config.train
     if g.generator_cotrain_weight <= 0:
         return
-    from ean_tf.generator import CoTrainer, view_kinds
+    from ean_tf.data.views import view_kinds
+    from ean_tf.models.generator import CoTrainer
 
     with run.strategy.scope():
         model.cotrainer = CoTrainer(

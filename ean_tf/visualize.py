@@ -1,8 +1,10 @@
-"""The paper's figure 1 for one batch: faces as nodes, the graph's edges.
+"""The paper's figures.
 
+Figure 1 (`batch_graph_figure`), one batch: faces as nodes, the graph's edges.
 Similar edges (C_s >= tau1) are blue, opposite edges (C_s <= tau2) red, each
 labelled with its cosine coefficient; each face is captioned with its label and
-the model's prediction in the batch graph.
+the model's prediction in the batch graph. Figure 4 (`feature_figure`): conv3
+maps of a face and its perturbed views, before and after generator pre-training.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ean_tf.data import views
+from ean_tf.data.base import Examples
+from ean_tf.data.pipeline import make_dataset
 
 
 def batch_graph_figure(
@@ -93,3 +99,53 @@ def batch_graph_figure(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return {"nodes": b, "similar_edges": len(similar), "opposite_edges": len(opposite)}
+
+
+def feature_figure(
+    before, after, examples: Examples, image_size: int, kinds, path: str, seed: int
+) -> dict:
+    """Figure 4: a face and its perturbed views, with the mean |conv3| map of the
+    backbone before and after pre-training. Returns the mean cosine similarity of
+    frontal and perturbed conv3 maps over up to 64 validation faces, both ways."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, _ = next(iter(make_dataset(examples, image_size, 64, training=False)))
+    perturbed = [views.make_views(images, [seed, i], [k]) for i, k in enumerate(kinds)]
+
+    def maps(backbone, x):
+        return backbone(x, training=False)[1].numpy()
+
+    def similarity(backbone):
+        f = maps(backbone, images).reshape(len(images), -1)
+        sims = []
+        for p in perturbed:
+            q = maps(backbone, p).reshape(len(images), -1)
+            num = (f * q).sum(1)
+            den = np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1) + 1e-8
+            sims.append(float(np.mean(num / den)))
+        return dict(zip(kinds, sims, strict=True))
+
+    result = {"before": similarity(before), "after": similarity(after)}
+    columns = [images] + perturbed
+    titles = ["frontal"] + list(kinds)
+    fig, axes = plt.subplots(3, len(columns), figsize=(2.2 * len(columns), 6.6))
+    for j, (x, title) in enumerate(zip(columns, titles, strict=True)):
+        axes[0, j].imshow(np.clip(x[0].numpy(), 0, 255).astype("uint8"))
+        axes[0, j].set_title(title)
+        for i, (name, backbone) in enumerate((("before", before), ("after", after))):
+            axes[i + 1, j].imshow(np.abs(maps(backbone, x[:1])[0]).mean(-1), cmap="jet")
+            sim = "" if j == 0 else f" cos {result[name][title]:.2f}"
+            axes[i + 1, j].set_title(f"conv3 {name}{sim}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("conv3 maps without (before) and with (after) the generator")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return result
+
+
+# --- robustness ----------------------------------------------------------------------

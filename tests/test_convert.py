@@ -11,6 +11,7 @@ import pytest
 import torch  # requirements-dev pins torch==2.13.0 for these tests only
 
 from ean_tf.models import backbones, face_backbones
+from ean_tf.models.input_norm import InputNorm
 
 nn = torch.nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,9 +86,10 @@ def _keras_resnet18():
 
 
 def _max_feature_diff(net, keras_backbone, seed=1):
-    x = np.random.default_rng(seed).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
+    x = np.random.default_rng(seed).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    symmetric = x / 127.5 - 1.0  # what the "symmetric" InputNorm feeds the network
     with torch.no_grad():
-        ref = net.features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+        ref = net.features(torch.from_numpy(symmetric.transpose(0, 3, 1, 2))).numpy()
     ours = keras_backbone(x, training=False)[0].numpy()
     return float(np.abs(ours - ref).max()), float(np.abs(ref).max())
 
@@ -276,15 +278,16 @@ def test_vggface_h5_mismatch_lists_problems(tmp_path):
 
 
 def test_input_norm_modes():
-    x = np.array([[[[-1.0, 0.0, 1.0]]]], "float32")
-    imagenet = backbones.InputNorm("imagenet")(x).numpy().ravel()
+    x = np.array([[[[0.0, 127.5, 255.0]]]], "float32")  # RGB, 0..255
+    np.testing.assert_allclose(InputNorm("symmetric")(x).numpy().ravel(), [-1, 0, 1])
+    imagenet = InputNorm("imagenet")(x).numpy().ravel()
     expected = (np.array([0.0, 0.5, 1.0]) - [0.485, 0.456, 0.406]) / [
         0.229,
         0.224,
         0.225,
     ]
     np.testing.assert_allclose(imagenet, expected, rtol=1e-5)
-    vgg = backbones.InputNorm("vggface1")(x).numpy().ravel()  # BGR, 0..255 - mean
+    vgg = InputNorm("vggface1")(x).numpy().ravel()  # BGR, 0..255 - mean
     np.testing.assert_allclose(vgg, [255 - 93.5940, 127.5 - 104.7624, -129.1863])
     with pytest.raises(ValueError, match="input_norm"):
-        backbones.InputNorm("bgr")
+        InputNorm("bgr")

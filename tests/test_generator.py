@@ -77,7 +77,7 @@ def test_cfp_reader_pairs_and_errors(tmp_path):
 def _generator(num_identities=4, size=32):
     import keras
 
-    from ean_tf.generator import InvariantFeatureGenerator
+    from ean_tf.models.generator import InvariantFeatureGenerator
 
     keras.utils.set_random_seed(0)
     backbone = build_backbone("resnet18", size, "small_s2", 8)
@@ -166,7 +166,7 @@ def test_train_step_updates_every_tracker():
 
 @pytest.mark.parametrize("epochs, warmup", [(2, 1.0), (1, 0.5), (6, 1.0)])
 def test_pretraining_lr_warms_up_then_decays_to_zero(epochs, warmup):
-    from ean_tf.generator import generator_optimizer
+    from ean_tf.pretrain import generator_optimizer
 
     config = make_config("tiny", generator_epochs=epochs, lr_warmup_epochs=1)
     peak, steps = config.train.learning_rate, 10
@@ -273,7 +273,7 @@ def test_pretrain_with_identity_folders_under_mirrored(tmp_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from ean_tf.config import make_config
-        from ean_tf.generator import pretrain
+        from ean_tf.pretrain import pretrain
         config = make_config(
             "tiny", data_dir={str(tmp_path / "data")!r},
             run_dir={str(tmp_path / "run")!r}, strategy="mirrored",
@@ -296,7 +296,7 @@ def test_pretrain_with_identity_folders_under_mirrored(tmp_path):
 
 
 def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
-    from ean_tf.generator import pretrain
+    from ean_tf.pretrain import pretrain
 
     tmp, _ = pretrained
     config = make_config(

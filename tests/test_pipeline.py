@@ -7,6 +7,7 @@ from conftest import write_png
 
 from ean_tf.data import pipeline
 from ean_tf.data.base import Examples
+from ean_tf.models.input_norm import normalize
 
 
 def _encode(fmt, grey=False):
@@ -43,9 +44,9 @@ def test_resize_and_normalize_range():
     image = tf.constant(np.full((10, 14, 3), 255, np.uint8))
     resized = pipeline.resize_image(image, 16)
     assert resized.shape == (16, 16, 3) and float(tf.reduce_max(resized)) <= 255
-    norm = pipeline.normalize(resized)
+    norm = normalize(resized)
     np.testing.assert_allclose(norm.numpy(), 1.0, atol=1e-5)
-    np.testing.assert_allclose(pipeline.normalize(tf.zeros([2])).numpy(), -1.0)
+    np.testing.assert_allclose(normalize(tf.zeros([2])).numpy(), -1.0)
 
 
 def _image():

@@ -68,9 +68,9 @@ def read_split(data, split: str) -> Examples:
         rows = generic.read_csv_rows(generic.csv_file(root))
         return generic.read_csv(root, split, generic.csv_classes(rows))
     if name == "tfrecord":
-        from ean_tf.data import prepare
+        from ean_tf.data import records
 
-        return prepare.read_split(root, split)
+        return records.read_split(root, split)
     raise DataError(f"Unknown --dataset={name!r}")
 
 

@@ -94,7 +94,7 @@ def _image_problem(path: str) -> str | None:
     decoder training uses (OpenCV only warns about some damage, a PNG's CRC)."""
     import tensorflow as tf
 
-    from ean_tf.data.pipeline import decode_image  # local: pipeline imports base
+    from ean_tf.data.decode import decode_image  # local: TensorFlow loads lazily
 
     if not os.path.exists(path):
         return "file not found"

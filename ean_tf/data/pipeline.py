@@ -1,7 +1,8 @@
 """The tf.data input pipeline and the preprocessing shared with serving.
 
 Training, evaluation and the exported SavedModel all go through `decode_image` and
-`resize_image`; the model itself applies `normalize` as its first step, so whatever
+`resize_image`; the model itself normalises as its first step (its backbone's
+`InputNorm`), so whatever
 feeds it (tf.data here, a serving signature, a Keras user) hands it RGB images in
 0..255 at `image_size` and there is no train/serve skew.
 """
@@ -12,32 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.data.base import Examples
+from ean_tf.data.decode import decode_image, resize_image  # noqa: F401 (public here)
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB (grey -> RGB, GIF's
-    first frame)."""
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """(H, W, 3) or (B, H, W, 3) any dtype -> float32 0..255 at image_size."""
-    image = tf.image.resize(
-        tf.cast(image, tf.float32),
-        [image_size, image_size],
-        method="bilinear",
-        antialias=True,
-    )
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def normalize(images: tf.Tensor) -> tf.Tensor:
-    """0..255 RGB -> -1..1, the network's input range."""
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
 def crop_box(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
@@ -118,7 +96,7 @@ def _source(examples: Examples, image_size: int):
     """(dataset of raw rows, function turning a row into (image, target))."""
     targets = examples.soft_targets()
     if examples.records:  # prepared TFRecord shards: (PNG bytes, index) records
-        from ean_tf.data.prepare import parse_record
+        from ean_tf.data.records import parse_record
 
         indices = tf.constant(examples.record_indices, tf.int64)
         table = tf.constant(targets)

@@ -24,36 +24,10 @@ import time
 import numpy as np
 
 from ean_tf.data.base import DataError, Examples
+from ean_tf.data.records import MANIFEST, example
 
 SHARD_SIZE = 1000
-MANIFEST = "manifest.json"
 log = logging.getLogger("ean_tf")
-
-
-def _example(png: bytes, index: int, label: int):
-    import tensorflow as tf
-
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def parse_record(record):
-    """A serialized shard record -> (PNG bytes, index into the split)."""
-    import tensorflow as tf
-
-    parsed = tf.io.parse_single_example(
-        record,
-        {
-            "image": tf.io.FixedLenFeature([], tf.string),
-            "index": tf.io.FixedLenFeature([], tf.int64),
-            "label": tf.io.FixedLenFeature([], tf.int64),
-        },
-    )
-    return parsed["image"], parsed["index"]
 
 
 def _write_shard(
@@ -89,7 +63,7 @@ def _write_shard(
                 crop = center_crop(image, size)
             ok, png = cv2.imencode(".png", np.ascontiguousarray(crop[..., ::-1]))
             writer.write(
-                _example(
+                example(
                     png.tobytes(), int(i), int(examples.labels[i])
                 ).SerializeToString()
             )
@@ -183,27 +157,3 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True) 
             len(info["unreadable"]),
         )
     return manifest
-
-
-def read_split(out_dir: str, split: str) -> Examples:
-    """A prepared split: its rows, with `records` naming the shards to read."""
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: not found; run --mode=prepare first")
-    with open(path) as f:
-        manifest = json.load(f)
-    if split not in manifest["splits"]:
-        raise DataError(
-            f"{path}: no split {split!r}; it has {list(manifest['splits'])}"
-        )
-    info = manifest["splits"][split]
-    if info["num_images"] == 0:
-        raise DataError(f"{path}: split {split!r} is empty")
-    return Examples(
-        paths=info["paths"],
-        labels=np.asarray(info["labels"]),
-        class_names=tuple(manifest["class_names"]),
-        records=[os.path.join(out_dir, s) for s in info["shards"]],
-        record_indices=np.asarray(info["indices"], np.int64),
-        source=path,
-    )

@@ -184,3 +184,8 @@ def identity_pairs(folders: dict, seed: int = 0) -> tuple[list, list, np.ndarray
     ids = np.array([i for _, i in folders["frontal"]], np.int64)
     profile = [profiles[i][rng.integers(len(profiles[i]))] for i in ids]
     return frontal, profile, ids
+
+
+def view_kinds(config) -> tuple[str, ...]:
+    """The kinds of perturbed view of `--view_kinds`, in order."""
+    return tuple(k.strip() for k in config.generator.view_kinds.split(",") if k.strip())

@@ -1,6 +1,6 @@
 """Backbone CNNs G_enc, built in the project (no downloaded weights).
 
-Each builder returns a functional `keras.Model` mapping normalised images
+Each builder returns a functional `keras.Model` mapping RGB images in 0..255
 (B, S, S, 3) to `[pooled (B, F), conv3 (B, h, w, c)]`: the global-average-pooled
 feature the graph is built on, and the "conv3" feature map (after its batch norm)
 that the invariant feature generator's discriminator reads.
@@ -12,9 +12,10 @@ Strided convolutions pad symmetrically (k // 2 on every side), as PyTorch and th
 original networks do, rather than TensorFlow's `same` (which pads one pixel more at
 the bottom and right): converted PyTorch weights then give the same features.
 
-Every backbone starts with an `InputNorm` layer: the project feeds images in
-[-1, 1] RGB, and a backbone pre-trained elsewhere expects its own input (ImageNet
-mean/std for PyTorch face ResNets, BGR minus the mean pixel for VGGFace).
+Every backbone takes RGB images in 0..255 and starts with an `InputNorm` layer
+(`input_norm.py`) that turns them into what its weights expect: [-1, 1] for the
+project's own, ImageNet mean/std for PyTorch face ResNets, BGR minus the mean pixel
+for VGGFace.
 """
 
 from __future__ import annotations
@@ -24,46 +25,11 @@ import os
 import keras
 from keras import layers
 
-from ean_tf.config import BACKBONES, INPUT_NORMS
+from ean_tf.config import BACKBONES
+from ean_tf.models.input_norm import InputNorm
 
 _BN = dict(momentum=0.9, epsilon=1e-5)
 BACKBONE_NAMES = BACKBONES
-# Mean pixel (B, G, R) of the VGGFace (1) and VGGFace2 training sets, 0..255.
-_VGGFACE_MEAN = {
-    "vggface1": (93.5940, 104.7624, 129.1863),
-    "vggface2": (91.4953, 103.8827, 131.0912),
-}
-
-
-@keras.saving.register_keras_serializable("ean_tf")
-class InputNorm(layers.Layer):
-    """Maps the project's [-1, 1] RGB images to a backbone's own input.
-
-    symmetric: unchanged; imagenet: (x01 - mean) / std (torchvision);
-    vggface1/vggface2: BGR, 0..255, minus the data set's mean pixel.
-    """
-
-    def __init__(self, mode: str = "symmetric", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in INPUT_NORMS[1:]:
-            raise ValueError(
-                f"Expected input_norm in {INPUT_NORMS[1:]}. Received: {mode!r}"
-            )
-        self.mode = mode
-
-    def call(self, x):
-        if self.mode == "symmetric":
-            return x
-        x01 = (x + 1.0) * 0.5
-        if self.mode == "imagenet":
-            mean = keras.ops.convert_to_tensor([0.485, 0.456, 0.406], x.dtype)
-            std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225], x.dtype)
-            return (x01 - mean) / std
-        bgr = keras.ops.flip(x01 * 255.0, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(_VGGFACE_MEAN[self.mode], x.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
 
 
 def _padded(x, kernel, stride, name):

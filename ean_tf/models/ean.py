@@ -2,7 +2,7 @@
 
 `EAN` is a subclassed `keras.Model` (DESIGN section 1):
 
-    images (B, S, S, 3) in 0..255 -> normalize -> backbone -> F (B, Fd), conv3
+    images (B, S, S, 3) in 0..255 -> backbone (its InputNorm first) -> F (B, Fd), conv3
     e = Dense(F)                         (B, E), no ReLU: cosines span [-1, 1]
     A = thresholds(cos(e_i, e_j))        (B, B), zero while the warm-up lasts
     logits = GCN(F, norm(A + I))         (B, C)
@@ -27,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.config import ModelConfig, TrainConfig
-from ean_tf.data.pipeline import normalize
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
 from ean_tf.models.gcn import GCNHead
@@ -246,7 +245,7 @@ class EAN(keras.Model):
     def encode(self, images, training=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), raw embedding (B, E) (before
         its normalisation), conv3."""
-        pooled, conv3 = self.backbone(normalize(images), training=training)
+        pooled, conv3 = self.backbone(images, training=training)
         pooled = tf.cast(pooled, tf.float32)
         return pooled, self.embedding(pooled), conv3
 

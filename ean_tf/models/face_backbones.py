@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from ean_tf.models.backbones import InputNorm
+from ean_tf.models.input_norm import InputNorm
 
 # Keras 2's defaults, which the VGGFace ResNet-50 was saved with.
 _BN = dict(momentum=0.99, epsilon=1e-3)
