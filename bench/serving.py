@@ -75,7 +75,7 @@ def main(argv):
             "served_graph": model.inference_graph,
             "context_nodes": model.context_size + 1,
             "context_sets": model.context_sets,
-            "bank_size": int(model.bank_valid.numpy().sum()),
+            "bank_size": int(model.bank.valid.numpy().sum()),
             "signatures": {},
         }
         for name in ("predict_images", "predict_isolated"):

@@ -159,7 +159,6 @@ def head_activity(
     the first `max_images` examples. A unit that never fires passes no gradient; a
     head whose hidden units are all dead predicts from its biases alone, one class
     for every image. None for a head without hidden layers."""
-    import tensorflow as tf
 
     if getattr(model, "head_type", "") != "ean" or len(model.head.convs) < 2:
         return None
@@ -168,10 +167,8 @@ def head_activity(
     fired = [np.zeros(conv.channels, bool) for conv in hidden]
     for images, _ in make_dataset(subset, image_size, batch_size, training=False):
         x, _, _ = model.features(images)
-        a_hat = tf.eye(tf.shape(x)[0])  # the head's own layers, no dropout
-        for i, conv in enumerate(hidden):
-            x = conv([x, a_hat])
-            fired[i] |= np.asarray(x > 0).any(axis=0)
+        for i, out in enumerate(model.head.hidden_outputs(x)):  # A = I, no dropout
+            fired[i] |= np.asarray(out > 0).any(axis=0)
     return {
         "images": len(subset),
         "layers": [

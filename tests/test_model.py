@@ -68,7 +68,7 @@ def test_backbone_weights_round_trip_and_mismatch(tmp_path):
 def test_constructor_errors_are_actionable():
     with pytest.raises(ValueError, match="inference_graph"):
         EAN(4, inference_graph="global", **TINY)
-    with pytest.raises(ValueError, match="tau2 < tau1"):
+    with pytest.raises(ValueError, match="tau2: expected a float below tau1"):
         EAN(4, tau1=0.1, tau2=0.5, **TINY)
 
 
@@ -131,7 +131,7 @@ def _trained_bank_model():
     x, y = _data(32)
     counts = model.build_bank([(x, y)])
     assert sum(counts.values()) == 8
-    assert float(tf.reduce_sum(model.bank_valid)) == 8
+    assert float(tf.reduce_sum(model.bank.valid)) == 8
     return model, x
 
 
@@ -205,7 +205,7 @@ def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units):
     x, y = _data(24)
     labels = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 0, 1]]
     model.build_bank([(x[:12], labels)])  # class 3 has one sample: a slot stays empty
-    assert float(tf.reduce_sum(model.bank_valid)) == 7
+    assert float(tf.reduce_sum(model.bank.valid)) == 7
     q = x[12:]
     np.testing.assert_allclose(
         model(q, graph="bank"), model(q, graph="bank_full"), atol=1e-5

@@ -26,11 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import ModelConfig, TrainConfig
+from ean_tf.config import Config, ModelConfig, TrainConfig
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
 from ean_tf.models.gcn import GCNHead
-from ean_tf.models.reference import ReferenceContext
+from ean_tf.models.reference import ReferenceBank, ReferenceContext, select_bank
 
 INFERENCE_GRAPHS = ("context", "bank", "batch", "isolated")
 _GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
@@ -39,82 +39,71 @@ DEFAULT_GRAPH = _M.inference_graph  # what `--inference_graph=all` serves
 _CONTEXT_SIZE = TrainConfig().batch_size - 1
 
 
+# EAN's hyper-parameters: the `ModelConfig` fields of these names, whose defaults,
+# choices and ranges are declared there once. The constructor takes them as
+# keywords, validates them as the configuration does, and `get_config` returns them.
+HYPER_PARAMETERS = (
+    "backbone",
+    "stem",
+    "width",
+    "input_norm",
+    "head",
+    "embedding_dim",
+    "embedding_norm",
+    "gcn_units",
+    "gcn_dropout",
+    "tau1",
+    "tau2",
+    "temperature",
+    "straight_through",
+    "signed_edges",
+    "adj_loss_weight",
+    "adj_reduction",
+    "bank_per_class",
+    "context_sets",
+    "inference_graph",
+)
+# Attribute names for the fields whose own name the model uses for a layer.
+_ATTRIBUTE = {
+    "backbone": "backbone_name",
+    "head": "head_type",
+    "straight_through": "straight_through_edges",
+}
+
+
 @keras.saving.register_keras_serializable(package="ean_tf")
 class EAN(keras.Model):
     def __init__(
         self,
         num_classes: int,
         image_size: int = 48,
-        backbone: str = _M.backbone,
-        stem: str = _M.stem,
-        width: int = _M.width,
-        head: str = _M.head,
-        embedding_dim: int = _M.embedding_dim,
-        gcn_units=_M.gcn_units,
-        gcn_dropout: float = _M.gcn_dropout,
-        tau1: float = _M.tau1,
-        tau2: float = _M.tau2,
-        temperature: float = _M.temperature,
-        straight_through: bool = _M.straight_through,
-        signed_edges: bool = _M.signed_edges,
-        adj_loss_weight: float = _M.adj_loss_weight,
-        adj_reduction: str = _M.adj_reduction,
-        bank_per_class: int = _M.bank_per_class,
-        inference_graph: str = _M.inference_graph,
+        class_names=None,
         label_smoothing: float = 0.0,
         cross_replica_graph: bool = False,
-        embedding_norm: str = _M.embedding_norm,
-        class_names=None,
-        input_norm: str = _M.input_norm,
         context_size: int = _CONTEXT_SIZE,
-        context_sets: int = _M.context_sets,
         **kwargs,
     ):
+        params = {
+            name: kwargs.pop(name, getattr(_M, name)) for name in HYPER_PARAMETERS
+        }
         super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"Expected num_classes >= 2. Received: {num_classes}")
-        if head not in ("ean", "linear"):
-            raise ValueError(f"Expected head 'ean' or 'linear'. Received: {head!r}")
-        if inference_graph not in INFERENCE_GRAPHS:
+        if params["inference_graph"] not in INFERENCE_GRAPHS:  # "all" is eval's
             raise ValueError(
                 f"Expected inference_graph in {INFERENCE_GRAPHS}. "
-                f"Received: {inference_graph!r}"
+                f"Received: {params['inference_graph']!r}"
             )
-        if not tau2 < tau1:
+        if num_classes < 2 or context_size < 1:
             raise ValueError(
-                f"Expected tau2 < tau1. Received: tau1={tau1}, tau2={tau2}"
+                "Expected num_classes >= 2 and context_size >= 1. Received: "
+                f"{num_classes}, {context_size}"
             )
-        if embedding_norm not in ("batchnorm", "none"):
-            raise ValueError(
-                f"Expected embedding_norm 'batchnorm' or 'none'. "
-                f"Received: {embedding_norm!r}"
-            )
-        if adj_reduction not in ("sum", "mean"):
-            raise ValueError(
-                f"Expected adj_reduction 'sum' or 'mean'. Received: {adj_reduction!r}"
-            )
-        self.num_classes = int(num_classes)
-        self.image_size = int(image_size)
-        self.backbone_name, self.stem, self.width = backbone, stem, int(width)
-        self.head_type = head
-        self.embedding_dim = int(embedding_dim)
-        self.embedding_norm = embedding_norm
-        self.gcn_units = tuple(int(u) for u in gcn_units)
-        self.gcn_dropout = float(gcn_dropout)
-        self.tau1, self.tau2 = float(tau1), float(tau2)
-        self.temperature = float(temperature)
-        self.straight_through_edges = bool(straight_through)
-        self.signed_edges = bool(signed_edges)
-        self.adj_loss_weight = float(adj_loss_weight)
-        self.adj_reduction = adj_reduction
-        self.bank_per_class = int(bank_per_class)
-        self.context_size, self.context_sets = int(context_size), int(context_sets)
-        if self.context_size < 1 or self.context_sets < 1:
-            raise ValueError(
-                f"Expected context_size, context_sets >= 1. Received: "
-                f"{context_size}, {context_sets}"
-            )
-        self.inference_graph = inference_graph
+        # Checked as the flags are (ConfigError, a ValueError, names the field).
+        hp = Config(model=ModelConfig(**params)).model
+        for name in HYPER_PARAMETERS:
+            setattr(self, _ATTRIBUTE.get(name, name), getattr(hp, name))
+        self.gcn_units = tuple(int(u) for u in hp.gcn_units)
+        self.num_classes, self.image_size = int(num_classes), int(image_size)
+        self.context_size = int(context_size)
         self.label_smoothing = float(label_smoothing)
         self.cross_replica_graph = bool(cross_replica_graph)
         self.class_names = tuple(class_names or (str(i) for i in range(num_classes)))
@@ -122,27 +111,44 @@ class EAN(keras.Model):
             raise ValueError(
                 f"Expected {num_classes} class names. Received: {self.class_names}"
             )
-
-        self.input_norm = input_norm
-        self.backbone = build_backbone(
-            backbone, self.image_size, stem, self.width, input_norm
+        self._build_layers()
+        # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
+        # checkpoints carry it; a callback flips it, nothing retraces.
+        self.graph_enabled = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
+            name="graph_enabled",
         )
-        feature_dim = self.backbone.outputs[0].shape[-1]
-        self.feature_dim = int(feature_dim)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.adj_tracker = keras.metrics.Mean(name="adj_loss")
+        self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
+        self.nodes_tracker = keras.metrics.Mean(name="graph_nodes")
+        self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+        # --generator_cotrain_weight: a models.generator.CoTrainer, attached by
+        # training, never saved with the model.
+        self.cotrainer = None
+        self.build((None, self.image_size, self.image_size, 3))
+
+    def _build_layers(self) -> None:
+        """Backbone, embedding (+ its norm), head, and the served graphs' stores."""
+        self.backbone = build_backbone(
+            self.backbone_name, self.image_size, self.stem, self.width, self.input_norm
+        )
+        self.feature_dim = int(self.backbone.outputs[0].shape[-1])
         self.embedding = keras.layers.Dense(
             self.embedding_dim, name="embedding", dtype="float32"
         )
         # Batch norm centres the embeddings, so cosines spread around 0 instead of
-        # all sitting near 1 (pooled ReLU features share a large common part); at
-        # inference it is a fixed affine map, so a query stays batch-independent.
-        self.embedding_bn = (
-            keras.layers.BatchNormalization(
+        # all sitting near 1 (pooled ReLU features share a large common part).
+        self.embedding_bn = None
+        if self.embedding_norm == "batchnorm":
+            self.embedding_bn = keras.layers.BatchNormalization(
                 momentum=0.9, name="embedding_bn", dtype="float32"
             )
-            if embedding_norm == "batchnorm"
-            else None
-        )
-        if head == "ean":
+        if self.head_type == "ean":
             self.head = GCNHead(
                 self.gcn_units,
                 self.num_classes,
@@ -159,7 +165,6 @@ class EAN(keras.Model):
             self.embedding.trainable = False
             if self.embedding_bn is not None:
                 self.embedding_bn.trainable = False
-        # The served graph's reference context (filled after training).
         self.context = ReferenceContext(
             self.context_sets,
             self.context_size,
@@ -167,69 +172,15 @@ class EAN(keras.Model):
             self.embedding_dim,
             name="reference_context",
         )
-        k = self.num_classes * self.bank_per_class
-        # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
-        # checkpoints carry it; a callback flips it, nothing retraces.
-        self.graph_enabled = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="graph_enabled",
+        widths = (self.feature_dim, *self.gcn_units) if self.head_type == "ean" else ()
+        self.bank = ReferenceBank(
+            self.num_classes,
+            self.bank_per_class,
+            self.feature_dim,
+            self.embedding_dim,
+            widths,
+            name="reference_bank",
         )
-        # The reference bank: K = C * bank_per_class training samples, class-major.
-        self.bank_features = self.add_weight(
-            shape=(k, self.feature_dim),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="bank_features",
-        )
-        self.bank_embeddings = self.add_weight(
-            shape=(k, self.embedding_dim),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="bank_embeddings",
-        )
-        self.bank_valid = self.add_weight(
-            shape=(k,),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="bank_valid",
-        )
-        # What bank nodes feed each GCN layer, and their degrees, computed once in
-        # build_bank(): bank nodes never read queries, so a query's bank-graph
-        # forward needs only its edges to the bank (O(Q K d), no K x K work).
-        self.bank_degree = self.add_weight(
-            shape=(k,),
-            initializer="ones",
-            trainable=False,
-            autocast=False,
-            name="bank_degree",
-        )
-        widths = (self.feature_dim, *self.gcn_units) if head == "ean" else ()
-        self.bank_layer_inputs = [
-            self.add_weight(
-                shape=(k, w),
-                initializer="zeros",
-                trainable=False,
-                autocast=False,
-                name=f"bank_layer_input_{i}",
-            )
-            for i, w in enumerate(widths)
-        ]
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.adj_tracker = keras.metrics.Mean(name="adj_loss")
-        self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
-        self.nodes_tracker = keras.metrics.Mean(name="graph_nodes")
-        self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-        # --generator_cotrain_weight: a generator.CoTrainer, attached by training,
-        # never saved with the model.
-        self.cotrainer = None
-        self.build((None, self.image_size, self.image_size, 3))
 
     def build(self, input_shape):
         self.embedding.build((None, self.feature_dim))
@@ -312,59 +263,36 @@ class EAN(keras.Model):
             return self._bank_full_graph(pooled, embeddings, training)
         raise ValueError(f"Expected graph in {_GRAPHS}. Received: {graph!r}")
 
-    def _bank_forward(self, pooled, embeddings):
-        """Bank-graph logits (Q, C) from the cached bank layer inputs.
+    def _edges(self, cs):
+        """Hard thresholded edges of cosines (eq. 4)."""
+        return adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
 
-        Row q of Â over [bank; queries] has Â_qq = 1/d_q and Â_qj = a_qj /
-        sqrt(d_q d_j) for bank node j (d_j its degree in the bank graph), so
-        layer l gives act((Â_qq h_q + Σ_j Â_qj H_l[j]) W_l + b_l).
-        """
-        g = self.graph_enabled  # during the warm-up the graph is I
-        cs = adj.cosine_similarity(embeddings, self.bank_embeddings)  # (Q, K)
-        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
-        a = a * self.bank_valid[None, :] * g  # (Q, K)
-        d_q = 1.0 + tf.reduce_sum(tf.abs(a), axis=1, keepdims=True)  # (Q, 1)
-        a_qb = a * tf.math.rsqrt(d_q) * tf.math.rsqrt(self.bank_degree)[None, :]
-        h = pooled
-        for conv, bank_h in zip(self.head.convs, self.bank_layer_inputs, strict=True):
-            mixed = h / d_q + tf.matmul(a_qb, tf.cast(bank_h, h.dtype))  # (Q, d)
-            h = tf.matmul(mixed, tf.cast(conv.kernel, mixed.dtype))
-            if conv.use_bias:
-                h = h + tf.cast(conv.bias, h.dtype)
-            h = conv.activation(h)
-        return tf.cast(h, tf.float32)  # (Q, C)
+    def _bank_forward(self, pooled, embeddings):
+        """Bank-graph logits (Q, C); during the warm-up the graph is I."""
+        return self.bank(
+            pooled,
+            embeddings,
+            edges=self._edges,
+            head=self.head,
+            gate=self.graph_enabled,
+        )
 
     def _bank_full_graph(self, pooled, embeddings, training=False):
         """Bank-graph logits by running the GCN on the whole (K+Q)-node graph."""
-        bank_e = self.bank_embeddings
+        bank_e = self.bank.embeddings
         a_hat = adj.bank_graph(
             adj.cosine_similarity(bank_e),
             adj.cosine_similarity(embeddings, bank_e),
             self.tau1,
             self.tau2,
             self.signed_edges,
-            self.bank_valid,
+            self.bank.valid,
         )
         g = self.graph_enabled
         a_hat = g * a_hat + (1.0 - g) * tf.eye(tf.shape(a_hat)[0])
-        x = tf.concat([tf.cast(self.bank_features, pooled.dtype), pooled], axis=0)
-        k = tf.shape(self.bank_features)[0]
+        x = tf.concat([tf.cast(self.bank.features, pooled.dtype), pooled], axis=0)
+        k = tf.shape(self.bank.features)[0]
         return self.head([x, a_hat], training=training)[k:]
-
-    def _fill_bank_cache(self):
-        """Bank degrees and per-layer bank inputs from the bank graph alone."""
-        if self.head_type != "ean":
-            return
-        cs = adj.cosine_similarity(self.bank_embeddings)
-        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
-        valid = self.bank_valid
-        a = adj.zero_diagonal(a * valid[:, None] * valid[None, :])
-        self.bank_degree.assign(1.0 + tf.reduce_sum(tf.abs(a), axis=1))
-        a_hat = adj.normalized_adjacency(a, self.signed_edges)  # (K, K)
-        h = tf.convert_to_tensor(self.bank_features)
-        for conv, cache in zip(self.head.convs, self.bank_layer_inputs, strict=True):
-            cache.assign(h)
-            h = conv([h, a_hat])
 
     def call(self, images, training=False, graph: str | None = None):
         """Logits (B, C) for images (B, S, S, 3) in 0..255."""
@@ -551,28 +479,22 @@ class EAN(keras.Model):
         feats, embs = np.concatenate(feats), np.concatenate(embs)
         labels, agree = np.concatenate(labels), np.concatenate(agree)
         k = self.bank_per_class
+        candidates = np.full(len(labels), -1)  # the first max_per_class a class
+        for c in range(self.num_classes):
+            first = np.flatnonzero(labels == c)[:max_per_class]
+            candidates[first] = c
+        picks = select_bank(embs, candidates, agree, k, self.num_classes)
         bank_f = np.zeros((self.num_classes * k, self.feature_dim), np.float32)
         bank_e = np.zeros((self.num_classes * k, self.embedding_dim), np.float32)
         valid = np.zeros(self.num_classes * k, np.float32)
         counts = {}
-        for c in range(self.num_classes):
-            idx = np.flatnonzero(labels == c)[:max_per_class]
-            if len(idx) == 0:
-                counts[self.class_names[c]] = 0
-                continue
-            e = embs[idx] / (np.linalg.norm(embs[idx], axis=1, keepdims=True) + 1e-12)
-            centre = e.mean(0)
-            score = e @ centre + 2.0 * agree[idx]  # agreeing samples first
-            pick = idx[np.argsort(-score, kind="stable")[:k]]
+        for c, pick in enumerate(picks):
             n = len(pick)
             bank_f[c * k : c * k + n] = feats[pick]
             bank_e[c * k : c * k + n] = embs[pick]
             valid[c * k : c * k + n] = 1.0
             counts[self.class_names[c]] = n
-        self.bank_features.assign(bank_f)
-        self.bank_embeddings.assign(bank_e)
-        self.bank_valid.assign(valid)
-        self._fill_bank_cache()
+        self.bank.fill(bank_f, bank_e, valid, self._edges, self.head, self.signed_edges)
         return counts
 
     def build_context(self, batches) -> None:
@@ -592,30 +514,16 @@ class EAN(keras.Model):
 
     # ---------------------------------------------------------- serialisation ---
     def get_config(self):
+        config = {
+            name: getattr(self, _ATTRIBUTE.get(name, name)) for name in HYPER_PARAMETERS
+        }
         return {
             "name": self.name,
+            **config,
+            "gcn_units": list(self.gcn_units),
             "num_classes": self.num_classes,
             "image_size": self.image_size,
-            "backbone": self.backbone_name,
-            "stem": self.stem,
-            "width": self.width,
-            "input_norm": self.input_norm,
-            "head": self.head_type,
-            "embedding_dim": self.embedding_dim,
-            "embedding_norm": self.embedding_norm,
-            "gcn_units": list(self.gcn_units),
-            "gcn_dropout": self.gcn_dropout,
-            "tau1": self.tau1,
-            "tau2": self.tau2,
-            "temperature": self.temperature,
-            "straight_through": self.straight_through_edges,
-            "signed_edges": self.signed_edges,
-            "adj_loss_weight": self.adj_loss_weight,
-            "adj_reduction": self.adj_reduction,
-            "bank_per_class": self.bank_per_class,
             "context_size": self.context_size,
-            "context_sets": self.context_sets,
-            "inference_graph": self.inference_graph,
             "label_smoothing": self.label_smoothing,
             "cross_replica_graph": self.cross_replica_graph,
             "class_names": list(self.class_names),
@@ -647,33 +555,16 @@ def build_model(
     a training graph (the batch, or each replica's batch), which the reference
     context matches unless `context_size` is set."""
     m = model_config
+    params = {name: getattr(m, name) for name in HYPER_PARAMETERS}
+    if m.inference_graph == "all":  # --mode=eval's; the model serves the default
+        params["inference_graph"] = DEFAULT_GRAPH
     return EAN(
         num_classes=m.num_classes or num_classes,
         image_size=data_config.image_size,
-        backbone=m.backbone,
-        stem=m.stem,
-        width=m.width,
-        input_norm=m.input_norm,
-        head=m.head,
-        embedding_dim=m.embedding_dim,
-        embedding_norm=m.embedding_norm,
-        gcn_units=m.gcn_units,
-        gcn_dropout=m.gcn_dropout,
-        tau1=m.tau1,
-        tau2=m.tau2,
-        temperature=m.temperature,
-        straight_through=m.straight_through,
-        signed_edges=m.signed_edges,
-        adj_loss_weight=m.adj_loss_weight,
-        adj_reduction=m.adj_reduction,
-        bank_per_class=m.bank_per_class,
-        context_size=m.context_size or max(1, graph_nodes - 1),
-        context_sets=m.context_sets,
-        inference_graph=DEFAULT_GRAPH
-        if m.inference_graph == "all"
-        else m.inference_graph,
+        class_names=class_names,
         label_smoothing=label_smoothing,
         cross_replica_graph=cross_replica_graph,
-        class_names=class_names,
+        context_size=m.context_size or max(1, graph_nodes - 1),
         name="ean" if m.head == "ean" else "baseline",
+        **params,
     )

@@ -65,6 +65,24 @@ class GCNHead(keras.layers.Layer):
             x = conv([x, a_hat])  # (N, units)
         return keras.ops.cast(x, "float32")  # (N, C)
 
+    def transform(self, i: int, mixed):
+        """Layer i applied to already aggregated features (Â X): act(mixed W + b).
+        What a graph whose aggregation is computed elsewhere (the bank's cached
+        neighbours) needs; (N, d_i) -> (N, d_{i+1})."""
+        conv = self.convs[i]
+        h = keras.ops.matmul(mixed, keras.ops.cast(conv.kernel, mixed.dtype))
+        if conv.use_bias:
+            h = h + keras.ops.cast(conv.bias, h.dtype)
+        return conv.activation(h)
+
+    def hidden_outputs(self, x):
+        """The hidden layers' outputs with A = I and no dropout, (N, d) each."""
+        outs = []
+        for i in range(len(self.convs) - 1):
+            x = self.transform(i, x)
+            outs.append(x)
+        return outs
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -139,3 +139,99 @@ class ReferenceContext(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "sets": self.sets, "size": self.size}
+
+
+def select_bank(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    agree: np.ndarray,
+    per_class: int,
+    num_classes: int,
+) -> list[np.ndarray]:
+    """The class-balanced bank: per class, the indices of the `per_class`
+    examples whose embedding is closest (cosine) to the class mean, those the
+    isolated network classifies as their label first (so that a noisy label
+    seldom enters). A class with fewer examples gives all it has."""
+    picks = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            picks.append(idx)
+            continue
+        e = embeddings[idx]
+        e = e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+        score = e @ e.mean(0) + 2.0 * agree[idx]  # agreeing samples first
+        picks.append(idx[np.argsort(-score, kind="stable")[:per_class]])
+    return picks
+
+
+class ReferenceBank(keras.layers.Layer):
+    """The class-balanced bank graph: K = C * per_class training samples,
+    class-major, and what each bank node feeds every GCN layer (cached by `fill`:
+    bank nodes never read queries, so a query's forward needs only its edges to
+    the bank, O(Q K d), no K x K work)."""
+
+    def __init__(
+        self, num_classes, per_class, feature_dim, embedding_dim, widths, **kwargs
+    ):
+        super().__init__(**kwargs)
+        k = int(num_classes) * int(per_class)
+        self.per_class = int(per_class)
+
+        def weight(shape, name, init="zeros"):
+            return self.add_weight(
+                shape=shape,
+                initializer=init,
+                trainable=False,
+                autocast=False,
+                name=name,
+            )
+
+        self.features = weight((k, int(feature_dim)), "features")
+        self.embeddings = weight((k, int(embedding_dim)), "embeddings")
+        self.valid = weight((k,), "valid")  # 1 where a slot holds a sample
+        self.degree = weight((k,), "degree", "ones")
+        self.layer_inputs = [
+            weight((k, int(w)), f"layer_input_{i}") for i, w in enumerate(widths)
+        ]
+
+    def fill(self, features, embeddings, valid, edges, head, signed: bool) -> None:
+        """Stores the bank, then its degrees and per-layer inputs from the bank
+        graph alone; `edges(cs)` thresholds cosines, `head` is the GCN head."""
+        from ean_tf.models import adjacency as adj
+
+        self.features.assign(features)
+        self.embeddings.assign(embeddings)
+        self.valid.assign(valid)
+        if not self.layer_inputs:
+            return
+        a = edges(adj.cosine_similarity(self.embeddings))
+        a = adj.zero_diagonal(a * valid[:, None] * valid[None, :])
+        self.degree.assign(1.0 + tf.reduce_sum(tf.abs(a), axis=1))
+        a_hat = adj.normalized_adjacency(a, signed)  # (K, K)
+        h = tf.convert_to_tensor(self.features)
+        for conv, cache in zip(head.convs, self.layer_inputs, strict=True):
+            cache.assign(h)
+            h = conv([h, a_hat])
+
+    def call(self, pooled, embeddings, edges=None, head=None, gate=1.0):
+        """Bank-graph logits (Q, C) from the cached layer inputs.
+
+        Row q of Â over [bank; queries] has Â_qq = 1/d_q and Â_qj = a_qj /
+        sqrt(d_q d_j) for bank node j (d_j its degree in the bank graph), so
+        layer l gives act((Â_qq h_q + Σ_j Â_qj H_l[j]) W_l + b_l).
+        """
+        from ean_tf.models import adjacency as adj
+
+        cs = adj.cosine_similarity(embeddings, self.embeddings)  # (Q, K)
+        a = edges(cs) * self.valid[None, :] * gate  # (Q, K)
+        d_q = 1.0 + tf.reduce_sum(tf.abs(a), axis=1, keepdims=True)  # (Q, 1)
+        a_qb = a * tf.math.rsqrt(d_q) * tf.math.rsqrt(self.degree)[None, :]
+        h = pooled
+        for i, bank_h in enumerate(self.layer_inputs):
+            mixed = h / d_q + tf.matmul(a_qb, tf.cast(bank_h, h.dtype))  # (Q, d)
+            h = head.transform(i, mixed)
+        return tf.cast(h, tf.float32)  # (Q, C)
+
+    def get_config(self):
+        return {**super().get_config(), "per_class": self.per_class}
