@@ -109,7 +109,7 @@ def runs(experiment: str) -> dict[str, dict]:
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
-        # the head; two layers with dropout were DESIGN's first head.
+        # the head; two layers with dropout were the first head.
         "one_gcn_layer": {"gcn_units": (), "gcn_dropout": 0.0},
         "two_gcn_layers": {"gcn_units": (256,), "gcn_dropout": 0.3},
         "gcn_dropout_0": {"gcn_dropout": 0.0},

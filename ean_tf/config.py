@@ -229,7 +229,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """The invariant feature generator (paper section 2.2, DESIGN 1.3)."""
+    """The invariant feature generator (paper section 2.2, docs/DESIGN.md 1.3)."""
 
     identity_data_dir: str = _f(
         "",

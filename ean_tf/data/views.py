@@ -1,7 +1,7 @@
 """Perturbed views of face images, and face images grouped by identity.
 
 `make_views` turns a batch of frontal faces into perturbed views of the same faces,
-the invariant feature generator's `x_p` (../DESIGN section 1.3):
+the invariant feature generator's `x_p` (docs/DESIGN.md section 1.3):
 
 - occlusion: a random block, an eye bar or a lower-face mask, in a random grey;
 - illumination: gamma, a one-sided gradient light, or lowered contrast;

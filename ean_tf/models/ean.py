@@ -1,6 +1,6 @@
 """EAN: backbone -> embedding -> batch graph -> GCN head, with Adj_loss.
 
-`EAN` is a subclassed `keras.Model` (DESIGN section 1):
+`EAN` is a subclassed `keras.Model` (docs/DESIGN.md section 1):
 
     images (B, S, S, 3) in 0..255 -> backbone (its InputNorm first) -> F (B, Fd), conv3
     e = Dense(F)                         (B, E), no ReLU: cosines span [-1, 1]

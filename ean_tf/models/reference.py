@@ -1,4 +1,6 @@
-"""The served graph: a fixed reference context that each query joins as one more node.
+"""The stored graphs of serving (docs/DESIGN.md section 2).
+
+The served graph: a fixed reference context that each query joins as one more node.
 
 The GCN was trained on batches of `n` images drawn with the training class prior,
 each node joined to its similar neighbours and normalised by degrees of that size.
