@@ -18,13 +18,39 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names the flag."""
 
 
-def _f(default, help: str, choices: tuple | None = None, **kw):
+def _f(default, help: str, choices: tuple | None = None, check=None, **kw):
+    """A config field: its default, its flag's help, and what it accepts: one of
+    `choices`, or values passing `check`, a (predicate, "what is expected") pair."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    if check is not None:
+        meta["check"] = check
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta, **kw)
+
+
+# Ranges, declared in the fields' metadata below (`check=`).
+def _at_least(low):
+    kind = "an int" if isinstance(low, int) else "a float"
+    return (lambda v: v >= low, f"{kind} >= {low}")
+
+
+def _range(low, high):
+    kind = "an int" if isinstance(low, int) else "a float"
+    return (lambda v: low <= v <= high, f"{kind} in [{low}, {high}]")
+
+
+_AT_LEAST_1 = _at_least(1)
+_NON_NEGATIVE_INT = _at_least(0)
+_NON_NEGATIVE = _at_least(0.0)
+_POSITIVE = (lambda v: v > 0, "a float > 0")
+_FRACTION_BELOW_1 = (lambda v: 0.0 <= v < 1.0, "a float in [0, 1)")
+_FRACTION_UP_TO_1 = (lambda v: 0.0 < v <= 1.0, "a float in (0, 1]")
+_PROBABILITY = _range(0.0, 1.0)
+_POSITIVE_INTS = (lambda v: all(int(u) > 0 for u in v), "positive ints")
+_NON_EMPTY = (bool, "a non-empty path")
 
 
 DATASETS = ("default", "ferplus", "rafdb", "affectnet", "folder", "csv", "tfrecord")
@@ -48,7 +74,9 @@ class DataConfig:
         "Root folder of the data set. For `default`, where the generated images are "
         "cached (empty: ~/.cache/ean_tf).",
     )
-    image_size: int = _f(48, "Square input size in pixels after resizing.")
+    image_size: int = _f(
+        48, "Square input size in pixels after resizing.", check=_range(16, 1024)
+    )
     ferplus_label_mode: str = _f(
         "majority",
         "FERPlus label scheme, as in FERPlus's ferplus.py.",
@@ -59,7 +87,11 @@ class DataConfig:
     balanced_sampling: bool = _f(False, "Sample training classes uniformly.")
     train_split: str = _f("", "Training split name (empty: the reader's own).")
     val_split: str = _f("", "Validation split name (empty: the reader's own).")
-    noise_rate: float = _f(0.0, "Fraction of training labels flipped (tables 3-4).")
+    noise_rate: float = _f(
+        0.0,
+        "Fraction of training labels flipped (tables 3-4).",
+        check=_FRACTION_BELOW_1,
+    )
     noise_seed: int = _f(0, "Seed choosing which labels flip and to what.")
     skip_bad_images: bool = _f(
         False,
@@ -76,13 +108,23 @@ class DataConfig:
         True, "Decode every image once before training to catch corrupt files."
     )
     random_flip: bool = _f(True, "Random horizontal flip while training.")
-    random_crop_pad: int = _f(4, "Pad by this many pixels, then crop back (0: off).")
-    random_erasing: float = _f(0.0, "Probability of random erasing while training.")
+    random_crop_pad: int = _f(
+        4, "Pad by this many pixels, then crop back (0: off).", check=_NON_NEGATIVE_INT
+    )
+    random_erasing: float = _f(
+        0.0, "Probability of random erasing while training.", check=_PROBABILITY
+    )
     cache: bool = _f(False, "Cache decoded images in memory.")
     deterministic: bool = _f(False, "Deterministic input order and augmentation.")
-    default_train_size: int = _f(2800, "Images in the built-in training split.")
-    default_val_size: int = _f(700, "Images in the built-in validation split.")
-    default_identities: int = _f(40, "Identities in the built-in data.")
+    default_train_size: int = _f(
+        2800, "Images in the built-in training split.", check=_at_least(8)
+    )
+    default_val_size: int = _f(
+        700, "Images in the built-in validation split.", check=_AT_LEAST_1
+    )
+    default_identities: int = _f(
+        40, "Identities in the built-in data.", check=_AT_LEAST_1
+    )
 
 
 @dataclass(frozen=True)
@@ -99,7 +141,9 @@ class ModelConfig:
         ", no max-pool for the small ones.",
         ("imagenet", "small", "small_s2"),
     )
-    width: int = _f(32, "Channels of the first backbone stage (64 = standard).")
+    width: int = _f(
+        32, "Channels of the first backbone stage (64 = standard).", check=_at_least(4)
+    )
     backbone_weights: str = _f(
         "",
         "Backbone weights to start from: a Keras .weights.h5, a PyTorch ResNet "
@@ -118,7 +162,9 @@ class ModelConfig:
         "Classifier head: the GCN of EAN or a linear baseline.",
         ("ean", "linear"),
     )
-    embedding_dim: int = _f(128, "Size of the linear embedding the graph is built on.")
+    embedding_dim: int = _f(
+        128, "Size of the linear embedding the graph is built on.", check=_at_least(2)
+    )
     embedding_norm: str = _f(
         "batchnorm",
         "Normalisation of the embedding before the cosine: batchnorm "
@@ -129,29 +175,43 @@ class ModelConfig:
         (),
         "Hidden GCN layer widths (the last layer is C; none: one GCN layer, which "
         "cannot die at lr 0.1 the way a hidden ReLU layer does).",
+        check=_POSITIVE_INTS,
     )
-    gcn_dropout: float = _f(0.0, "Dropout before each GCN layer.")
-    tau1: float = _f(0.5, "Similar-edge threshold: A=1 where cos >= tau1.")
+    gcn_dropout: float = _f(
+        0.0, "Dropout before each GCN layer.", check=_FRACTION_BELOW_1
+    )
+    tau1: float = _f(
+        0.5, "Similar-edge threshold: A=1 where cos >= tau1.", check=_range(-1.0, 1.0)
+    )
     tau2: float = _f(
         -math.inf, "Opposite-edge threshold: A=1 where cos <= tau2 (-inf: none)."
     )
-    temperature: float = _f(0.1, "Temperature T of the relaxed adjacency.")
+    temperature: float = _f(
+        0.1, "Temperature T of the relaxed adjacency.", check=_POSITIVE
+    )
     straight_through: bool = _f(
         True, "Let gradients flow through the graph the GCN sees (straight-through)."
     )
     signed_edges: bool = _f(False, "Opposite edges weigh -1 instead of +1 (ablation).")
-    adj_loss_weight: float = _f(0.1, "alpha, the weight of Adj_loss (0: off).")
+    adj_loss_weight: float = _f(
+        0.1, "alpha, the weight of Adj_loss (0: off).", check=_NON_NEGATIVE
+    )
     adj_reduction: str = _f(
         "mean", "Adj_loss reduction: the paper's sum, or mean.", ("sum", "mean")
     )
-    bank_per_class: int = _f(16, "Reference-bank embeddings per class.")
+    bank_per_class: int = _f(
+        16, "Reference-bank embeddings per class.", check=_AT_LEAST_1
+    )
     context_size: int = _f(
         0,
         "Training images in the served graph's reference context (0: a training "
         "graph's nodes minus one, so that each query completes a training batch).",
+        check=_NON_NEGATIVE_INT,
     )
     context_sets: int = _f(
-        1, "Reference contexts a query is classified in; their logits are averaged."
+        1,
+        "Reference contexts a query is classified in; their logits are averaged.",
+        check=_AT_LEAST_1,
     )
     inference_graph: str = _f(
         "context",
@@ -160,38 +220,51 @@ class ModelConfig:
         "request's images) or isolated (A = I); eval also takes all (side by side).",
         ("context", "bank", "batch", "isolated", "all"),
     )
-    num_classes: int = _f(0, "Classes (0: from the data set).")
+    num_classes: int = _f(0, "Classes (0: from the data set).", check=_NON_NEGATIVE_INT)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _f(10, "Training epochs.")
-    batch_size: int = _f(64, "Global batch size.")
-    learning_rate: float = _f(0.1, "Peak learning rate of SGD.")
-    momentum: float = _f(0.9, "SGD momentum.")
+    epochs: int = _f(10, "Training epochs.", check=_AT_LEAST_1)
+    batch_size: int = _f(64, "Global batch size.", check=_AT_LEAST_1)
+    learning_rate: float = _f(0.1, "Peak learning rate of SGD.", check=_POSITIVE)
+    momentum: float = _f(0.9, "SGD momentum.", check=_FRACTION_BELOW_1)
     nesterov: bool = _f(False, "Nesterov momentum.")
-    weight_decay: float = _f(5e-4, "Decoupled weight decay of SGD.")
+    weight_decay: float = _f(
+        5e-4, "Decoupled weight decay of SGD.", check=_NON_NEGATIVE
+    )
     lr_schedule: str = _f(
         "step",
         "step: divide by lr_decay_factor every "
         "lr_decay_epochs; cosine: cosine to zero.",
         ("step", "cosine"),
     )
-    lr_decay_epochs: int = _f(20, "Epochs between step decays.")
-    lr_decay_factor: float = _f(0.1, "Step-decay factor.")
-    lr_warmup_epochs: int = _f(0, "Linear learning-rate warm-up epochs.")
-    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy.")
+    lr_decay_epochs: int = _f(20, "Epochs between step decays.", check=_AT_LEAST_1)
+    lr_decay_factor: float = _f(0.1, "Step-decay factor.", check=_FRACTION_UP_TO_1)
+    lr_warmup_epochs: int = _f(
+        0, "Linear learning-rate warm-up epochs.", check=_NON_NEGATIVE_INT
+    )
+    label_smoothing: float = _f(
+        0.0, "Label smoothing of the cross-entropy.", check=_FRACTION_BELOW_1
+    )
     adj_warmup_epochs: int = _f(
         3,
         "Epochs with A = I and Adj_loss off before the graph is used (paper: 50); "
         "must be below --epochs.",
+        check=_NON_NEGATIVE_INT,
     )
-    steps_per_epoch: int = _f(0, "Steps per epoch (0: one pass over the data).")
+    steps_per_epoch: int = _f(
+        0, "Steps per epoch (0: one pass over the data).", check=_NON_NEGATIVE_INT
+    )
     checkpoint_every_steps: int = _f(
-        0, "Also checkpoint every this many steps within an epoch (0: epoch ends)."
+        0,
+        "Also checkpoint every this many steps within an epoch (0: epoch ends).",
+        check=_NON_NEGATIVE_INT,
     )
     seed: int = _f(0, "Seed for weights, shuffling and augmentation.")
-    run_dir: str = _f("runs/default", "Folder for checkpoints, logs and reports.")
+    run_dir: str = _f(
+        "runs/default", "Folder for checkpoints, logs and reports.", check=_NON_EMPTY
+    )
     overwrite: bool = _f(
         False,
         "--mode=train: start over in --run_dir, deleting the run there, when its "
@@ -214,14 +287,19 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     export_dir: str = _f("exports/ean", "--mode=export: base folder of the versions.")
-    export_version: int = _f(0, "Version number to write (0: the next free one).")
+    export_version: int = _f(
+        0, "Version number to write (0: the next free one).", check=_NON_NEGATIVE_INT
+    )
     max_image_bytes: int = _f(
-        10 * 1024 * 1024, "Largest encoded image serving_default accepts (bytes)."
+        10 * 1024 * 1024,
+        "Largest encoded image serving_default accepts (bytes).",
+        check=_AT_LEAST_1,
     )
     max_image_pixels: int = _f(
         4096 * 4096,
         "Most pixels (width x height, read from the header before decoding) of an "
         "image serving_default accepts.",
+        check=_AT_LEAST_1,
     )
     images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
     annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
@@ -242,10 +320,18 @@ class GeneratorConfig:
         "Comma-separated kinds of perturbed view to make: occlusion, illumination, "
         "pose.",
     )
-    generator_epochs: int = _f(3, "--mode=pretrain_generator: epochs.")
-    lambda_adv: float = _f(0.1, "Weight of the view-adversarial term of the G loss.")
-    lambda_id: float = _f(0.1, "Weight of the identity term of the G loss.")
-    d_learning_rate: float = _f(1e-3, "Adam learning rate of the discriminator D_m.")
+    generator_epochs: int = _f(
+        3, "--mode=pretrain_generator: epochs.", check=_AT_LEAST_1
+    )
+    lambda_adv: float = _f(
+        0.1, "Weight of the view-adversarial term of the G loss.", check=_NON_NEGATIVE
+    )
+    lambda_id: float = _f(
+        0.1, "Weight of the identity term of the G loss.", check=_NON_NEGATIVE
+    )
+    d_learning_rate: float = _f(
+        1e-3, "Adam learning rate of the discriminator D_m.", check=_POSITIVE
+    )
     generator_checkpoint: str = _f(
         "",
         "--mode=train: start the backbone from the weights --mode=pretrain_generator "
@@ -256,6 +342,7 @@ class GeneratorConfig:
         "--mode=train: add the generator's adversarial term (D_m's view head, "
         "trained alongside on perturbed views of each batch) to EAN's loss with "
         "this weight (0: off).",
+        check=_NON_NEGATIVE,
     )
     robustness_seed: int = _f(
         1234, "Seed of the perturbed validation copies of --mode=robustness."
@@ -421,15 +508,18 @@ def _check(ok: bool, name: str, expected: str, value: Any):
 
 
 def validate(config: Config) -> None:
-    """Raises `ConfigError` naming the first flag whose value is out of range."""
-    index = field_index()
-    for name, (section, f) in index.items():
+    """Raises `ConfigError` naming the first flag whose value is out of range:
+    each field against its declared choices and range, then the rules that
+    relate two fields."""
+    for name, (section, f) in field_index().items():
         value = getattr(getattr(config, section), name)
         choices = f.metadata.get("choices")
         if choices is not None:
             _check(value in choices, name, f"one of {list(choices)}", value)
-    d, m, t = config.data, config.model, config.train
-    g = config.generator
+        if "check" in f.metadata:
+            ok, expected = f.metadata["check"]
+            _check(ok(value), name, expected, value)
+    m, t, g = config.model, config.train, config.generator
     kinds = [k.strip() for k in g.view_kinds.split(",") if k.strip()]
     _check(
         bool(kinds) and all(k in ("occlusion", "illumination", "pose") for k in kinds),
@@ -437,81 +527,7 @@ def validate(config: Config) -> None:
         "a comma-separated list of occlusion, illumination, pose",
         g.view_kinds,
     )
-    _check(
-        g.generator_epochs >= 1, "generator_epochs", "an int >= 1", g.generator_epochs
-    )
-    for name in ("lambda_adv", "lambda_id", "generator_cotrain_weight"):
-        _check(getattr(g, name) >= 0, name, "a float >= 0", getattr(g, name))
-    _check(g.d_learning_rate > 0, "d_learning_rate", "a float > 0", g.d_learning_rate)
-    _check(
-        16 <= d.image_size <= 1024, "image_size", "an int in [16, 1024]", d.image_size
-    )
-    _check(0.0 <= d.noise_rate < 1.0, "noise_rate", "a float in [0, 1)", d.noise_rate)
-    _check(
-        0.0 <= d.random_erasing <= 1.0,
-        "random_erasing",
-        "a float in [0, 1]",
-        d.random_erasing,
-    )
-    _check(d.random_crop_pad >= 0, "random_crop_pad", "an int >= 0", d.random_crop_pad)
-    _check(
-        d.default_train_size >= 8,
-        "default_train_size",
-        "an int >= 8",
-        d.default_train_size,
-    )
-    _check(
-        d.default_val_size >= 1, "default_val_size", "an int >= 1", d.default_val_size
-    )
-    _check(
-        d.default_identities >= 1,
-        "default_identities",
-        "an int >= 1",
-        d.default_identities,
-    )
-    _check(m.width >= 4, "width", "an int >= 4", m.width)
-    _check(m.embedding_dim >= 2, "embedding_dim", "an int >= 2", m.embedding_dim)
-    _check(
-        all(int(u) > 0 for u in m.gcn_units), "gcn_units", "positive ints", m.gcn_units
-    )
-    _check(
-        0.0 <= m.gcn_dropout < 1.0, "gcn_dropout", "a float in [0, 1)", m.gcn_dropout
-    )
-    _check(-1.0 <= m.tau1 <= 1.0, "tau1", "a float in [-1, 1]", m.tau1)
     _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
-    _check(m.temperature > 0, "temperature", "a float > 0", m.temperature)
-    _check(m.adj_loss_weight >= 0, "adj_loss_weight", "a float >= 0", m.adj_loss_weight)
-    _check(m.bank_per_class >= 1, "bank_per_class", "an int >= 1", m.bank_per_class)
-    _check(m.context_size >= 0, "context_size", "an int >= 0", m.context_size)
-    _check(m.context_sets >= 1, "context_sets", "an int >= 1", m.context_sets)
-    _check(m.num_classes >= 0, "num_classes", "an int >= 0", m.num_classes)
-    _check(t.epochs >= 1, "epochs", "an int >= 1", t.epochs)
-    _check(t.batch_size >= 1, "batch_size", "an int >= 1", t.batch_size)
-    _check(t.learning_rate > 0, "learning_rate", "a float > 0", t.learning_rate)
-    _check(0.0 <= t.momentum < 1.0, "momentum", "a float in [0, 1)", t.momentum)
-    _check(t.weight_decay >= 0, "weight_decay", "a float >= 0", t.weight_decay)
-    _check(t.lr_decay_epochs >= 1, "lr_decay_epochs", "an int >= 1", t.lr_decay_epochs)
-    _check(
-        0.0 < t.lr_decay_factor <= 1.0,
-        "lr_decay_factor",
-        "a float in (0, 1]",
-        t.lr_decay_factor,
-    )
-    _check(
-        t.lr_warmup_epochs >= 0, "lr_warmup_epochs", "an int >= 0", t.lr_warmup_epochs
-    )
-    _check(
-        0.0 <= t.label_smoothing < 1.0,
-        "label_smoothing",
-        "a float in [0, 1)",
-        t.label_smoothing,
-    )
-    _check(
-        t.adj_warmup_epochs >= 0,
-        "adj_warmup_epochs",
-        "an int >= 0",
-        t.adj_warmup_epochs,
-    )
     if m.head == "ean":  # otherwise the graph is never switched on
         _check(
             t.adj_warmup_epochs < t.epochs,
@@ -520,15 +536,3 @@ def validate(config: Config) -> None:
             "every graph is the isolated network)",
             t.adj_warmup_epochs,
         )
-    _check(t.steps_per_epoch >= 0, "steps_per_epoch", "an int >= 0", t.steps_per_epoch)
-    _check(bool(t.run_dir), "run_dir", "a non-empty path", t.run_dir)
-    _check(
-        t.checkpoint_every_steps >= 0,
-        "checkpoint_every_steps",
-        "an int >= 0",
-        t.checkpoint_every_steps,
-    )
-    e = config.export
-    _check(e.export_version >= 0, "export_version", "an int >= 0", e.export_version)
-    _check(e.max_image_bytes > 0, "max_image_bytes", "an int > 0", e.max_image_bytes)
-    _check(e.max_image_pixels > 0, "max_image_pixels", "an int > 0", e.max_image_pixels)

@@ -173,3 +173,23 @@ def test_cli_helpfull_lists_modes_and_flags():
         "--strategy",
     ):
         assert word in result.stdout, word
+
+
+def test_every_numeric_field_declares_what_it_accepts():
+    """Ranges live in the fields' metadata (`check`, beside `choices`), so a new
+    field cannot be left unchecked by forgetting a line in validate()."""
+    import dataclasses
+
+    from ean_tf.config import field_index
+
+    free = {"noise_seed", "seed", "robustness_seed", "tau2"}  # any value (tau2: < tau1)
+    for name, (_, f) in field_index().items():
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        numeric = isinstance(default, (int, float, tuple)) and not isinstance(
+            default, bool
+        )
+        if numeric and name not in free:
+            assert "check" in f.metadata or "choices" in f.metadata, name
+            if "check" in f.metadata:
+                ok, expected = f.metadata["check"]
+                assert ok(default) and isinstance(expected, str), name
