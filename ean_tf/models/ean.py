@@ -29,6 +29,7 @@ import tensorflow as tf
 from ean_tf.config import Config, ModelConfig, TrainConfig
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
+from ean_tf.models.ean_step import AdjacencyWarmup, TrainStep  # noqa: F401
 from ean_tf.models.gcn import GCNHead
 from ean_tf.models.reference import ReferenceBank, ReferenceContext, select_bank
 
@@ -72,7 +73,7 @@ _ATTRIBUTE = {
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
-class EAN(keras.Model):
+class EAN(TrainStep, keras.Model):
     def __init__(
         self,
         num_classes: int,
@@ -310,148 +311,6 @@ class EAN(keras.Model):
         self.predict_function = None
         self.test_function = None
 
-    # --------------------------------------------------------------- training ---
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the optimizer only.
-
-        Keras 3.15's TF trainer otherwise reduces a distributed data batch with
-        `strategy.reduce` to build the model symbolically, which fails under
-        MultiWorkerMirroredStrategy. EAN creates every weight in `__init__` and
-        compiles no loss or metric objects, so the optimizer is all that is left.
-        """
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return [
-            self.loss_tracker,
-            self.ce_tracker,
-            self.adj_tracker,
-            self.edge_tracker,
-            self.nodes_tracker,
-            self.accuracy,
-        ] + list(getattr(self.cotrainer, "trackers", {}).values())
-
-    def _gather(self, x):
-        """All replicas' rows of x, in replica order (cross-replica graph)."""
-        ctx = tf.distribute.get_replica_context()
-        if not self.cross_replica_graph or ctx is None or ctx.num_replicas_in_sync == 1:
-            return x, 0
-        # A sum of zero-padded blocks rather than all_gather: one float all-reduce,
-        # the same collective as the gradients', which keeps replicas' collectives
-        # in the same order (all_gather's extra shape exchange did not, on CPUs).
-        # Needs equal local batches: the trainer drops the remainder.
-        local = tf.shape(x)[0]
-        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
-        before = replica * local
-        after = (ctx.num_replicas_in_sync - 1 - replica) * local
-        padded = tf.pad(x, [[before, after], [0, 0]])  # (R * B, D)
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, padded), before
-
-    def compute_losses(self, images, targets, training=True):
-        """Per-replica losses and graph statistics.
-
-        Returns (ce per example (B,), alpha * Adj_loss scalar, logits (B, C),
-        stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
-        under a multi-replica strategy the graph spans every replica's batch.
-        """
-        labels = tf.argmax(targets, axis=-1)
-        pooled, embeddings, conv3 = self.features(images, training=training)
-        b = tf.shape(pooled)[0]
-        if self.head_type == "linear":
-            logits = self.head(pooled)
-            adj_value = tf.constant(0.0)
-            edges, nodes = tf.constant(0.0), tf.constant(0.0)
-        else:
-            # One all_gather for all three, so replicas issue the same collective.
-            packed = tf.concat(
-                [pooled, embeddings, tf.cast(labels, tf.float32)[:, None]], axis=1
-            )  # (B, Fd + E + 1)
-            packed, offset = self._gather(packed)  # (N, Fd + E + 1)
-            all_pooled = packed[:, : self.feature_dim]
-            all_emb = packed[:, self.feature_dim : -1]
-            all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
-            a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
-            a_hat = adj.normalized_adjacency(a, self.signed_edges)
-            logits_all = self.head([all_pooled, a_hat], training=training)
-            logits = logits_all[offset : offset + b]
-            soft = adj.relaxed_adjacency(
-                cs, self.tau1, self.tau2, self.temperature, similar_only=True
-            )
-            adj_value = adj.adj_loss(soft, all_labels, self.adj_reduction)
-            adj_value = self.adj_loss_weight * self.graph_enabled * adj_value
-            edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
-            nodes = tf.cast(tf.shape(a)[0], tf.float32)
-            edges = edges / nodes
-        ce = keras.losses.categorical_crossentropy(
-            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
-        )
-        stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
-        return ce, adj_value, logits, stats
-
-    def train_step(self, data):
-        images, targets = data[0], data[1]
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        cotrain = self.cotrainer  # --generator_cotrain_weight (generator.CoTrainer)
-        with tf.GradientTape() as tape:
-            ce, adj_value, logits, stats = self.compute_losses(images, targets)
-            # Distribution-safe: the optimizer sums gradients over replicas.
-            loss = tf.nn.compute_average_loss(ce) + adj_value / replicas
-            if self.losses:
-                loss += tf.add_n(self.losses) / replicas
-            if cotrain is not None:
-                adv, conv3_p = cotrain.adversarial_loss(
-                    self.backbone, images, self.optimizer.iterations
-                )
-                loss += cotrain.weight * tf.nn.compute_average_loss(adv)
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(
-            zip(grads, self.trainable_variables, strict=True)
-        )
-        if cotrain is not None:
-            d_loss, d_acc = cotrain.d_step(stats["conv3"], conv3_p)
-            stats = {**stats, "adv_loss": tf.reduce_mean(adv), "d_view_loss": d_loss}
-            stats["d_view_accuracy"] = d_acc
-        return self._update_metrics(ce, adj_value, logits, targets, stats)
-
-    def test_step(self, data):
-        images, targets = data[0], data[1]
-        logits = self(images, training=False)
-        ce = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
-        return self._update_metrics(ce, tf.constant(0.0), logits, targets)
-
-    def _update_metrics(self, ce, adj_value, logits, targets, stats=None):
-        mean_ce = tf.reduce_mean(ce)
-        self.loss_tracker.update_state(mean_ce + adj_value)
-        self.ce_tracker.update_state(mean_ce)
-        self.adj_tracker.update_state(adj_value)
-        if stats is not None:
-            self.edge_tracker.update_state(stats["edges_per_node"])
-            self.nodes_tracker.update_state(stats["graph_nodes"])
-            for name, tracker in getattr(self.cotrainer, "trackers", {}).items():
-                tracker.update_state(stats[name])
-        self.accuracy.update_state(targets, logits)
-        # Evaluation updates only the loss, CE and accuracy: the graph statistics
-        # and the co-training terms are training-only, so they stay out of the
-        # `val_` logs instead of showing there as zeros.
-        logged = (
-            self.metrics
-            if stats is not None
-            else (self.loss_tracker, self.ce_tracker, self.accuracy)
-        )
-        logs = {m.name: m.result() for m in logged}
-        if isinstance(
-            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            # Keras 3.15 reduces multi-worker logs with a mean over axis 0, which
-            # scalars do not have; the values are already synchronised.
-            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
-        return logs
-
     # ------------------------------------------------------------------- bank ---
     def build_bank(
         self, images_and_targets, max_per_class: int = 400, seed: int = 0
@@ -528,18 +387,6 @@ class EAN(keras.Model):
             "cross_replica_graph": self.cross_replica_graph,
             "class_names": list(self.class_names),
         }
-
-
-class AdjacencyWarmup(keras.callbacks.Callback):
-    """Keeps A = I and Adj_loss off for the first `epochs` epochs (paper: 50)."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = int(epochs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if hasattr(self.model, "graph_enabled"):
-            self.model.graph_enabled.assign(1.0 if epoch >= self.epochs else 0.0)
 
 
 def build_model(
