@@ -193,7 +193,10 @@ def _plan(overrides: dict) -> tuple[dict, bool, int]:
     replicas = overrides.pop("_replicas", 1)  # devices were split in main()
     if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
         del overrides["adj_warmup_epochs"]
-        epochs = _config(FLAGS.runs_dir, **overrides).train.epochs
+        from ean_tf.config import make_config
+
+        # the run's epochs, without building its config (its warm-up is not set)
+        epochs = overrides.get("epochs", make_config(FLAGS.config).train.epochs)
         # at least one epoch, and fewer than all of them
         overrides["adj_warmup_epochs"] = min(max(1, epochs // 2), epochs - 1)
     return overrides, with_generator, replicas

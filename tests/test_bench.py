@@ -128,7 +128,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=ablations",
-        "--only=ean_default,one_gcn_layer,warmup_half,graph_local",
+        "--only=ean_default,one_gcn_layer,two_gcn_layers,warmup_half,graph_local",
         *common,
     )
     ablations = tmp_path / "results" / "ablations"
@@ -152,7 +152,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     extra = common[:-1] + [
         f"--out_dir={tmp_path / 'one'}",
         f"--reuse_from={tmp_path / 'results'}",
-        "--extra=epochs=1,adj_warmup_epochs=0,gcn_units=,gcn_dropout=0",
+        "--extra=epochs=1,adj_warmup_epochs=0,gcn_units=256,gcn_dropout=0.3",
     ]
     again = _bench(
         "experiments.py",
@@ -163,7 +163,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     )
     assert "training with" not in again.stdout
     zero = json.load(open(tmp_path / "one" / "noise" / "ean_noise0.json"))
-    assert zero["same_run_as"] == str(ablations / "one_gcn_layer.json")
+    assert zero["same_run_as"] == str(ablations / "two_gcn_layers.json")
     # The baseline folder's linear runs join the table (not copied as runs).
     table = json.load(open(tmp_path / "one" / "noise" / "noise.json"))["table"]
     assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0"]

@@ -172,6 +172,7 @@ class EAN(TrainStep, keras.Model):
             self.feature_dim,
             self.embedding_dim,
             name="reference_context",
+            dtype="float32",  # no autocast of its inputs under mixed precision
         )
         widths = (self.feature_dim, *self.gcn_units) if self.head_type == "ean" else ()
         self.bank = ReferenceBank(
@@ -181,6 +182,7 @@ class EAN(TrainStep, keras.Model):
             self.embedding_dim,
             widths,
             name="reference_bank",
+            dtype="float32",
         )
 
     def build(self, input_shape):
