@@ -253,6 +253,9 @@ def test_graph_quality_counts_edges_by_label(trained):
     off = ~np.eye(n, dtype=bool)
     # Thresholds inside this model's cosines, so that both kinds of edge exist.
     tau1, tau2 = np.quantile(cs[off], [0.7, 0.2])
+    # Off the cosines themselves, so that no pair sits on a threshold (where the
+    # by-hand cosines and the model's may round to different sides).
+    tau1, tau2 = tau1 + 1e-4, tau2 - 1e-4
     model.tau1, model.tau2 = float(tau1), float(tau2)
     quality = evaluate.graph_quality(model, val, size, n, shuffle_seed=3)
     labels = np.asarray(val.labels)[order]
