@@ -107,6 +107,8 @@ def runs(experiment: str) -> dict[str, dict]:
         "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
+        # An auxiliary cross-entropy on the isolated logits (A = I), beta = 1.
+        "isolated_ce": {"isolated_ce_weight": 1.0},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
         # the head; two layers with dropout were the first head.

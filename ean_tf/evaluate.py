@@ -4,7 +4,8 @@
 writes `metrics.json`, `confusion_<graph>.png` for each graph and `confusion.png`
 (the first graph's, the served one after training) to `out_dir`. The
 `batch` graph depends on which images share a batch: it is evaluated on batches of
-`batch_size` in a fixed order shuffled by `shuffle_seed`, both recorded.
+`batch_size` in a fixed order shuffled by `shuffle_seed`, both recorded. The
+figures are drawn by visualize.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tensorflow as tf
 from ean_tf.data import views
 from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.visualize import plot_confusion
 
 
 def evaluation_graphs(model, served: str) -> tuple[str, ...]:
@@ -88,37 +90,6 @@ def predict(
         restored[order] = probs
         probs = restored
     return probs
-
-
-def plot_confusion(cm: np.ndarray, class_names, path: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names),) * 2)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{cm[i, j]}\n{norm[i, j]:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def flipped_label_report(

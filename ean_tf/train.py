@@ -6,9 +6,9 @@
     last.keras           model + optimizer after the last finished epoch (resume)
     state.json           epochs finished, steps done, best validation accuracy
     best.keras           the best model by validation accuracy
-    model.keras          the final model, reference bank filled
+    model.keras          the final model, reference context and bank filled
     log.csv, tb/         every metric per epoch; TensorBoard logs
-    metrics.json, confusion.png   the final evaluation (see evaluate.py)
+    metrics.json, confusion_<graph>.png   the final evaluation (see evaluate.py)
     noisy_labels.csv     with --noise_rate > 0: path, clean_label, noisy_label
     bad_images.json      with --skip_bad_images: what was skipped and why
 
@@ -31,12 +31,7 @@ from ean_tf.config import Config
 from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.backbones import load_backbone_weights
-from ean_tf.models.ean import (
-    DEFAULT_GRAPH,
-    EAN,
-    AdjacencyWarmup,
-    build_model,
-)
+from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup, build_model
 from ean_tf.models.reference import select_context
 from ean_tf.runs import (
     RestoreEpochMetrics,
@@ -55,17 +50,13 @@ from ean_tf.runs import (
 log = logging.getLogger("ean_tf")
 
 
-def _bank_dataset(splits, config: Config, batch_size: int):
-    return make_dataset(
-        splits.train, config.data.image_size, batch_size, training=False
-    )
-
-
 def fill_references(model: EAN, splits, config: Config, batch_size: int) -> dict:
     """The reference bank and the reference context of the served graphs, from the
     training split without augmentation; returns the bank's per-class counts."""
+    size = config.data.image_size
     counts = model.build_bank(
-        _bank_dataset(splits, config, batch_size), seed=config.train.seed
+        make_dataset(splits.train, size, batch_size, training=False),
+        seed=config.train.seed,
     )
     if model.head_type == "ean":
         pick = select_context(
@@ -76,7 +67,7 @@ def fill_references(model: EAN, splits, config: Config, batch_size: int) -> dict
             splits.train.num_classes,
         )
         subset = splits.train.select(pick.reshape(-1))
-        ds = make_dataset(subset, config.data.image_size, batch_size, training=False)
+        ds = make_dataset(subset, size, batch_size, training=False)
         model.build_context(images for images, _ in ds)
     return counts
 
@@ -289,7 +280,13 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
                 shuffle=False,
             )
         except tf.errors.InvalidArgumentError as error:
-            _name_undecodable_image(error, splits, state, run.last)
+            kept = (
+                f"The last checkpoint ({state['epochs_done']} epochs) is {run.last}; "
+                "rerun the command after fixing the file to resume from it."
+                if os.path.isfile(run.last)
+                else "No checkpoint had been written yet."
+            )
+            data_lib.name_undecodable_image(error, (splits.train, splits.val), kept)
         append = True
         if checkpoint.nan_epoch is not None:
             where = (
@@ -348,23 +345,3 @@ def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
     }
     write_json(os.path.join(run.run_dir, "summary.json"), summary)
     return summary
-
-
-def _name_undecodable_image(error, splits, state: dict, last: str) -> None:
-    """A decode error inside the input pipeline names no file: find the file
-    (decoding every image as training does) and raise a `DataError` naming it,
-    with where the last checkpoint is. Other errors are raised unchanged."""
-    if "decode" not in str(error).lower() and "image" not in str(error).lower():
-        raise error
-    kept = (
-        f"The last checkpoint ({state['epochs_done']} epochs) is {last}; rerun "
-        "the command after fixing the file to resume from it."
-        if os.path.isfile(last)
-        else "No checkpoint had been written yet."
-    )
-    for split in (splits.train, splits.val):
-        try:
-            data_lib.check_images(split, skip_bad=False, full_decode=True)
-        except data_lib.DataError as bad:
-            raise data_lib.DataError(f"{bad} {kept}") from None
-    raise error

@@ -1,10 +1,11 @@
-"""The paper's figures.
+"""The figures: the paper's and the confusion matrices.
 
 Figure 1 (`batch_graph_figure`), one batch: faces as nodes, the graph's edges.
 Similar edges (C_s >= tau1) are blue, opposite edges (C_s <= tau2) red, each
 labelled with its cosine coefficient; each face is captioned with its label and
 the model's prediction in the batch graph. Figure 4 (`feature_figure`): conv3
 maps of a face and its perturbed views, before and after generator pre-training.
+`plot_confusion`: a confusion matrix as counts and row shares.
 """
 
 from __future__ import annotations
@@ -149,3 +150,35 @@ def feature_figure(
 
 
 # --- robustness ----------------------------------------------------------------------
+
+
+def plot_confusion(cm: np.ndarray, class_names, path: str, title: str = "") -> None:
+    """The confusion matrix `cm` (row = true class) as counts and row shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names),) * 2)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

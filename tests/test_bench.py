@@ -220,3 +220,32 @@ def test_context_sets_bench(tmp_path):
     # One context drawn with the run's seed is the run's own context.
     assert result["sets"]["1"]["accuracy"] == own["accuracy"]
     assert (run / "context_sets_2" / "confusion_context.png").is_file()
+
+
+def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
+    def run(folder, name, head, noise, accuracy, overrides=None):
+        path = tmp_path / folder / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "run": name,
+                    "preset": "tiny",
+                    "overrides": {"head": head, **(overrides or {})},
+                    "config": {"model": {"head": head}, "data": {"noise_rate": noise}},
+                    "accuracy": accuracy,
+                }
+            )
+        )
+
+    graphs = {"context": 0.8, "bank": 0.7, "batch": 0.79, "isolated": 0.78}
+    run("seed0/clean", "linear", "linear", 0.0, {"isolated": 0.81})
+    run("seed0/clean", "ean", "ean", 0.0, graphs)
+    run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
+    run("seed1/noise", "ean_noise20", "ean", 0.2, graphs, {"noise_rate": 0.2})
+    (tmp_path / "seed0" / "clean" / "clean.json").write_text('{"rows": []}')
+    out = tmp_path / "fig.png"
+    result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
+    # seed 1's 20% run has no linear twin at 20%, so only seed 0's pair is drawn.
+    assert "1 pair(s)" in result.stdout
+    assert out.stat().st_size > 10_000

@@ -1,6 +1,6 @@
-"""The package's import graph: no loop, and no import running back up the
-layers config -> data -> models -> run plumbing and evaluation -> training ->
-modes (see docs/DESIGN.md)."""
+"""The package's layout: no import loop, no import running back up the layers
+config -> data -> models -> run plumbing and evaluation -> training -> modes (see
+docs/DESIGN.md), and no module doing so many jobs that it grows past 350 lines."""
 
 import ast
 import os
@@ -84,3 +84,16 @@ def test_no_import_runs_back_up_the_layers():
         for b in targets
         if a.startswith("ean_tf.models") and b == "ean_tf.data.pipeline"
     ]
+
+
+def test_no_module_over_350_lines():
+    long = {}
+    for folder in ("ean_tf", "export", "flags"):
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            for file in files:
+                if file.endswith(".py"):
+                    path = os.path.join(root, file)
+                    n = sum(1 for _ in open(path))
+                    if n > 350:
+                        long[os.path.relpath(path, ROOT)] = n
+    assert long == {}

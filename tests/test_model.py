@@ -90,6 +90,39 @@ def test_warmup_gcn_sees_identity_and_adj_loss_is_off():
     assert float(stats["graph_nodes"]) == 16
 
 
+def test_isolated_ce_mixes_the_graph_and_isolated_losses():
+    """--isolated_ce_weight=beta: ce = (CE(graph logits) + beta CE(A = I logits)) /
+    (1 + beta); while the warm-up lasts the two are the same logits, so the loss
+    is the paper's."""
+    x, y = _data()
+    plain = EAN(4, tau1=-1.0, **TINY)
+    mixed = EAN(4, tau1=-1.0, isolated_ce_weight=3.0, **TINY)
+    mixed.set_weights(plain.get_weights())
+    for model in (plain, mixed):
+        model.graph_enabled.assign(0.0)
+    np.testing.assert_allclose(
+        mixed.compute_losses(x, y, training=False)[0],
+        plain.compute_losses(x, y, training=False)[0],
+        rtol=1e-5,
+    )
+    for model in (plain, mixed):
+        model.graph_enabled.assign(1.0)
+    ce_graph = keras.losses.categorical_crossentropy(
+        y, plain(x, graph="batch"), from_logits=True
+    )
+    ce_alone = keras.losses.categorical_crossentropy(
+        y, plain(x, graph="isolated"), from_logits=True
+    )
+    assert not np.allclose(ce_graph, ce_alone, atol=1e-4)
+    np.testing.assert_allclose(
+        mixed.compute_losses(x, y, training=False)[0],
+        (ce_graph + 3.0 * ce_alone) / 4.0,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="isolated_ce_weight"):
+        EAN(4, isolated_ce_weight=-1.0, **TINY)
+
+
 def test_warmup_callback_flips_the_variable():
     model = EAN(4, **TINY)
     callback = AdjacencyWarmup(2)
@@ -176,7 +209,14 @@ def test_keras_file_reloads_in_a_new_process(tmp_path):
 
 
 def test_config_round_trip():
-    model = EAN(4, tau2=-0.5, signed_edges=True, class_names=list("abcd"), **TINY)
+    model = EAN(
+        4,
+        tau2=-0.5,
+        signed_edges=True,
+        isolated_ce_weight=0.5,
+        class_names=list("abcd"),
+        **TINY,
+    )
     clone = EAN.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     assert clone.count_params() == model.count_params()

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from ean_tf.data import affectnet, ferplus, generic, rafdb, synthetic
-from ean_tf.data.base import DataError, Examples, check_images
+from ean_tf.data.base import DataError, Examples, check_images, name_undecodable_image
 from ean_tf.data.noise import add_noise
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ean_tf")
@@ -107,4 +107,12 @@ def load(data, seed: int = 0) -> DataSplits:
     return DataSplits(train, val, bad)
 
 
-__all__ = ["DataError", "DataSplits", "Examples", "load", "read_split"]
+__all__ = [
+    "DataError",
+    "DataSplits",
+    "Examples",
+    "check_images",
+    "load",
+    "name_undecodable_image",
+    "read_split",
+]

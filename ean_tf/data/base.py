@@ -151,3 +151,17 @@ def check_images(
         if len(examples) == 0:
             raise DataError(f"{examples.source}: no readable image left")
     return examples, report
+
+
+def name_undecodable_image(error: Exception, splits, note: str) -> None:
+    """A decode error inside the input pipeline names no file: finds the file
+    (decoding every image of `splits` as training does) and raises a `DataError`
+    naming it, followed by `note` (what was kept). Raises other errors unchanged."""
+    if "decode" not in str(error).lower() and "image" not in str(error).lower():
+        raise error
+    for split in splits:
+        try:
+            check_images(split, skip_bad=False, full_decode=True)
+        except DataError as bad:
+            raise DataError(f"{bad} {note}") from None
+    raise error

@@ -17,21 +17,23 @@ request's images form the graph, the paper's test protocol) and `isolated`
 (A = I). In `context` and `bank` an image's answer never depends on the rest of
 the batch. `head="linear"` is the plain-classifier baseline on the same backbone.
 
-The constructor's defaults are `ModelConfig`'s: one source of defaults.
+The constructor's defaults are `ModelConfig`'s: one source of defaults. The training
+step is the mixin `TrainStep` (ean_step.py); filling the stored graphs and the
+bank's forward passes are the mixin `References` (ean_references.py).
 """
 
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ean_tf.config import Config, ModelConfig, TrainConfig
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
+from ean_tf.models.ean_references import References
 from ean_tf.models.ean_step import AdjacencyWarmup, TrainStep  # noqa: F401
 from ean_tf.models.gcn import GCNHead
-from ean_tf.models.reference import ReferenceBank, ReferenceContext, select_bank
+from ean_tf.models.reference import ReferenceBank, ReferenceContext
 
 INFERENCE_GRAPHS = ("context", "bank", "batch", "isolated")
 _GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
@@ -60,6 +62,7 @@ HYPER_PARAMETERS = (
     "signed_edges",
     "adj_loss_weight",
     "adj_reduction",
+    "isolated_ce_weight",
     "bank_per_class",
     "context_sets",
     "inference_graph",
@@ -73,7 +76,7 @@ _ATTRIBUTE = {
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
-class EAN(TrainStep, keras.Model):
+class EAN(TrainStep, References, keras.Model):
     def __init__(
         self,
         num_classes: int,
@@ -266,37 +269,6 @@ class EAN(TrainStep, keras.Model):
             return self._bank_full_graph(pooled, embeddings, training)
         raise ValueError(f"Expected graph in {_GRAPHS}. Received: {graph!r}")
 
-    def _edges(self, cs):
-        """Hard thresholded edges of cosines (eq. 4)."""
-        return adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
-
-    def _bank_forward(self, pooled, embeddings):
-        """Bank-graph logits (Q, C); during the warm-up the graph is I."""
-        return self.bank(
-            pooled,
-            embeddings,
-            edges=self._edges,
-            head=self.head,
-            gate=self.graph_enabled,
-        )
-
-    def _bank_full_graph(self, pooled, embeddings, training=False):
-        """Bank-graph logits by running the GCN on the whole (K+Q)-node graph."""
-        bank_e = self.bank.embeddings
-        a_hat = adj.bank_graph(
-            adj.cosine_similarity(bank_e),
-            adj.cosine_similarity(embeddings, bank_e),
-            self.tau1,
-            self.tau2,
-            self.signed_edges,
-            self.bank.valid,
-        )
-        g = self.graph_enabled
-        a_hat = g * a_hat + (1.0 - g) * tf.eye(tf.shape(a_hat)[0])
-        x = tf.concat([tf.cast(self.bank.features, pooled.dtype), pooled], axis=0)
-        k = tf.shape(self.bank.features)[0]
-        return self.head([x, a_hat], training=training)[k:]
-
     def call(self, images, training=False, graph: str | None = None):
         """Logits (B, C) for images (B, S, S, 3) in 0..255."""
         pooled, raw, _ = self.encode(images, training=training)
@@ -312,66 +284,6 @@ class EAN(TrainStep, keras.Model):
         self.inference_graph = graph
         self.predict_function = None
         self.test_function = None
-
-    # ------------------------------------------------------------------- bank ---
-    def build_bank(
-        self, images_and_targets, max_per_class: int = 400, seed: int = 0
-    ) -> dict:
-        """Fills the reference bank from training batches (no augmentation).
-
-        Per class, among up to `max_per_class` candidates, takes the
-        `bank_per_class` samples whose embedding is closest (cosine) to the class
-        mean, preferring samples the isolated network classifies as their label (so
-        a noisy label is unlikely to enter the bank). Returns per-class counts.
-        """
-        feats, embs, labels, agree = [], [], [], []
-        seen = np.zeros(self.num_classes, np.int64)
-        for images, targets in images_and_targets:
-            pooled, emb, _ = self.features(images, training=False)
-            pred = tf.argmax(self.classify(pooled, None, "isolated"), axis=-1)
-            y = np.argmax(np.asarray(targets), axis=-1)
-            feats.append(pooled.numpy())
-            embs.append(emb.numpy())
-            labels.append(y)
-            agree.append(pred.numpy() == y)
-            seen += np.bincount(y, minlength=self.num_classes)
-            if np.all(seen >= max_per_class):
-                break
-        feats, embs = np.concatenate(feats), np.concatenate(embs)
-        labels, agree = np.concatenate(labels), np.concatenate(agree)
-        k = self.bank_per_class
-        candidates = np.full(len(labels), -1)  # the first max_per_class a class
-        for c in range(self.num_classes):
-            first = np.flatnonzero(labels == c)[:max_per_class]
-            candidates[first] = c
-        picks = select_bank(embs, candidates, agree, k, self.num_classes)
-        bank_f = np.zeros((self.num_classes * k, self.feature_dim), np.float32)
-        bank_e = np.zeros((self.num_classes * k, self.embedding_dim), np.float32)
-        valid = np.zeros(self.num_classes * k, np.float32)
-        counts = {}
-        for c, pick in enumerate(picks):
-            n = len(pick)
-            bank_f[c * k : c * k + n] = feats[pick]
-            bank_e[c * k : c * k + n] = embs[pick]
-            valid[c * k : c * k + n] = 1.0
-            counts[self.class_names[c]] = n
-        self.bank.fill(bank_f, bank_e, valid, self._edges, self.head, self.signed_edges)
-        return counts
-
-    def build_context(self, batches) -> None:
-        """Fills the reference context from batches of images (no augmentation),
-        `context_sets * context_size` in all, set-major (see
-        `reference.select_context` for which)."""
-        feats, raws = [], []
-        for images in batches:
-            pooled, raw, _ = self.encode(images, training=False)
-            feats.append(pooled.numpy())
-            raws.append(raw.numpy())
-        feats, raws = np.concatenate(feats), np.concatenate(raws)
-        want = self.context_sets * self.context_size
-        if len(feats) != want:
-            raise ValueError(f"Expected {want} context images. Received: {len(feats)}")
-        self.context.fill(feats, raws)
 
     # ---------------------------------------------------------- serialisation ---
     def get_config(self):

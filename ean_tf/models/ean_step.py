@@ -57,7 +57,8 @@ class TrainStep:
     def compute_losses(self, images, targets, training=True):
         """Per-replica losses and graph statistics.
 
-        Returns (ce per example (B,), alpha * Adj_loss scalar, logits (B, C),
+        Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
+        isolated logits' ce), alpha * Adj_loss scalar, logits (B, C),
         stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
         under a multi-replica strategy the graph spans every replica's batch.
         """
@@ -89,11 +90,21 @@ class TrainStep:
             edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
             nodes = tf.cast(tf.shape(a)[0], tf.float32)
             edges = edges / nodes
-        ce = keras.losses.categorical_crossentropy(
-            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
-        )
+        ce = self._ce(targets, logits)
+        beta = self.isolated_ce_weight
+        if self.head_type == "ean" and beta > 0:
+            # --isolated_ce_weight: the same head on the node alone (A = I), so
+            # each image's own features get a classifier's full gradient. While
+            # the warm-up lasts (A = I) both terms are the same and ce is unchanged.
+            isolated = self.head([pooled, tf.eye(b)], training=training)
+            ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
         stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
         return ce, adj_value, logits, stats
+
+    def _ce(self, targets, logits):
+        return keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
 
     def train_step(self, data):
         images, targets = data[0], data[1]

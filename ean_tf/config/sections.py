@@ -1,71 +1,28 @@
-"""Typed, frozen configuration and named presets.
-
-The library never reads command-line flags: it takes a `Config`. Every field below is
-also a flag of `run.py` with the same name (see `flags/`), and its `help` and `choices`
-metadata are the flag's help and accepted values. Presets are written as deltas of the
-default (`PRESETS`), and a flag set explicitly on the command line wins over a preset.
-"""
+"""The configuration's sections. Each field is a flag of `run.py` of the same name;
+its metadata holds the flag's help, choices and range (see `fields.py`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ean_tf.presets import PRESETS
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the flag."""
-
-
-def _f(default, help: str, choices: tuple | None = None, check=None, **kw):
-    """A config field: its default, its flag's help, and what it accepts: one of
-    `choices`, or values passing `check`, a (predicate, "what is expected") pair."""
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    if check is not None:
-        meta["check"] = check
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta, **kw)
-
-
-# Ranges, declared in the fields' metadata below (`check=`).
-def _at_least(low):
-    kind = "an int" if isinstance(low, int) else "a float"
-    return (lambda v: v >= low, f"{kind} >= {low}")
-
-
-def _range(low, high):
-    kind = "an int" if isinstance(low, int) else "a float"
-    return (lambda v: low <= v <= high, f"{kind} in [{low}, {high}]")
-
-
-_AT_LEAST_1 = _at_least(1)
-_NON_NEGATIVE_INT = _at_least(0)
-_NON_NEGATIVE = _at_least(0.0)
-_POSITIVE = (lambda v: v > 0, "a float > 0")
-_FRACTION_BELOW_1 = (lambda v: 0.0 <= v < 1.0, "a float in [0, 1)")
-_FRACTION_UP_TO_1 = (lambda v: 0.0 < v <= 1.0, "a float in (0, 1]")
-_PROBABILITY = _range(0.0, 1.0)
-_POSITIVE_INTS = (lambda v: all(int(u) > 0 for u in v), "positive ints")
-_NON_EMPTY = (bool, "a non-empty path")
-
-
-DATASETS = ("default", "ferplus", "rafdb", "affectnet", "folder", "csv", "tfrecord")
-BACKBONES = (
-    "resnet18",
-    "resnet34",
-    "vgg13",
-    "vgg16",
-    "alexnet",
-    "vgg16_face",
-    "resnet50_face",
+from ean_tf.config.fields import (
+    _AT_LEAST_1,
+    _FRACTION_BELOW_1,
+    _FRACTION_UP_TO_1,
+    _NON_EMPTY,
+    _NON_NEGATIVE,
+    _NON_NEGATIVE_INT,
+    _POSITIVE,
+    _POSITIVE_INTS,
+    _PROBABILITY,
+    BACKBONES,
+    DATASETS,
+    INPUT_NORMS,
+    _at_least,
+    _f,
+    _range,
 )
-INPUT_NORMS = ("auto", "symmetric", "imagenet", "vggface1", "vggface2")
 
 
 @dataclass(frozen=True)
@@ -200,6 +157,13 @@ class ModelConfig:
     )
     adj_reduction: str = _f(
         "mean", "Adj_loss reduction: the paper's sum, or mean.", ("sum", "mean")
+    )
+    isolated_ce_weight: float = _f(
+        0.0,
+        "beta: weight of an auxiliary cross-entropy on the isolated logits (A = I, "
+        "the same head): the loss is (CE_graph + beta CE_isolated) / (1 + beta) "
+        "+ alpha Adj_loss. 0: the paper's loss.",
+        check=_NON_NEGATIVE,
     )
     bank_per_class: int = _f(
         16, "Reference-bank embeddings per class.", check=_AT_LEAST_1
@@ -349,110 +313,3 @@ class GeneratorConfig:
     robustness_seed: int = _f(
         1234, "Seed of the perturbed validation copies of --mode=robustness."
     )
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-
-    def __post_init__(self):
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-SECTIONS = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "export": ExportConfig,
-    "generator": GeneratorConfig,
-}
-
-
-def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
-    """Maps each field name (= flag name) to (section, dataclass field)."""
-    index = {}
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            assert f.name not in index, f"duplicate config field {f.name}"
-            index[f.name] = (section, f)
-    return index
-
-
-def make_config(preset: str = "default", **overrides: Any) -> Config:
-    """Builds a `Config` from a named preset and field overrides.
-
-    >>> make_config("tiny", epochs=3).train.epochs
-    3
-    """
-    if preset not in PRESETS:
-        raise ConfigError(
-            f"Unknown --config={preset!r}. Expected one of: {', '.join(PRESETS)}."
-        )
-    values = {**PRESETS[preset], **overrides}
-    index = field_index()
-    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for name, value in values.items():
-        if name not in index:
-            raise ConfigError(f"Unknown config field {name!r}.")
-        section, _ = index[name]
-        per_section[section][name] = value
-    return Config(**{s: SECTIONS[s](**kw) for s, kw in per_section.items()})
-
-
-def replace(config: Config, **overrides: Any) -> Config:
-    """Returns a copy of `config` with fields (by flag name) replaced."""
-    index = field_index()
-    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for name, value in overrides.items():
-        if name not in index:
-            raise ConfigError(f"Unknown config field {name!r}.")
-        per_section[index[name][0]][name] = value
-    return Config(
-        **{
-            s: dataclasses.replace(getattr(config, s), **kw)
-            for s, kw in per_section.items()
-        }
-    )
-
-
-def _check(ok: bool, name: str, expected: str, value: Any):
-    if not ok:
-        raise ConfigError(f"--{name}: expected {expected}. Received: {name}={value!r}")
-
-
-def validate(config: Config) -> None:
-    """Raises `ConfigError` naming the first flag whose value is out of range:
-    each field against its declared choices and range, then the rules that
-    relate two fields."""
-    for name, (section, f) in field_index().items():
-        value = getattr(getattr(config, section), name)
-        choices = f.metadata.get("choices")
-        if choices is not None:
-            _check(value in choices, name, f"one of {list(choices)}", value)
-        if "check" in f.metadata:
-            ok, expected = f.metadata["check"]
-            _check(ok(value), name, expected, value)
-    m, t, g = config.model, config.train, config.generator
-    kinds = [k.strip() for k in g.view_kinds.split(",") if k.strip()]
-    _check(
-        bool(kinds) and all(k in ("occlusion", "illumination", "pose") for k in kinds),
-        "view_kinds",
-        "a comma-separated list of occlusion, illumination, pose",
-        g.view_kinds,
-    )
-    _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
-    if m.head == "ean":  # otherwise the graph is never switched on
-        _check(
-            t.adj_warmup_epochs < t.epochs,
-            "adj_warmup_epochs",
-            f"fewer than --epochs={t.epochs} (else the graph is never used and "
-            "every graph is the isolated network)",
-            t.adj_warmup_epochs,
-        )

@@ -1,0 +1,149 @@
+"""Typed, frozen configuration and named presets.
+
+The library never reads command-line flags: it takes a `Config`. Every field of its
+sections (`sections.py`) is also a flag of `run.py` with the same name (see `flags/`),
+and its `help` and `choices` metadata are the flag's help and accepted values
+(`fields.py`). Presets are written as deltas of the default (`PRESETS`), and a flag set
+explicitly on the command line wins over a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ean_tf.config.fields import BACKBONES, DATASETS, INPUT_NORMS, ConfigError
+from ean_tf.config.sections import (
+    DataConfig,
+    ExportConfig,
+    GeneratorConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from ean_tf.presets import PRESETS
+
+__all__ = [
+    "BACKBONES",
+    "DATASETS",
+    "INPUT_NORMS",
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ExportConfig",
+    "GeneratorConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "field_index",
+    "make_config",
+    "replace",
+    "validate",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+    "generator": GeneratorConfig,
+}
+
+
+def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Maps each field name (= flag name) to (section, dataclass field)."""
+    index = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = (section, f)
+    return index
+
+
+def make_config(preset: str = "default", **overrides: Any) -> Config:
+    """Builds a `Config` from a named preset and field overrides.
+
+    >>> make_config("tiny", epochs=3).train.epochs
+    3
+    """
+    if preset not in PRESETS:
+        raise ConfigError(
+            f"Unknown --config={preset!r}. Expected one of: {', '.join(PRESETS)}."
+        )
+    values = {**PRESETS[preset], **overrides}
+    index = field_index()
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if name not in index:
+            raise ConfigError(f"Unknown config field {name!r}.")
+        section, _ = index[name]
+        per_section[section][name] = value
+    return Config(**{s: SECTIONS[s](**kw) for s, kw in per_section.items()})
+
+
+def replace(config: Config, **overrides: Any) -> Config:
+    """Returns a copy of `config` with fields (by flag name) replaced."""
+    index = field_index()
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in overrides.items():
+        if name not in index:
+            raise ConfigError(f"Unknown config field {name!r}.")
+        per_section[index[name][0]][name] = value
+    return Config(
+        **{
+            s: dataclasses.replace(getattr(config, s), **kw)
+            for s, kw in per_section.items()
+        }
+    )
+
+
+def _check(ok: bool, name: str, expected: str, value: Any):
+    if not ok:
+        raise ConfigError(f"--{name}: expected {expected}. Received: {name}={value!r}")
+
+
+def validate(config: Config) -> None:
+    """Raises `ConfigError` naming the first flag whose value is out of range:
+    each field against its declared choices and range, then the rules that
+    relate two fields."""
+    for name, (section, f) in field_index().items():
+        value = getattr(getattr(config, section), name)
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            _check(value in choices, name, f"one of {list(choices)}", value)
+        if "check" in f.metadata:
+            ok, expected = f.metadata["check"]
+            _check(ok(value), name, expected, value)
+    m, t, g = config.model, config.train, config.generator
+    kinds = [k.strip() for k in g.view_kinds.split(",") if k.strip()]
+    _check(
+        bool(kinds) and all(k in ("occlusion", "illumination", "pose") for k in kinds),
+        "view_kinds",
+        "a comma-separated list of occlusion, illumination, pose",
+        g.view_kinds,
+    )
+    _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
+    if m.head == "ean":  # otherwise the graph is never switched on
+        _check(
+            t.adj_warmup_epochs < t.epochs,
+            "adj_warmup_epochs",
+            f"fewer than --epochs={t.epochs} (else the graph is never used and "
+            "every graph is the isolated network)",
+            t.adj_warmup_epochs,
+        )
