@@ -1,4 +1,4 @@
-"""The served-graph figure of the README: FER2013Valid accuracy of each EAN graph
+"""The served-graph figure of the README: validation accuracy of each EAN graph
 beside its linear twin, per experiment and seed, from the run JSONs that
 `experiments.py` writes under one folder (default `bench/results/served`, laid out
 as `seed<N>/<experiment>/<run>.json`).
@@ -84,7 +84,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
 
     bars = ("linear", *GRAPHS)
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.0 * len(rows), 3.8))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 2.2 * len(rows)), 4.2))
     low = min(v for row in rows for b in bars if (v := row.get(b)) is not None)
     for i, bar in enumerate(bars):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
@@ -105,11 +105,12 @@ def draw(rows: list[dict], path: str, title: str) -> None:
                     rotation=90,
                 )
     ax.set_xticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
-    ax.set_ylim(max(0.0, low - 0.05), 1.0 if low > 0.9 else min(1.0, low + 0.15))
-    ax.set_ylabel("FER2013Valid accuracy")
+    high = max(v for row in rows for b in bars if (v := row.get(b)) is not None)
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.07))
+    ax.set_ylabel("validation accuracy (FER2013Valid for FERPlus)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", ncol=len(bars))
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -141,18 +141,28 @@ def _annotate(image, rows, path, out_dir):
 
     os.makedirs(out_dir, exist_ok=True)
     canvas = image.copy()
+    scale = max(0.5, min(canvas.shape[:2]) / 600)  # legible on large photos
+    thick = max(1, round(2 * scale))
     for row in rows:
         x, y, w, h = row["box"]
         p = max(row["probabilities"].values())
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 200, 0), 2)
+        text = f"{row['class_name']} {p:.2f}"
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 200, 0), thick)
+        # White text on a filled green label above the box (inside it at the top
+        # edge of the photo), readable on any background.
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        top = y - th - base - 4 if y - th - base - 4 >= 0 else y
+        cv2.rectangle(
+            canvas, (x, top), (x + tw + 4, top + th + base + 4), (0, 160, 0), -1
+        )
         cv2.putText(
             canvas,
-            f"{row['class_name']} {p:.2f}",
-            (x, max(y - 6, 12)),
+            text,
+            (x + 2, top + th + 2),
             cv2.FONT_HERSHEY_SIMPLEX,
-            0.5,
-            (0, 200, 0),
-            1,
+            scale,
+            (255, 255, 255),
+            thick,
             cv2.LINE_AA,
         )
     cv2.imwrite(os.path.join(out_dir, os.path.basename(path)), canvas)
