@@ -85,7 +85,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
     bars = ("linear", *GRAPHS)
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 2.2 * len(rows)), 4.2))
-    low = min(v for row in rows for b in bars if (v := row.get(b)) is not None)
+    values = [v for row in rows for b in bars if (v := row.get(b)) is not None]
     for i, bar in enumerate(bars):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
         ys = [row.get(bar) or 0.0 for row in rows]
@@ -105,8 +105,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
                     rotation=90,
                 )
     ax.set_xticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
-    high = max(v for row in rows for b in bars if (v := row.get(b)) is not None)
-    ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.07))
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.07))
     ax.set_ylabel("validation accuracy (FER2013Valid for FERPlus)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
