@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: machine description and result files."""
+"""Shared helpers of the benchmark scripts: machine description, result files, and
+a trained run rebuilt with other served-graph settings."""
 
 from __future__ import annotations
 
@@ -73,3 +74,61 @@ def write_result(name: str, result: dict, out_dir: str = RESULTS_DIR) -> str:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
     return path
+
+
+def define_run_flags(name: str) -> None:
+    """The flags of a bench that re-evaluates a finished run: --run_dir (required),
+    --data_dir, --out_dir and --name (default `name`)."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "run_dir", None, "A finished EAN run (model.keras, config.json)."
+    )
+    flags.DEFINE_string("data_dir", "", "Data root (default: the run's own).")
+    flags.DEFINE_string("out_dir", RESULTS_DIR, "Where the JSON goes.")
+    flags.DEFINE_string("name", name, "Result file name.")
+    flags.mark_flag_as_required("run_dir")
+
+
+def load_run(run_dir: str, data_dir: str = ""):
+    """A finished run's (config, trained model, data splits): `<run_dir>/config.json`
+    and `model.keras`, with the data read from `data_dir` (default the run's)."""
+    import keras
+
+    from ean_tf import data as data_lib
+    from ean_tf.config import Config, DataConfig, ModelConfig, TrainConfig, replace
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    config = Config(
+        data=DataConfig(**saved["data"]),
+        model=ModelConfig(**saved["model"]),
+        train=TrainConfig(**saved["train"]),
+    )
+    if data_dir:
+        config = replace(config, data_dir=data_dir)
+    trained = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    return config, trained, data_lib.load(config.data, seed=config.train.seed)
+
+
+def rebuilt(trained, config, splits, **overrides):
+    """The trained network built again with `ModelConfig` overrides (served-graph
+    settings such as context_sets or self_weight), every trained weight copied and
+    the stored graphs filled from the training split, as training fills them."""
+    from ean_tf.config import replace
+    from ean_tf.models.ean import build_model
+    from ean_tf.train import fill_references
+
+    model = build_model(
+        replace(config, **overrides).model,
+        config.data,
+        trained.num_classes,
+        trained.class_names,
+        graph_nodes=trained.context_size + 1,
+    )
+    skip = {v.path for v in model.context.weights}
+    for mine, theirs in zip(model.weights, trained.weights, strict=True):
+        if mine.path not in skip:
+            mine.assign(theirs)
+    fill_references(model, splits, config, config.train.batch_size)
+    return model

@@ -109,6 +109,9 @@ def runs(experiment: str) -> dict[str, dict]:
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
         # An auxiliary cross-entropy on the isolated logits (A = I), beta = 1.
         "isolated_ce": {"isolated_ce_weight": 1.0},
+        # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
+        # training and serving.
+        "self_weight": {"self_weight": 0.5},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
         # the head; two layers with dropout were the first head.

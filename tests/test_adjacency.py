@@ -138,6 +138,18 @@ def test_normalized_batched_and_signed():
     )
 
 
+def test_self_weighted_keeps_alpha_of_each_row_on_the_node():
+    a = (RNG.random((2, 6, 6)) > 0.4).astype(np.float32)
+    a_hat = adj.normalized_adjacency(a)
+    out = adj.self_weighted(a_hat, 0.25).numpy()
+    want = 0.25 * np.eye(6) + 0.75 * a_hat.numpy()
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    assert np.all(np.diagonal(out, axis1=1, axis2=2) >= 0.25)
+    assert adj.self_weighted(a_hat, 0.0) is a_hat  # eq. 8 untouched
+    eye = tf.eye(6)
+    np.testing.assert_allclose(adj.self_weighted(eye, 0.6), eye)  # A = I stays I
+
+
 def test_normalized_zeroes_a_given_diagonal_and_keeps_isolated_nodes_finite():
     a = np.zeros((4, 4), np.float32)
     a[0, 1] = a[1, 0] = 1

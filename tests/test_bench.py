@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import write_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,13 +202,21 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert set(run["robustness"]) == {"clean", "occlusion", "illumination", "pose"}
 
 
-def test_context_sets_bench(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One finished `tiny` run, shared by the benches that re-evaluate a run."""
     from ean_tf.config import make_config
     from ean_tf.train import train
 
-    run = tmp_path / "run"
-    config = make_config("tiny", data_dir=str(tmp_path / "data"), run_dir=str(run))
+    root = tmp_path_factory.mktemp("tiny_run")
+    run = root / "run"
+    config = make_config("tiny", data_dir=str(root / "data"), run_dir=str(run))
     train(config, verbose=0)
+    return run
+
+
+def test_context_sets_bench(tmp_path, tiny_run):
+    run = tiny_run
     _bench(
         "context_sets.py",
         f"--run_dir={run}",
@@ -220,6 +229,25 @@ def test_context_sets_bench(tmp_path):
     # One context drawn with the run's seed is the run's own context.
     assert result["sets"]["1"]["accuracy"] == own["accuracy"]
     assert (run / "context_sets_2" / "confusion_context.png").is_file()
+
+
+def test_self_weight_bench(tmp_path, tiny_run):
+    run = tiny_run
+    _bench(
+        "self_weight.py",
+        f"--run_dir={run}",
+        "--alphas=0,0.9",
+        "--graphs=context,batch",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "self_weight.json"))
+    assert result["trained_self_weight"] == 0.0
+    rows = result["self_weights"]
+    assert set(rows) == {"0", "0.9"} and set(rows["0"]) == {"context", "batch"}
+    # alpha = the run's own (0) with its seed is the run's own served result.
+    own = json.load(open(run / "metrics.json"))["graphs"]
+    assert rows["0"]["context"]["accuracy"] == own["context"]["accuracy"]
+    assert (run / "self_weight_0.9" / "confusion_context.png").is_file()
 
 
 def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):

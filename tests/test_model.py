@@ -123,6 +123,39 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
         EAN(4, isolated_ce_weight=-1.0, **TINY)
 
 
+def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
+    """--self_weight=alpha: Â -> alpha I + (1 - alpha) Â. With one GCN layer the
+    logits are alpha * isolated + (1 - alpha) * graph, in the training loss as in
+    the batch and context graphs; the setting survives saving. (No embedding
+    norm, so that the loss's graph and the batch graph have the same edges.)"""
+    x, y = _data()
+    kw = dict(tau1=0.0, context_size=15, embedding_norm="none", **TINY)
+    plain = EAN(4, **kw)
+    weighted = EAN(4, self_weight=0.3, **kw)
+    weighted.set_weights(plain.get_weights())
+    for model in (plain, weighted):
+        model.graph_enabled.assign(1.0)
+        model.build_context([x[::-1][:15]])
+    for graph in ("batch", "context"):
+        want = 0.3 * plain(x, graph="isolated") + 0.7 * plain(x, graph=graph)
+        assert not np.allclose(want, plain(x, graph=graph), atol=1e-4)
+        np.testing.assert_allclose(weighted(x, graph=graph), want, atol=1e-5)
+    np.testing.assert_allclose(
+        weighted(x, graph="isolated"), plain(x, graph="isolated"), atol=1e-6
+    )
+    graph_ce = weighted.compute_losses(x, y, training=False)[0]
+    want = 0.3 * plain(x, graph="isolated") + 0.7 * plain(x, graph="batch")
+    np.testing.assert_allclose(
+        graph_ce,
+        keras.losses.categorical_crossentropy(y, want, from_logits=True),
+        rtol=1e-5,
+    )
+    assert weighted.get_config()["self_weight"] == 0.3
+    assert EAN.from_config(weighted.get_config()).self_weight == 0.3
+    with pytest.raises(ValueError, match="self_weight"):
+        EAN(4, self_weight=1.0, **TINY)
+
+
 def test_warmup_callback_flips_the_variable():
     model = EAN(4, **TINY)
     callback = AdjacencyWarmup(2)
@@ -223,15 +256,16 @@ def test_config_round_trip():
 
 
 @pytest.mark.parametrize(
-    "tau2,signed,units",
+    "tau2,signed,units,alpha",
     [
-        (-math.inf, False, (16, 8)),
-        (-0.2, False, (16, 8)),
-        (-0.2, True, (16, 8)),
-        (-0.2, False, ()),  # one GCN layer: the linear head on aggregated features
+        (-math.inf, False, (16, 8), 0.0),
+        (-0.2, False, (16, 8), 0.0),
+        (-0.2, True, (16, 8), 0.0),
+        (-0.2, False, (), 0.0),  # one GCN layer: the linear head on aggregated features
+        (-0.2, False, (16, 8), 0.4),  # --self_weight
     ],
 )
-def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units):
+def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units, alpha):
     keras.utils.set_random_seed(2)
     model = EAN(
         4,
@@ -239,6 +273,7 @@ def test_cached_bank_forward_equals_the_full_bank_graph(tau2, signed, units):
         tau2=tau2,
         signed_edges=signed,
         gcn_units=units,
+        self_weight=alpha,
         **TINY,
     )
     model.graph_enabled.assign(1.0)

@@ -165,6 +165,12 @@ class ModelConfig:
         "+ alpha Adj_loss. 0: the paper's loss.",
         check=_NON_NEGATIVE,
     )
+    self_weight: float = _f(
+        0.0,
+        "alpha: each node keeps alpha of its own row, Â becomes alpha I + "
+        "(1 - alpha) Â, in training and in every served graph (0: eq. 8).",
+        check=_FRACTION_BELOW_1,
+    )
     bank_per_class: int = _f(
         16, "Reference-bank embeddings per class.", check=_AT_LEAST_1
     )

@@ -63,6 +63,7 @@ HYPER_PARAMETERS = (
     "adj_loss_weight",
     "adj_reduction",
     "isolated_ce_weight",
+    "self_weight",
     "bank_per_class",
     "context_sets",
     "inference_graph",
@@ -242,12 +243,16 @@ class EAN(TrainStep, References, keras.Model):
             a = adj.straight_through(a, soft)
         return a * self.graph_enabled, cs
 
+    def normalize(self, a):
+        """The GCN's Â from edges A (..., N, N): eq. 8, with `self_weight`."""
+        a_hat = adj.normalized_adjacency(a, self.signed_edges)
+        return adj.self_weighted(a_hat, self.self_weight)
+
     def graph_logits(self, pooled, raw, gate=1.0, training=False):
         """Logits (..., N, C) of graphs of N nodes: pooled (..., N, Fd), raw
         embeddings (..., N, E); edges times `gate` (0: A = I)."""
         a, _ = self.batch_graph(self.graph_embeddings(raw))
-        a_hat = adj.normalized_adjacency(a * gate, self.signed_edges)
-        return self.head([pooled, a_hat], training=training)
+        return self.head([pooled, self.normalize(a * gate)], training=training)
 
     def classify(self, pooled, raw, graph: str, training=False):
         """Logits (B, C) from pooled features and raw embeddings, in `graph`."""

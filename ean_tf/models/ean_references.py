@@ -28,6 +28,7 @@ class References:
             edges=self._edges,
             head=self.head,
             gate=self.graph_enabled,
+            self_weight=self.self_weight,
         )
 
     def _bank_full_graph(self, pooled, embeddings, training=False):
@@ -41,6 +42,7 @@ class References:
             self.signed_edges,
             self.bank.valid,
         )
+        a_hat = adj.self_weighted(a_hat, self.self_weight)
         g = self.graph_enabled
         a_hat = g * a_hat + (1.0 - g) * tf.eye(tf.shape(a_hat)[0])
         x = tf.concat([tf.cast(self.bank.features, pooled.dtype), pooled], axis=0)
@@ -88,7 +90,15 @@ class References:
             bank_e[c * k : c * k + n] = embs[pick]
             valid[c * k : c * k + n] = 1.0
             counts[self.class_names[c]] = n
-        self.bank.fill(bank_f, bank_e, valid, self._edges, self.head, self.signed_edges)
+        self.bank.fill(
+            bank_f,
+            bank_e,
+            valid,
+            self._edges,
+            self.head,
+            self.signed_edges,
+            self.self_weight,
+        )
         return counts
 
     def build_context(self, batches) -> None:

@@ -79,7 +79,7 @@ class TrainStep:
             all_emb = packed[:, self.feature_dim : -1]
             all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
             a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
-            a_hat = adj.normalized_adjacency(a, self.signed_edges)
+            a_hat = self.normalize(a)
             logits_all = self.head([all_pooled, a_hat], training=training)
             logits = logits_all[offset : offset + b]
             soft = adj.relaxed_adjacency(

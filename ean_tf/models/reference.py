@@ -197,9 +197,19 @@ class ReferenceBank(keras.layers.Layer):
             weight((k, int(w)), f"layer_input_{i}") for i, w in enumerate(widths)
         ]
 
-    def fill(self, features, embeddings, valid, edges, head, signed: bool) -> None:
+    def fill(
+        self,
+        features,
+        embeddings,
+        valid,
+        edges,
+        head,
+        signed: bool,
+        self_weight: float = 0.0,
+    ) -> None:
         """Stores the bank, then its degrees and per-layer inputs from the bank
-        graph alone; `edges(cs)` thresholds cosines, `head` is the GCN head."""
+        graph alone; `edges(cs)` thresholds cosines, `head` is the GCN head,
+        `self_weight` the model's alpha (Â -> alpha I + (1 - alpha) Â)."""
         from ean_tf.models import adjacency as adj
 
         self.features.assign(features)
@@ -210,18 +220,21 @@ class ReferenceBank(keras.layers.Layer):
         a = edges(adj.cosine_similarity(self.embeddings))
         a = adj.zero_diagonal(a * valid[:, None] * valid[None, :])
         self.degree.assign(1.0 + tf.reduce_sum(tf.abs(a), axis=1))
-        a_hat = adj.normalized_adjacency(a, signed)  # (K, K)
+        a_hat = adj.self_weighted(adj.normalized_adjacency(a, signed), self_weight)
         h = tf.convert_to_tensor(self.features)
         for conv, cache in zip(head.convs, self.layer_inputs, strict=True):
             cache.assign(h)
             h = conv([h, a_hat])
 
-    def call(self, pooled, embeddings, edges=None, head=None, gate=1.0):
+    def call(
+        self, pooled, embeddings, edges=None, head=None, gate=1.0, self_weight=0.0
+    ):
         """Bank-graph logits (Q, C) from the cached layer inputs.
 
         Row q of Â over [bank; queries] has Â_qq = 1/d_q and Â_qj = a_qj /
         sqrt(d_q d_j) for bank node j (d_j its degree in the bank graph), so
-        layer l gives act((Â_qq h_q + Σ_j Â_qj H_l[j]) W_l + b_l).
+        layer l gives act((Â_qq h_q + Σ_j Â_qj H_l[j]) W_l + b_l); with a
+        self-weight alpha, row q is alpha e_q + (1 - alpha) Â_q.
         """
         from ean_tf.models import adjacency as adj
 
@@ -232,6 +245,8 @@ class ReferenceBank(keras.layers.Layer):
         h = pooled
         for i, bank_h in enumerate(self.layer_inputs):
             mixed = h / d_q + tf.matmul(a_qb, tf.cast(bank_h, h.dtype))  # (Q, d)
+            if self_weight:
+                mixed = self_weight * h + (1.0 - self_weight) * mixed
             h = head.transform(i, mixed)
         return tf.cast(h, tf.float32)  # (Q, C)
 
