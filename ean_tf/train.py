@@ -24,6 +24,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ean_tf import data as data_lib
@@ -50,12 +51,26 @@ from ean_tf.runs import (
 log = logging.getLogger("ean_tf")
 
 
+BANK_CANDIDATES = 400  # per class, among which the bank picks its members
+
+
 def fill_references(model: EAN, splits, config: Config, batch_size: int) -> dict:
     """The reference bank and the reference context of the served graphs, from the
-    training split without augmentation; returns the bank's per-class counts."""
+    training split without augmentation; returns the bank's per-class counts.
+
+    The bank's candidates are the first `BANK_CANDIDATES` images of each class in
+    file order, so only those are read and embedded (not the whole split when a
+    class has fewer)."""
     size = config.data.image_size
+    labels = np.argmax(splits.train.soft_targets(), axis=1)
+    candidates = np.sort(
+        np.concatenate(
+            [np.flatnonzero(labels == c)[:BANK_CANDIDATES] for c in np.unique(labels)]
+        )
+    )
     counts = model.build_bank(
-        make_dataset(splits.train, size, batch_size, training=False),
+        make_dataset(splits.train.select(candidates), size, batch_size, training=False),
+        max_per_class=BANK_CANDIDATES,
         seed=config.train.seed,
     )
     if model.head_type == "ean":

@@ -321,3 +321,35 @@ def test_validation_batch_graph_uses_the_evaluation_order(
     val = data_lib.load(run.data).val
     assert np.all(np.diff(val.labels) >= 0)  # the file's order is class-major
     assert seen[0].paths == val.select(val.shuffle_order(0)).paths
+
+
+def test_bank_reads_only_its_candidates_and_equals_the_full_scan(trained, monkeypatch):
+    """fill_references embeds only the first BANK_CANDIDATES images of each class,
+    and the bank it fills is the one a scan of the whole training split gives."""
+    import keras
+
+    from ean_tf import data as data_lib
+    from ean_tf import train as train_lib
+    from ean_tf.data.pipeline import make_dataset
+
+    config, summary = trained
+    model = keras.models.load_model(summary["model"])
+    splits = data_lib.load(config.data, seed=config.train.seed)
+    size = config.data.image_size
+    monkeypatch.setattr(train_lib, "BANK_CANDIDATES", 3)
+    read = []
+    real_features = model.features
+    monkeypatch.setattr(
+        model, "features", lambda x, **kw: read.append(len(x)) or real_features(x, **kw)
+    )
+    train_lib.fill_references(model, splits, config, 8)
+    classes = splits.train.num_classes
+    assert sum(read) == 3 * classes < len(splits.train)
+    filled = [np.array(w) for w in model.bank.weights]
+    model.build_bank(
+        make_dataset(splits.train, size, 8, training=False), max_per_class=3
+    )
+    assert sum(read) > 3 * classes  # the full scan read more
+    # The same members (batches of other sizes round the features differently).
+    for mine, full in zip(filled, model.bank.weights, strict=True):
+        np.testing.assert_allclose(mine, np.array(full), rtol=1e-4, atol=1e-4)
