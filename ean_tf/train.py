@@ -24,7 +24,6 @@ import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ean_tf import data as data_lib
@@ -33,7 +32,7 @@ from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.backbones import load_backbone_weights
 from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup, build_model
-from ean_tf.models.reference import select_context
+from ean_tf.models.ean_references import fill_references
 from ean_tf.runs import (
     RestoreEpochMetrics,
     RunCheckpoint,
@@ -49,42 +48,6 @@ from ean_tf.runs import (
 )
 
 log = logging.getLogger("ean_tf")
-
-
-BANK_CANDIDATES = 400  # per class, among which the bank picks its members
-
-
-def fill_references(model: EAN, splits, config: Config, batch_size: int) -> dict:
-    """The reference bank and the reference context of the served graphs, from the
-    training split without augmentation; returns the bank's per-class counts.
-
-    The bank's candidates are the first `BANK_CANDIDATES` images of each class in
-    file order, so only those are read and embedded (not the whole split when a
-    class has fewer)."""
-    size = config.data.image_size
-    labels = np.argmax(splits.train.soft_targets(), axis=1)
-    candidates = np.sort(
-        np.concatenate(
-            [np.flatnonzero(labels == c)[:BANK_CANDIDATES] for c in np.unique(labels)]
-        )
-    )
-    counts = model.build_bank(
-        make_dataset(splits.train.select(candidates), size, batch_size, training=False),
-        max_per_class=BANK_CANDIDATES,
-        seed=config.train.seed,
-    )
-    if model.head_type == "ean":
-        pick = select_context(
-            splits.train.labels,
-            model.context_size,
-            model.context_sets,
-            config.train.seed,
-            splits.train.num_classes,
-        )
-        subset = splits.train.select(pick.reshape(-1))
-        ds = make_dataset(subset, size, batch_size, training=False)
-        model.build_context(images for images, _ in ds)
-    return counts
 
 
 @dataclasses.dataclass

@@ -287,8 +287,8 @@ def test_validation_batch_graph_uses_the_evaluation_order(
     shuffled batches as --mode=eval, even for a class-major split."""
     import glob
 
-    from ean_tf import train as train_lib
     from ean_tf.config import make_config
+    from ean_tf.models import ean_references as train_lib
 
     config, _ = trained
     (source,) = glob.glob(os.path.join(config.data.data_dir, "default-*", "labels.csv"))
@@ -329,8 +329,8 @@ def test_bank_reads_only_its_candidates_and_equals_the_full_scan(trained, monkey
     import keras
 
     from ean_tf import data as data_lib
-    from ean_tf import train as train_lib
     from ean_tf.data.pipeline import make_dataset
+    from ean_tf.models import ean_references as train_lib
 
     config, summary = trained
     model = keras.models.load_model(summary["model"])
