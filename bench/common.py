@@ -117,7 +117,7 @@ def rebuilt(trained, config, splits, **overrides):
     the stored graphs filled from the training split, as training fills them."""
     from ean_tf.config import replace
     from ean_tf.models.ean import build_model
-    from ean_tf.models.ean_references import fill_references
+    from ean_tf.runs import fill_references
 
     model = build_model(
         replace(config, **overrides).model,

@@ -1,5 +1,6 @@
 """Run plumbing: the strategy, the optimizer and its schedule, atomic saves, the
-run state and its checkpoints, log trimming, the run-folder check, model loading.
+run state and its checkpoints, log trimming, the run-folder check, model loading,
+and filling a trained model's stored graphs from its training split.
 
 Shared by training (`train.py`) and the generator's pre-training (`pretrain.py`);
 imports nothing above the models.
@@ -17,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.config import Config
+from ean_tf.data.pipeline import make_dataset
+from ean_tf.models.reference import select_context
 from ean_tf.schedules import LearningRate
 
 log = logging.getLogger("ean_tf")
@@ -298,3 +301,39 @@ def load_model(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise TrainingError(f"--checkpoint={path}: no such file")
     return keras.models.load_model(path)
+
+
+BANK_CANDIDATES = 400  # per class, among which the bank picks its members
+
+
+def fill_references(model, splits, config, batch_size: int) -> dict:
+    """The reference bank and the reference context of the served graphs, from the
+    training split without augmentation; returns the bank's per-class counts.
+
+    The bank's candidates are the first `BANK_CANDIDATES` images of each class in
+    file order, so only those are read and embedded (not the whole split when a
+    class has fewer)."""
+    size = config.data.image_size
+    labels = np.argmax(splits.train.soft_targets(), axis=1)
+    candidates = np.sort(
+        np.concatenate(
+            [np.flatnonzero(labels == c)[:BANK_CANDIDATES] for c in np.unique(labels)]
+        )
+    )
+    counts = model.build_bank(
+        make_dataset(splits.train.select(candidates), size, batch_size, training=False),
+        max_per_class=BANK_CANDIDATES,
+        seed=config.train.seed,
+    )
+    if model.head_type == "ean":
+        pick = select_context(
+            splits.train.labels,
+            model.context_size,
+            model.context_sets,
+            config.train.seed,
+            splits.train.num_classes,
+        )
+        subset = splits.train.select(pick.reshape(-1))
+        ds = make_dataset(subset, size, batch_size, training=False)
+        model.build_context(images for images, _ in ds)
+    return counts

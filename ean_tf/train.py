@@ -32,13 +32,13 @@ from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.backbones import load_backbone_weights
 from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup, build_model
-from ean_tf.models.ean_references import fill_references
 from ean_tf.runs import (
     RestoreEpochMetrics,
     RunCheckpoint,
     TrainingError,
     atomic_save,
     check_run_dir,
+    fill_references,
     make_optimizer,
     make_strategy,
     read_state,

@@ -287,8 +287,8 @@ def test_validation_batch_graph_uses_the_evaluation_order(
     shuffled batches as --mode=eval, even for a class-major split."""
     import glob
 
+    from ean_tf import train as train_lib
     from ean_tf.config import make_config
-    from ean_tf.models import ean_references as train_lib
 
     config, _ = trained
     (source,) = glob.glob(os.path.join(config.data.data_dir, "default-*", "labels.csv"))
@@ -329,20 +329,20 @@ def test_bank_reads_only_its_candidates_and_equals_the_full_scan(trained, monkey
     import keras
 
     from ean_tf import data as data_lib
+    from ean_tf import runs
     from ean_tf.data.pipeline import make_dataset
-    from ean_tf.models import ean_references as train_lib
 
     config, summary = trained
     model = keras.models.load_model(summary["model"])
     splits = data_lib.load(config.data, seed=config.train.seed)
     size = config.data.image_size
-    monkeypatch.setattr(train_lib, "BANK_CANDIDATES", 3)
+    monkeypatch.setattr(runs, "BANK_CANDIDATES", 3)
     read = []
     real_features = model.features
     monkeypatch.setattr(
         model, "features", lambda x, **kw: read.append(len(x)) or real_features(x, **kw)
     )
-    train_lib.fill_references(model, splits, config, 8)
+    runs.fill_references(model, splits, config, 8)
     classes = splits.train.num_classes
     assert sum(read) == 3 * classes < len(splits.train)
     filled = [np.array(w) for w in model.bank.weights]

@@ -2,7 +2,6 @@
 from training images, and the bank's forward passes. A mixin of `EAN`
 (models/ean.py), which provides `encode`, `features`, `classify` and the head; the
 weights live in the `ReferenceContext` and `ReferenceBank` layers (reference.py).
-`fill_references` fills both from a training split, as training does at its end.
 """
 
 from __future__ import annotations
@@ -10,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.data.pipeline import make_dataset
 from ean_tf.models import adjacency as adj
-from ean_tf.models.reference import select_bank, select_context
+from ean_tf.models.reference import select_bank
 
 
 class References:
@@ -117,39 +115,3 @@ class References:
         if len(feats) != want:
             raise ValueError(f"Expected {want} context images. Received: {len(feats)}")
         self.context.fill(feats, raws)
-
-
-BANK_CANDIDATES = 400  # per class, among which the bank picks its members
-
-
-def fill_references(model, splits, config, batch_size: int) -> dict:
-    """The reference bank and the reference context of the served graphs, from the
-    training split without augmentation; returns the bank's per-class counts.
-
-    The bank's candidates are the first `BANK_CANDIDATES` images of each class in
-    file order, so only those are read and embedded (not the whole split when a
-    class has fewer)."""
-    size = config.data.image_size
-    labels = np.argmax(splits.train.soft_targets(), axis=1)
-    candidates = np.sort(
-        np.concatenate(
-            [np.flatnonzero(labels == c)[:BANK_CANDIDATES] for c in np.unique(labels)]
-        )
-    )
-    counts = model.build_bank(
-        make_dataset(splits.train.select(candidates), size, batch_size, training=False),
-        max_per_class=BANK_CANDIDATES,
-        seed=config.train.seed,
-    )
-    if model.head_type == "ean":
-        pick = select_context(
-            splits.train.labels,
-            model.context_size,
-            model.context_sets,
-            config.train.seed,
-            splits.train.num_classes,
-        )
-        subset = splits.train.select(pick.reshape(-1))
-        ds = make_dataset(subset, size, batch_size, training=False)
-        model.build_context(images for images, _ in ds)
-    return counts
