@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from ean_tf.config import Config
 from ean_tf.data.pipeline import make_dataset
-from ean_tf.models.reference import select_context
+from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
 
 log = logging.getLogger("ean_tf")
@@ -303,9 +303,6 @@ def load_model(path: str) -> keras.Model:
     return keras.models.load_model(path)
 
 
-BANK_CANDIDATES = 400  # per class, among which the bank picks its members
-
-
 def fill_references(model, splits, config, batch_size: int) -> dict:
     """The reference bank and the reference context of the served graphs, from the
     training split without augmentation; returns the bank's per-class counts.
@@ -314,12 +311,7 @@ def fill_references(model, splits, config, batch_size: int) -> dict:
     file order, so only those are read and embedded (not the whole split when a
     class has fewer)."""
     size = config.data.image_size
-    labels = np.argmax(splits.train.soft_targets(), axis=1)
-    candidates = np.sort(
-        np.concatenate(
-            [np.flatnonzero(labels == c)[:BANK_CANDIDATES] for c in np.unique(labels)]
-        )
-    )
+    candidates = bank_candidates(splits.train.labels, BANK_CANDIDATES)
     counts = model.build_bank(
         make_dataset(splits.train.select(candidates), size, batch_size, training=False),
         max_per_class=BANK_CANDIDATES,

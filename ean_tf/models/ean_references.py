@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.models import adjacency as adj
-from ean_tf.models.reference import select_bank
+from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_bank
 
 
 class References:
@@ -50,7 +50,7 @@ class References:
         return self.head([x, a_hat], training=training)[k:]
 
     def build_bank(
-        self, images_and_targets, max_per_class: int = 400, seed: int = 0
+        self, images_and_targets, max_per_class: int = BANK_CANDIDATES, seed: int = 0
     ) -> dict:
         """Fills the reference bank from training batches (no augmentation).
 
@@ -76,9 +76,8 @@ class References:
         labels, agree = np.concatenate(labels), np.concatenate(agree)
         k = self.bank_per_class
         candidates = np.full(len(labels), -1)  # the first max_per_class a class
-        for c in range(self.num_classes):
-            first = np.flatnonzero(labels == c)[:max_per_class]
-            candidates[first] = c
+        first = bank_candidates(labels, max_per_class)
+        candidates[first] = labels[first]
         picks = select_bank(embs, candidates, agree, k, self.num_classes)
         bank_f = np.zeros((self.num_classes * k, self.feature_dim), np.float32)
         bank_e = np.zeros((self.num_classes * k, self.embedding_dim), np.float32)

@@ -143,6 +143,17 @@ class ReferenceContext(keras.layers.Layer):
         return {**super().get_config(), "sets": self.sets, "size": self.size}
 
 
+BANK_CANDIDATES = 400  # per class: the bank picks its members among the first these
+
+
+def bank_candidates(labels: np.ndarray, per_class: int = BANK_CANDIDATES) -> np.ndarray:
+    """Sorted indices of the first `per_class` examples of each label, in order:
+    the examples the bank chooses from."""
+    labels = np.asarray(labels)
+    firsts = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(firsts)) if firsts else np.zeros(0, np.int64)
+
+
 def select_bank(
     embeddings: np.ndarray,
     labels: np.ndarray,
