@@ -86,6 +86,13 @@ def runs(experiment: str) -> dict[str, dict]:
             pct = round(rate * 100)
             for head in ("linear", "ean"):
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
+            # EAN with the auxiliary loss on each image alone (the ablation
+            # `isolated_ce`), at every noise level.
+            out[f"ean_isolated_ce_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "isolated_ce_weight": 1.0,
+            }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
         return {
@@ -330,7 +337,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     # One panel per noise level (baseline against EAN), one panel otherwise.
     panels: dict[str, list[str]] = {}
     for name in results:
-        key = name.split("_", 1)[1] if FLAGS.experiment == "noise" else ""
+        key = name.rsplit("_", 1)[1] if FLAGS.experiment == "noise" else ""
         panels.setdefault(key, []).append(name)
     single = len(panels) == 1
     fig, axes = plt.subplots(

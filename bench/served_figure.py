@@ -61,7 +61,9 @@ def pairs(results_dir: str) -> list[dict]:
         twin = linear.get((r["_seed"], noise))
         if twin is None:
             continue
-        extra = {k: v for k, v in r["overrides"].items() if k not in ("noise_rate",)}
+        extra = {
+            k: v for k, v in r["overrides"].items() if k not in ("head", "noise_rate")
+        }
         name = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
         if extra:
             name += "\n" + ", ".join(f"{k}={v}" for k, v in extra.items())
@@ -127,6 +129,9 @@ def main(argv):
     presets = ", ".join(sorted({row["preset"] for row in rows}))
     draw(rows, out, f"--config={presets}: each EAN graph beside its linear twin")
     print(f"Wrote {out}: {len(rows)} pair(s)")
+    for row in rows:
+        graphs = ", ".join(f"{g} {row[g]:.4f}" for g in GRAPHS if row.get(g))
+        print(f"  {row['label']!r}: linear {row['linear']:.4f}, {graphs}")
 
 
 if __name__ == "__main__":

@@ -271,9 +271,15 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     run("seed0/clean", "ean", "ean", 0.0, graphs)
     run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
     run("seed1/noise", "ean_noise20", "ean", 0.2, graphs, {"noise_rate": 0.2})
+    run("seed0/noise", "linear_noise20", "linear", 0.2, {"isolated": 0.76})
+    aux = {"noise_rate": 0.2, "isolated_ce_weight": 1.0}
+    run("seed0/noise", "ean_isolated_ce_noise20", "ean", 0.2, graphs, aux)
     (tmp_path / "seed0" / "clean" / "clean.json").write_text('{"rows": []}')
     out = tmp_path / "fig.png"
     result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
-    # seed 1's 20% run has no linear twin at 20%, so only seed 0's pair is drawn.
-    assert "1 pair(s)" in result.stdout
+    # seed 1's 20% run has no linear twin at 20%, so only seed 0's pairs are drawn;
+    # a run's label names its overrides, not its head or noise rate.
+    assert "2 pair(s)" in result.stdout
+    aux_row = "'20% noise, seed 0\\nisolated_ce_weight=1.0': linear 0.7600"
+    assert aux_row in result.stdout
     assert out.stat().st_size > 10_000
