@@ -86,12 +86,12 @@ def runs(experiment: str) -> dict[str, dict]:
             pct = round(rate * 100)
             for head in ("linear", "ean"):
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
-            # EAN with the auxiliary loss on each image alone (the ablation
-            # `isolated_ce`), at every noise level.
-            out[f"ean_isolated_ce_noise{pct}"] = {
+            # EAN with the paper's loss (the default mixes in a loss on each
+            # image alone, beta = 1, since 2026-12-01).
+            out[f"ean_paper_loss_noise{pct}"] = {
                 "head": "ean",
                 "noise_rate": rate,
-                "isolated_ce_weight": 1.0,
+                "isolated_ce_weight": 0.0,
             }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
@@ -114,8 +114,11 @@ def runs(experiment: str) -> dict[str, dict]:
         "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
-        # An auxiliary cross-entropy on the isolated logits (A = I), beta = 1.
+        # The loss. The default mixes in a cross-entropy on the isolated logits
+        # (A = I) with beta = 1 (`isolated_ce`, spelled out); the paper's loss is
+        # the graph logits' alone (beta = 0).
         "isolated_ce": {"isolated_ce_weight": 1.0},
+        "paper_loss": {"isolated_ce_weight": 0.0},
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
@@ -425,36 +428,66 @@ def _finished_runs() -> list[tuple[str, dict]]:
     return found
 
 
-def _same_run_elsewhere(name: str, finished: list[tuple[str, dict]]) -> str | None:
-    """A finished run's JSON, under the results folders, whose configuration is
-    this run's (folders aside): noise 0% is the clean runs, the ablations' default
-    EAN (and `adj_mean`, `single_threshold`, the defaults) the clean EAN, and runs
-    with `--extra` find the runs made with the same overrides. A field that an
-    older JSON lacks counts as the preset's value."""
-    overrides, with_generator, replicas = _plan(runs(FLAGS.experiment)[name])
+# Beside the model's `GRAPH_FIELDS`, the fields a linear-head run does not read:
+# none of them tells two linear runs apart.
+GRAPH_ONLY = {
+    "model": {"context_size"},
+    "train": {"adj_warmup_epochs", "cross_replica_graph"},
+}
+# What a JSON that lacks a field was trained with, where the field's default has
+# changed since it was added (otherwise a missing field is the preset's value).
+FIRST_DEFAULTS = {("model", "isolated_ce_weight"): 0.0}
+
+
+def _differences(name: str, result: dict) -> list[str]:
+    """Where a finished run's JSON was trained otherwise than the run `name` means
+    now (folders and the data's location aside), as `section.field: JSON value,
+    now value`; empty when it is the same run."""
+    overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
     if with_generator:  # its config names a checkpoint made by this experiment
-        return None
-    from ean_tf.config import make_config
+        return []
+    from ean_tf.config import GRAPH_FIELDS, make_config
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
     preset = _comparable(
         make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
     )
+    got = _comparable(result["config"])
+    got["data"]["data_dir"] = want["data"]["data_dir"]
+    ignored = {}
+    if want["model"]["head"] == "linear":
+        ignored = {**GRAPH_ONLY, "model": GRAPH_ONLY["model"] | set(GRAPH_FIELDS)}
+    out = []
+    for section, fields in want.items():
+        for key, value in fields.items():
+            if key in ignored.get(section, ()):
+                continue
+            before = FIRST_DEFAULTS.get((section, key), preset[section][key])
+            if (got_value := got.get(section, {}).get(key, before)) != value:
+                out.append(f"{section}.{key}: {got_value!r}, now {value!r}")
+    return out
+
+
+def _same_run_elsewhere(name: str, finished: list[tuple[str, dict]]) -> str | None:
+    """A finished run's JSON, under the results folders, whose configuration is
+    this run's (folders aside): noise 0% is the clean runs, the ablations' default
+    EAN (and `adj_mean`, `single_threshold`, the defaults) the clean EAN, and runs
+    with `--extra` find the runs made with the same overrides."""
+    overrides, with_generator, replicas = _plan(runs(FLAGS.experiment)[name])
+    if with_generator:  # its config names a checkpoint made by this experiment
+        return None
     own = os.path.abspath(os.path.join(_out_root(), FLAGS.experiment, name + ".json"))
+    data_dir = os.path.realpath(FLAGS.data_dir or ".")
     for path, result in finished:
         if (
             path == own
             or result.get("replicas", 1) != replicas
             # the generator experiment's runs carry robustness too
             or (FLAGS.experiment == "generator" and "robustness" not in result)
+            or _comparable(result["config"])["data"]["data_dir"] != data_dir
         ):
             continue
-        got = _comparable(result["config"])
-        if all(
-            got.get(section, {}).get(key, preset[section][key]) == value
-            for section, fields in want.items()
-            for key, value in fields.items()
-        ):
+        if not _differences(name, result):
             inside = path.startswith(common.ROOT + os.sep)
             return os.path.relpath(path, common.ROOT) if inside else path
     return None
@@ -503,10 +536,20 @@ def main(argv):
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
         if os.path.isfile(path):
+            with open(path) as f:
+                result = json.load(f)
+            changed = _differences(name, result) if "config" in result else []
+            if changed and name in selected:
+                raise app.UsageError(
+                    f"{path} was trained otherwise than run {name} means now "
+                    f"({'; '.join(changed)}): move it aside to train the run anew."
+                )
+            if changed:  # e.g. a default changed since: not this run any more
+                print(f"{name}: left out, {path} differs ({'; '.join(changed)})")
+                continue
             if name in selected:
                 print(f"{name}: done before ({path})")
-            with open(path) as f:
-                results[name] = json.load(f)
+            results[name] = result
         elif name in selected:
             print(f"{name}: training with {overrides}", flush=True)
             results[name] = run_one(name, overrides, path)

@@ -55,18 +55,23 @@ def pairs(results_dir: str) -> list[dict]:
     }
     out = []
     for r in runs:
-        if r["config"]["model"]["head"] != "ean":
-            continue
+        if r["config"]["model"]["head"] != "ean" or r.get("same_run_as"):
+            continue  # a copy (`same_run_as`) is drawn once, as its original
         noise = r["config"]["data"]["noise_rate"]
         twin = linear.get((r["_seed"], noise))
         if twin is None:
             continue
-        extra = {
-            k: v for k, v in r["overrides"].items() if k not in ("head", "noise_rate")
-        }
+        # The loss is named from the config: its default changed (0 before
+        # 2026-12-01, which a JSON without the field was trained with).
+        beta = r["config"]["model"].get("isolated_ce_weight", 0.0)
+        loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
+        extra = [
+            f"{k}={v}"
+            for k, v in r["overrides"].items()
+            if k not in ("head", "noise_rate", "isolated_ce_weight")
+        ]
         name = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
-        if extra:
-            name += "\n" + ", ".join(f"{k}={v}" for k, v in extra.items())
+        name += "\n" + ", ".join([loss, *extra])
         out.append(
             {
                 "label": name,

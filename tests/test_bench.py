@@ -148,6 +148,25 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # adj_mean is the default configuration, so it is the clean run too.
     assert "clean" in json.load(open(ablations / "adj_mean.json"))["same_run_as"]
     assert not (ablations / "adj_sum.json").exists()
+    # A JSON trained otherwise than its run means now (say, before a default
+    # changed) is not passed off as the run: the call names the file and field.
+    one["config"]["model"]["isolated_ce_weight"] = 0.0
+    (ablations / "one_gcn_layer.json").write_text(json.dumps(one))
+    stale = subprocess.run(
+        [
+            sys.executable,
+            "bench/experiments.py",
+            "--experiment=ablations",
+            "--only=one_gcn_layer",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert stale.returncode != 0
+    assert "one_gcn_layer.json was trained otherwise" in stale.stderr
+    assert "model.isolated_ce_weight: 0.0, now 1.0" in stale.stderr
     # `--extra` values take their field's type (a list field's items are split on
     # ':'), and a run with the same overrides elsewhere is found, not trained.
     extra = common[:-1] + [
@@ -165,11 +184,12 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert "training with" not in again.stdout
     zero = json.load(open(tmp_path / "one" / "noise" / "ean_noise0.json"))
     assert zero["same_run_as"] == str(ablations / "two_gcn_layers.json")
-    # The baseline folder's linear runs join the table (not copied as runs).
+    # The graph's fields do not tell linear runs apart: the linear run with these
+    # `--extra` fields is the clean linear run, found, not trained.
     table = json.load(open(tmp_path / "one" / "noise" / "noise.json"))["table"]
     assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0"]
-    assert table[0]["from"].endswith(os.path.join("noise", "linear_noise0.json"))
-    assert not (tmp_path / "one" / "noise" / "linear_noise0.json").exists()
+    linear = json.load(open(tmp_path / "one" / "noise" / "linear_noise0.json"))
+    assert linear["same_run_as"] == str(tmp_path / "results" / "clean" / "linear.json")
     bad = subprocess.run(
         [
             sys.executable,
@@ -251,7 +271,7 @@ def test_self_weight_bench(tmp_path, tiny_run):
 
 
 def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
-    def run(folder, name, head, noise, accuracy, overrides=None):
+    def run(folder, name, head, noise, accuracy, overrides=None, beta=1.0):
         path = tmp_path / folder / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
@@ -260,7 +280,10 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
                     "run": name,
                     "preset": "tiny",
                     "overrides": {"head": head, **(overrides or {})},
-                    "config": {"model": {"head": head}, "data": {"noise_rate": noise}},
+                    "config": {
+                        "model": {"head": head, "isolated_ce_weight": beta},
+                        "data": {"noise_rate": noise},
+                    },
                     "accuracy": accuracy,
                 }
             )
@@ -268,8 +291,12 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
 
     graphs = {"context": 0.8, "bank": 0.7, "batch": 0.79, "isolated": 0.78}
     run("seed0/clean", "linear", "linear", 0.0, {"isolated": 0.81})
-    run("seed0/clean", "ean", "ean", 0.0, graphs)
+    run("seed0/clean", "ean", "ean", 0.0, graphs, {"isolated_ce_weight": 0.0}, 0.0)
     run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
+    copy = json.loads((tmp_path / "seed0" / "clean" / "ean.json").read_text())
+    copy["same_run_as"] = "seed0/clean/ean.json"  # a copy of the same run
+    (tmp_path / "seed0" / "ablations").mkdir()
+    (tmp_path / "seed0" / "ablations" / "paper_loss.json").write_text(json.dumps(copy))
     run("seed1/noise", "ean_noise20", "ean", 0.2, graphs, {"noise_rate": 0.2})
     run("seed0/noise", "linear_noise20", "linear", 0.2, {"isolated": 0.76})
     aux = {"noise_rate": 0.2, "isolated_ce_weight": 1.0}
@@ -278,8 +305,8 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     out = tmp_path / "fig.png"
     result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
     # seed 1's 20% run has no linear twin at 20%, so only seed 0's pairs are drawn;
-    # a run's label names its overrides, not its head or noise rate.
+    # a run's label names its loss (from its config) and its other overrides.
     assert "2 pair(s)" in result.stdout
-    aux_row = "'20% noise, seed 0\\nisolated_ce_weight=1.0': linear 0.7600"
-    assert aux_row in result.stdout
+    assert "'0% noise, seed 0\\npaper loss': linear 0.8100" in result.stdout
+    assert "'20% noise, seed 0\\nisolated_ce_weight=1': linear 0.7600" in result.stdout
     assert out.stat().st_size > 10_000

@@ -95,7 +95,7 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     (1 + beta); while the warm-up lasts the two are the same logits, so the loss
     is the paper's."""
     x, y = _data()
-    plain = EAN(4, tau1=-1.0, **TINY)
+    plain = EAN(4, tau1=-1.0, isolated_ce_weight=0.0, **TINY)  # the paper's loss
     mixed = EAN(4, tau1=-1.0, isolated_ce_weight=3.0, **TINY)
     mixed.set_weights(plain.get_weights())
     for model in (plain, mixed):
@@ -129,7 +129,13 @@ def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving
     the batch and context graphs; the setting survives saving. (No embedding
     norm, so that the loss's graph and the batch graph have the same edges.)"""
     x, y = _data()
-    kw = dict(tau1=0.0, context_size=15, embedding_norm="none", **TINY)
+    kw = dict(
+        tau1=0.0,
+        context_size=15,
+        embedding_norm="none",
+        isolated_ce_weight=0.0,  # the loss on the graph logits alone
+        **TINY,
+    )
     plain = EAN(4, **kw)
     weighted = EAN(4, self_weight=0.3, **kw)
     weighted.set_weights(plain.get_weights())

@@ -139,6 +139,7 @@ def test_constructor_defaults_are_the_config_defaults():
     assert config["gcn_units"] == [] and config["gcn_dropout"] == 0.0
     assert config["straight_through"] is True and config["adj_reduction"] == "mean"
     assert config["inference_graph"] == "context"
+    assert config["isolated_ce_weight"] == 1.0
 
 
 def test_default_path_gradient_reaches_the_embedding_through_the_graph():

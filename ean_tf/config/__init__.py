@@ -15,6 +15,7 @@ from typing import Any
 
 from ean_tf.config.fields import BACKBONES, DATASETS, INPUT_NORMS, ConfigError
 from ean_tf.config.sections import (
+    GRAPH_FIELDS,
     DataConfig,
     ExportConfig,
     GeneratorConfig,
@@ -26,6 +27,7 @@ from ean_tf.presets import PRESETS
 __all__ = [
     "BACKBONES",
     "DATASETS",
+    "GRAPH_FIELDS",
     "INPUT_NORMS",
     "PRESETS",
     "Config",

@@ -159,7 +159,7 @@ class ModelConfig:
         "mean", "Adj_loss reduction: the paper's sum, or mean.", ("sum", "mean")
     )
     isolated_ce_weight: float = _f(
-        0.0,
+        1.0,
         "beta: weight of an auxiliary cross-entropy on the isolated logits (A = I, "
         "the same head): the loss is (CE_graph + beta CE_isolated) / (1 + beta) "
         "+ alpha Adj_loss. 0: the paper's loss.",
@@ -193,6 +193,28 @@ class ModelConfig:
         ("context", "bank", "batch", "isolated", "all"),
     )
     num_classes: int = _f(0, "Classes (0: from the data set).", check=_NON_NEGATIVE_INT)
+
+
+# The ModelConfig fields that only EAN's graph head reads (a linear-head run
+# ignores them), `context_size` aside.
+GRAPH_FIELDS = (
+    "embedding_dim",
+    "embedding_norm",
+    "gcn_units",
+    "gcn_dropout",
+    "tau1",
+    "tau2",
+    "temperature",
+    "straight_through",
+    "signed_edges",
+    "adj_loss_weight",
+    "adj_reduction",
+    "isolated_ce_weight",
+    "self_weight",
+    "bank_per_class",
+    "context_sets",
+    "inference_graph",
+)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ean_tf.config import Config, ModelConfig, TrainConfig
+from ean_tf.config import GRAPH_FIELDS, Config, ModelConfig, TrainConfig
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
 from ean_tf.models.ean_references import References
@@ -45,29 +45,7 @@ _CONTEXT_SIZE = TrainConfig().batch_size - 1
 # EAN's hyper-parameters: the `ModelConfig` fields of these names, whose defaults,
 # choices and ranges are declared there once. The constructor takes them as
 # keywords, validates them as the configuration does, and `get_config` returns them.
-HYPER_PARAMETERS = (
-    "backbone",
-    "stem",
-    "width",
-    "input_norm",
-    "head",
-    "embedding_dim",
-    "embedding_norm",
-    "gcn_units",
-    "gcn_dropout",
-    "tau1",
-    "tau2",
-    "temperature",
-    "straight_through",
-    "signed_edges",
-    "adj_loss_weight",
-    "adj_reduction",
-    "isolated_ce_weight",
-    "self_weight",
-    "bank_per_class",
-    "context_sets",
-    "inference_graph",
-)
+HYPER_PARAMETERS = ("backbone", "stem", "width", "input_norm", "head", *GRAPH_FIELDS)
 # Attribute names for the fields whose own name the model uses for a layer.
 _ATTRIBUTE = {
     "backbone": "backbone_name",
