@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -434,35 +435,43 @@ GRAPH_ONLY = {
     "model": {"context_size"},
     "train": {"adj_warmup_epochs", "cross_replica_graph"},
 }
-# What a JSON that lacks a field was trained with, where the field's default has
-# changed since it was added (otherwise a missing field is the preset's value).
-FIRST_DEFAULTS = {("model", "isolated_ce_weight"): 0.0}
 
 
-def _differences(name: str, result: dict) -> list[str]:
-    """Where a finished run's JSON was trained otherwise than the run `name` means
-    now (folders and the data's location aside), as `section.field: JSON value,
-    now value`; empty when it is the same run."""
+@functools.cache
+def _expected(name: str) -> tuple[dict, dict, dict] | None:
+    """What run `name` means now, computed once (the flags are fixed for the
+    process): its config and the preset's as JSON holds them, and the fields
+    that do not tell its runs apart; None when it starts from a pre-trained G."""
     overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
     if with_generator:  # its config names a checkpoint made by this experiment
-        return []
+        return None
     from ean_tf.config import GRAPH_FIELDS, make_config
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
     preset = _comparable(
         make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
     )
-    got = _comparable(result["config"])
-    got["data"]["data_dir"] = want["data"]["data_dir"]
     ignored = {}
     if want["model"]["head"] == "linear":
         ignored = {**GRAPH_ONLY, "model": GRAPH_ONLY["model"] | set(GRAPH_FIELDS)}
+    return want, preset, ignored
+
+
+def _differences(name: str, result: dict) -> list[str]:
+    """Where a finished run's JSON was trained otherwise than the run `name` means
+    now (folders and the data's location aside), as `section.field: JSON value,
+    now value`; empty when it is the same run."""
+    if (expected := _expected(name)) is None:
+        return []
+    want, preset, ignored = expected
+    got = _comparable(result["config"])
+    got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []
     for section, fields in want.items():
         for key, value in fields.items():
             if key in ignored.get(section, ()):
                 continue
-            before = FIRST_DEFAULTS.get((section, key), preset[section][key])
+            before = common.FIRST_DEFAULTS.get((section, key), preset[section][key])
             if (got_value := got.get(section, {}).get(key, before)) != value:
                 out.append(f"{section}.{key}: {got_value!r}, now {value!r}")
     return out
@@ -536,9 +545,11 @@ def main(argv):
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
         if os.path.isfile(path):
-            with open(path) as f:
-                result = json.load(f)
-            changed = _differences(name, result) if "config" in result else []
+            changed = []  # a copy made just above was found to be this run
+            if not same:
+                with open(path) as f:
+                    result = json.load(f)
+                changed = _differences(name, result) if "config" in result else []
             if changed and name in selected:
                 raise app.UsageError(
                     f"{path} was trained otherwise than run {name} means now "

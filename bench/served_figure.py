@@ -63,7 +63,9 @@ def pairs(results_dir: str) -> list[dict]:
             continue
         # The loss is named from the config: its default changed (0 before
         # 2026-12-01, which a JSON without the field was trained with).
-        beta = r["config"]["model"].get("isolated_ce_weight", 0.0)
+        beta = r["config"]["model"].get(
+            "isolated_ce_weight", common.FIRST_DEFAULTS[("model", "isolated_ce_weight")]
+        )
         loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
         extra = [
             f"{k}={v}"
