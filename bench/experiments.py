@@ -123,6 +123,11 @@ def runs(experiment: str) -> dict[str, dict]:
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
+        # Grouped batches: 16 groups of 4 images of one training label, so each
+        # image has 3 same-label batch mates; its linear twin separates the sampler
+        # from the graph.
+        "grouped": {"group_size": 4},
+        "linear_grouped": {"head": "linear", "group_size": 4},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
         # the head; two layers with dropout were the first head.

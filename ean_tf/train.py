@@ -231,6 +231,7 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
             cache=d.cache,
             deterministic=d.deterministic,
             balanced=d.balanced_sampling,
+            group_size=d.group_size,
             skip=state["steps_done"] * batch,  # the data position
             drop_remainder=True,
         )

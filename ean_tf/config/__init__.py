@@ -141,6 +141,12 @@ def validate(config: Config) -> None:
         g.view_kinds,
     )
     _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
+    _check(
+        t.batch_size % config.data.group_size == 0,
+        "group_size",
+        f"a divisor of --batch_size={t.batch_size}",
+        config.data.group_size,
+    )
     if m.head == "ean":  # otherwise the graph is never switched on
         _check(
             t.adj_warmup_epochs < t.epochs,

@@ -44,6 +44,13 @@ class DataConfig:
     ferplus_classes: int = _f(8, "FERPlus classes: 8, or 7 without contempt.", (7, 8))
     affectnet_classes: int = _f(8, "AffectNet classes: 7 or 8 (with contempt).", (7, 8))
     balanced_sampling: bool = _f(False, "Sample training classes uniformly.")
+    group_size: int = _f(
+        1,
+        "Grouped training batches: each image drawn is joined by group_size - 1 "
+        "more of its (training) label, so the batch graph has same-class pairs "
+        "to learn from (1: off). Divides --batch_size.",
+        check=_AT_LEAST_1,
+    )
     train_split: str = _f("", "Training split name (empty: the reader's own).")
     val_split: str = _f("", "Validation split name (empty: the reader's own).")
     noise_rate: float = _f(

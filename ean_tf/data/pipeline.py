@@ -120,6 +120,40 @@ def _source(examples: Examples, image_size: int):
     return tf.data.Dataset.from_tensor_slices(columns), load
 
 
+def _by_class(
+    ds: tf.data.Dataset,
+    examples: Examples,
+    seed: int,
+    balanced: bool,
+    group_size: int,
+) -> tf.data.Dataset:
+    """Rows drawn class by class: a class (uniform if `balanced`, else with the
+    labels' prior), then `group_size` rows of it, each class's rows reshuffled
+    every pass."""
+    if examples.records:
+        raise ValueError(
+            "balanced or grouped sampling reads image files; it is not "
+            "available for TFRecord data yet"
+        )
+    labels = examples.labels
+    table = tf.constant(labels)
+    rows = ds.enumerate()  # rows in `examples` order: the row's label by index
+    present = [k for k in range(examples.num_classes) if np.any(labels == k)]
+    per_class = [
+        rows.filter(lambda i, _, k=k: tf.equal(tf.gather(table, i), k))
+        .map(lambda _, cols: cols)
+        .shuffle(int(np.sum(labels == k)), seed=seed + k)
+        .repeat()
+        .batch(group_size)
+        for k in present
+    ]
+    weights = None
+    if not balanced:
+        weights = [float(np.mean(labels == k)) for k in present]
+    ds = tf.data.Dataset.sample_from_datasets(per_class, weights, seed=seed)
+    return ds.unbatch()
+
+
 def make_dataset(
     examples: Examples,
     image_size: int,
@@ -132,6 +166,7 @@ def make_dataset(
     cache: bool = False,
     deterministic: bool = False,
     balanced: bool = False,
+    group_size: int = 1,
     skip: int = 0,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
@@ -141,6 +176,9 @@ def make_dataset(
     steps per epoch); `skip` drops that many examples of the stream first, which is
     how a resumed run continues at its data position. Each example's augmentation
     seed is (seed, its position in the stream), so the stream is reproducible.
+    `balanced` draws classes uniformly; `group_size` > 1 draws groups of that many
+    images of one label (a class with its prior, or uniformly with `balanced`), so
+    each image has group_size - 1 same-label batch mates.
     Otherwise: one ordered pass, no augmentation.
     """
     ds, load = _source(examples, image_size)
@@ -162,21 +200,8 @@ def make_dataset(
         load_fn = lambda image, target: (image, target)
     else:
         load_fn = load
-    if balanced:
-        labels = examples.labels
-        if examples.records:
-            raise ValueError(
-                "balanced sampling reads image files; it is not "
-                "available for TFRecord data yet"
-            )
-        per_class = [
-            ds.filter(lambda *c, k=k: tf.argmax(c[1]) == k)
-            .shuffle(max(int(np.sum(labels == k)), 1), seed=seed + k)
-            .repeat()
-            for k in range(examples.num_classes)
-            if np.any(labels == k)
-        ]
-        ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
+    if balanced or group_size > 1:
+        ds = _by_class(ds, examples, seed, balanced, group_size)
     else:
         buffer = min(len(examples), 20000) if examples.records else len(examples)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
