@@ -323,6 +323,36 @@ def test_validation_batch_graph_uses_the_evaluation_order(
     assert seen[0].paths == val.select(val.shuffle_order(0)).paths
 
 
+def test_training_batches_follow_the_sampling_flags(trained, tmp_path, monkeypatch):
+    from ean_tf import train as train_lib
+    from ean_tf.config import replace
+
+    config, _ = trained
+    run = replace(
+        config,
+        run_dir=str(tmp_path / "run"),
+        group_size=4,
+        balanced_sampling=True,
+        noise_rate=0.0,
+    )
+    made = train_lib.make_dataset
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(examples, *args, training, **kwargs):
+        if not training:
+            return made(examples, *args, training=training, **kwargs)
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train_lib, "make_dataset", record)
+    with pytest.raises(Stop):
+        train_lib.train(run, verbose=0)
+    assert seen["group_size"] == 4 and seen["balanced"] is True
+
+
 def test_bank_reads_only_its_candidates_and_equals_the_full_scan(trained, monkeypatch):
     """fill_references embeds only the first BANK_CANDIDATES images of each class,
     and the bank it fills is the one a scan of the whole training split gives."""
