@@ -135,21 +135,19 @@ def _by_class(
             "balanced or grouped sampling reads image files; it is not "
             "available for TFRecord data yet"
         )
-    labels = examples.labels
-    table = tf.constant(labels)
+    table = tf.constant(examples.labels)
+    counts = np.bincount(examples.labels, minlength=examples.num_classes)
+    present = np.flatnonzero(counts)
     rows = ds.enumerate()  # rows in `examples` order: the row's label by index
-    present = [k for k in range(examples.num_classes) if np.any(labels == k)]
     per_class = [
         rows.filter(lambda i, _, k=k: tf.equal(tf.gather(table, i), k))
         .map(lambda _, cols: cols)
-        .shuffle(int(np.sum(labels == k)), seed=seed + k)
+        .shuffle(int(counts[k]), seed=seed + int(k))
         .repeat()
         .batch(group_size)
         for k in present
     ]
-    weights = None
-    if not balanced:
-        weights = [float(np.mean(labels == k)) for k in present]
+    weights = None if balanced else list(counts[present] / len(examples))
     ds = tf.data.Dataset.sample_from_datasets(per_class, weights, seed=seed)
     return ds.unbatch()
 
