@@ -94,6 +94,12 @@ def runs(experiment: str) -> dict[str, dict]:
                 "noise_rate": rate,
                 "isolated_ce_weight": 0.0,
             }
+            # Targets mixed with the graph neighbours' predictions (lambda = 0.5).
+            out[f"ean_neighbour_target_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "neighbour_target_weight": 0.5,
+            }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
         return {
@@ -123,6 +129,9 @@ def runs(experiment: str) -> dict[str, dict]:
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
+        # Each image's target mixed half and half with the mean prediction of its
+        # similar batch neighbours (their isolated softmax, no gradient).
+        "neighbour_target": {"neighbour_target_weight": 0.5},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph.

@@ -90,6 +90,11 @@ def test_warmup_gcn_sees_identity_and_adj_loss_is_off():
     assert float(stats["graph_nodes"]) == 16
 
 
+def _ce_of(model, x, y):
+    """The per-example training cross-entropy of `compute_losses`, no dropout."""
+    return model.compute_losses(x, y, training=False)[0]
+
+
 def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     """--isolated_ce_weight=beta: ce = (CE(graph logits) + beta CE(A = I logits)) /
     (1 + beta); while the warm-up lasts the two are the same logits, so the loss
@@ -100,11 +105,7 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     mixed.set_weights(plain.get_weights())
     for model in (plain, mixed):
         model.graph_enabled.assign(0.0)
-    np.testing.assert_allclose(
-        mixed.compute_losses(x, y, training=False)[0],
-        plain.compute_losses(x, y, training=False)[0],
-        rtol=1e-5,
-    )
+    np.testing.assert_allclose(_ce_of(mixed, x, y), _ce_of(plain, x, y), rtol=1e-5)
     for model in (plain, mixed):
         model.graph_enabled.assign(1.0)
     ce_graph = keras.losses.categorical_crossentropy(
@@ -115,12 +116,74 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     )
     assert not np.allclose(ce_graph, ce_alone, atol=1e-4)
     np.testing.assert_allclose(
-        mixed.compute_losses(x, y, training=False)[0],
+        _ce_of(mixed, x, y),
         (ce_graph + 3.0 * ce_alone) / 4.0,
         rtol=1e-5,
     )
     with pytest.raises(ValueError, match="isolated_ce_weight"):
         EAN(4, isolated_ce_weight=-1.0, **TINY)
+
+
+def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
+    """--neighbour_target_weight=lambda: the target of both cross-entropies is
+    (1 - lambda) y + lambda * the mean isolated softmax of the node's similar
+    neighbours, a constant for the gradient; while the warm-up lasts, and
+    for a node with no neighbour, the target is the label. (Hard edges on the
+    plain embedding, so that the loss's graph and the batch graph are the same
+    function of the weights.)"""
+    x, y = _data()
+    kw = dict(embedding_norm="none", straight_through=False, **TINY)
+    plain = EAN(4, tau1=-1.0, **kw)  # every other node is a neighbour
+    mixed = EAN(4, tau1=-1.0, neighbour_target_weight=0.4, **kw)
+    lonely = EAN(4, tau1=1.0, neighbour_target_weight=0.4, **kw)
+    for model in (mixed, lonely):
+        model.set_weights(plain.get_weights())
+    for model in (plain, mixed):
+        model.graph_enabled.assign(0.0)
+    np.testing.assert_allclose(_ce_of(mixed, x, y), _ce_of(plain, x, y), rtol=1e-6)
+    for model in (plain, mixed, lonely):
+        model.graph_enabled.assign(1.0)
+    graph_plain = EAN(4, tau1=1.0, **kw)
+    graph_plain.set_weights(plain.get_weights())
+    graph_plain.graph_enabled.assign(1.0)
+    np.testing.assert_allclose(  # no neighbour: the label alone
+        _ce_of(lonely, x, y), _ce_of(graph_plain, x, y), rtol=1e-6
+    )
+    probs = tf.nn.softmax(mixed(x, graph="isolated")).numpy()
+    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
+    target = tf.constant(0.6 * y + 0.4 * others)
+
+    def expected():
+        def ce(logits):
+            return keras.losses.categorical_crossentropy(
+                target, logits, from_logits=True
+            )
+
+        return (ce(mixed(x, graph="batch")) + ce(mixed(x, graph="isolated"))) / 2
+
+    np.testing.assert_allclose(_ce_of(mixed, x, y), expected(), rtol=1e-5)
+    assert not np.allclose(  # the mixed target is not the label's loss
+        expected(), _ce_of(plain, x, y), rtol=1e-3
+    )
+    weights = mixed.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        mine = tf.reduce_mean(_ce_of(mixed, x, y))
+        theirs = tf.reduce_mean(expected())
+    for w, g_mine, g_theirs in zip(
+        weights,
+        tape.gradient(mine, weights),
+        tape.gradient(theirs, weights),
+        strict=True,
+    ):
+        zero = np.zeros(w.shape, np.float32)  # the embedding's: None or zeros
+        np.testing.assert_allclose(
+            zero if g_mine is None else g_mine,
+            zero if g_theirs is None else g_theirs,
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    with pytest.raises(ValueError, match="neighbour_target_weight"):
+        EAN(4, neighbour_target_weight=1.0, **TINY)
 
 
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
@@ -149,7 +212,7 @@ def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving
     np.testing.assert_allclose(
         weighted(x, graph="isolated"), plain(x, graph="isolated"), atol=1e-6
     )
-    graph_ce = weighted.compute_losses(x, y, training=False)[0]
+    graph_ce = _ce_of(weighted, x, y)
     want = 0.3 * plain(x, graph="isolated") + 0.7 * plain(x, graph="batch")
     np.testing.assert_allclose(
         graph_ce,

@@ -172,6 +172,14 @@ class ModelConfig:
         "+ alpha Adj_loss. 0: the paper's loss.",
         check=_NON_NEGATIVE,
     )
+    neighbour_target_weight: float = _f(
+        0.0,
+        "lambda: each image's cross-entropy target is (1 - lambda) its label + "
+        "lambda the mean prediction of its similar graph neighbours (their "
+        "isolated softmax, no gradient), once the graph is on; an image with no "
+        "neighbour keeps its label. 0: the label alone.",
+        check=_FRACTION_BELOW_1,
+    )
     self_weight: float = _f(
         0.0,
         "alpha: each node keeps alpha of its own row, Â becomes alpha I + "
@@ -217,6 +225,7 @@ GRAPH_FIELDS = (
     "adj_loss_weight",
     "adj_reduction",
     "isolated_ce_weight",
+    "neighbour_target_weight",
     "self_weight",
     "bank_per_class",
     "context_sets",

@@ -58,7 +58,8 @@ class TrainStep:
         """Per-replica losses and graph statistics.
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
-        isolated logits' ce), alpha * Adj_loss scalar, logits (B, C),
+        isolated logits' ce; with `neighbour_target_weight`, against targets
+        mixed with the neighbours' predictions), alpha * Adj_loss scalar, logits (B, C),
         stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
         under a multi-replica strategy the graph spans every replica's batch.
         """
@@ -90,6 +91,8 @@ class TrainStep:
             edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
             nodes = tf.cast(tf.shape(a)[0], tf.float32)
             edges = edges / nodes
+        if self.head_type == "ean" and self.neighbour_target_weight > 0:
+            targets = self._neighbour_targets(targets, cs, all_pooled, offset, b)
         ce = self._ce(targets, logits)
         beta = self.isolated_ce_weight
         if self.head_type == "ean" and beta > 0:
@@ -100,6 +103,24 @@ class TrainStep:
             ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
         stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
         return ce, adj_value, logits, stats
+
+    def _neighbour_targets(self, targets, cs, all_pooled, offset, b):
+        """--neighbour_target_weight=lambda: targets (B, C) -> (1 - lambda) targets
+        + lambda times the mean isolated prediction (softmax, A = I, no dropout)
+        of each node's similar neighbours (cos >= tau1, itself excluded) among the
+        graph's N nodes. No gradient flows through the neighbours' part; a node
+        with no neighbour, and every node while the graph is off, keeps its target.
+        cs: (N, N) cosines of the graph; all_pooled: (N, Fd); this replica's
+        nodes are rows offset .. offset + b."""
+        n = tf.shape(all_pooled)[0]
+        probs = tf.nn.softmax(self.head([all_pooled, tf.eye(n)], training=False))
+        similar = adj.zero_diagonal(tf.cast(cs >= self.tau1, tf.float32))  # (N, N)
+        edges = (similar * self.graph_enabled)[offset : offset + b]  # (B, N)
+        degree = tf.reduce_sum(edges, axis=-1, keepdims=True)  # (B, 1)
+        mean = tf.math.divide_no_nan(tf.matmul(edges, probs), degree)  # (B, C)
+        lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
+        targets = tf.cast(targets, tf.float32)
+        return (1.0 - lam) * targets + lam * tf.stop_gradient(mean)
 
     def _ce(self, targets, logits):
         return keras.losses.categorical_crossentropy(
