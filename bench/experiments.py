@@ -325,6 +325,21 @@ def _robustness(config, run_dir: str) -> dict:
     )
 
 
+def same_runs(results: dict[str, dict], names, out_dir: str) -> list[list[str]]:
+    """`names` grouped by the run they are (one curve each): a copy joins the run
+    its `same_run_as` names (a JSON path, relative to the checkout or absolute),
+    whether that run is here under its own name or another copy of it."""
+
+    def original(name):
+        path = results[name].get("same_run_as") or os.path.join(out_dir, f"{name}.json")
+        return os.path.realpath(os.path.join(common.ROOT, path))
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(original(name), []).append(name)
+    return list(groups.values())
+
+
 def summarise(results: dict[str, dict], out_dir: str) -> None:
     import matplotlib
 
@@ -367,11 +382,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
         sharey=True,
     )
     for ax, (key, names) in zip(axes[0], panels.items(), strict=True):
-        # Runs copied from the same original (same configuration) are one curve.
-        same: dict[str, list[str]] = {}
-        for name in names:
-            same.setdefault(results[name].get("same_run_as", name), []).append(name)
-        for group in same.values():
+        for group in same_runs(results, names, out_dir):
             curve = results[group[0]]["val_accuracy_per_epoch"]
             ax.plot(
                 range(1, len(curve) + 1),

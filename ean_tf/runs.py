@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import Config
+from ean_tf.config import GRAPH_FIELDS, Config
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
@@ -261,8 +261,9 @@ _RUN_FILES = (
 def check_run_dir(config: Config, run_dir: str) -> None:
     """Stops before anything in `run_dir` changes when it holds another run.
 
-    Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside)
-    and `--epochs` at least the epochs already done. `--overwrite` deletes the
+    Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside,
+    and `GRAPH_FIELDS` between two linear-head runs, which never read them) and
+    `--epochs` at least the epochs already done. `--overwrite` deletes the
     other run's files instead.
     """
     path = os.path.join(run_dir, "config.json")
@@ -271,11 +272,14 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     with open(path) as f:
         previous = json.load(f)
     current = json.loads(json.dumps(config.to_dict(), default=str))
+    same = set(RESUMABLE_FIELDS)
+    if current["model"]["head"] == previous.get("model", {}).get("head") == "linear":
+        same |= set(GRAPH_FIELDS)  # settings a linear head never reads
     differ = [
         f"{name}={old!r} there, {value!r} here"
         for section in _RUN_SECTIONS
         for name, value in current[section].items()
-        if name not in RESUMABLE_FIELDS
+        if name not in same
         and (old := previous.get(section, {}).get(name, value)) != value
     ]
     done = read_state(run_dir)["epochs_done"]

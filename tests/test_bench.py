@@ -310,3 +310,30 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     assert "'0% noise, seed 0\\npaper loss': linear 0.8100" in result.stdout
     assert "'20% noise, seed 0\\nisolated_ce_weight=1': linear 0.7600" in result.stdout
     assert out.stat().st_size > 10_000
+
+
+def test_copies_of_one_run_are_one_curve(tmp_path):
+    """The ablations figure draws a run and its copies (`same_run_as`, a path
+    relative to the checkout or absolute) as one curve, and other runs apart."""
+    here = tmp_path / "ablations"
+    results = {
+        "isolated_ce": {},
+        "ean_default": {"same_run_as": str(here / "isolated_ce.json")},
+        "adj_mean": {"same_run_as": os.path.relpath(here / "isolated_ce.json", ROOT)},
+        "paper_loss": {},
+        "one_gcn_layer": {"same_run_as": str(tmp_path / "clean" / "ean.json")},
+    }
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench'); import experiments; "
+        f"print(json.dumps(experiments.same_runs({results!r}, {list(results)!r}, "
+        f"{str(here)!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        ["isolated_ce", "ean_default", "adj_mean"],
+        ["paper_loss"],
+        ["one_gcn_layer"],
+    ]

@@ -124,6 +124,29 @@ def test_a_run_folder_never_resumes_another_run(tmp_path):
         assert json.load(f)["data"]["image_size"] == 40
 
 
+def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
+    """A linear head never reads the graph's settings, so they do not make a
+    linear run folder another run; for EAN they do."""
+    from ean_tf.config import make_config
+    from ean_tf.runs import TrainingError, check_run_dir
+
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    for head in ("linear", "ean"):
+        config = make_config("tiny", run_dir=run, head=head)
+        with open(os.path.join(run, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, default=str)
+        other = replace(config, tau1=0.7, neighbour_target_weight=0.5)
+        if head == "linear":
+            check_run_dir(other, run)  # resumes
+            with pytest.raises(TrainingError, match="image_size=32 there, 40 here"):
+                check_run_dir(replace(other, image_size=40), run)
+        else:
+            with pytest.raises(TrainingError, match="tau1=0.5 there, 0.7 here"):
+                check_run_dir(other, run)
+    assert sorted(os.listdir(run)) == ["config.json"]  # nothing deleted
+
+
 def test_metrics_by_hand():
     labels = np.array([0, 0, 1, 1, 1, 2])
     preds = np.array([0, 1, 1, 1, 0, 2])
