@@ -337,3 +337,37 @@ def test_copies_of_one_run_are_one_curve(tmp_path):
         ["paper_loss"],
         ["one_gcn_layer"],
     ]
+
+
+def test_neighbours_bench(tmp_path, tiny_run):
+    run = tiny_run
+    _bench(
+        "neighbours.py",
+        f"--run_dir={run}",
+        "--ks=1,3",
+        "--chunk=7",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "neighbours.json"))
+    own = json.load(open(run / "metrics.json"))["graphs"]["isolated"]
+    assert result["isolated"] == pytest.approx(own["accuracy"])
+    assert set(result["neighbours"]) == {"embedding", "pooled"}
+    for rows in result["neighbours"].values():
+        assert set(rows) == {"1", "3"}
+        for row in rows.values():
+            assert all(0 <= row[key] <= 1 for key in ("precision", "vote", "graph"))
+    # By hand: each point's nearest key is itself; a neighbourhood of the
+    # query's own class votes for it.
+    code = (
+        "import sys; sys.path.insert(0, 'bench'); import numpy as np; "
+        "import neighbours as n; x = np.random.default_rng(0).normal(size=(20, 5)); "
+        "top = n.nearest(x, x, 3, 6); assert (top[:, 0] == np.arange(20)).all(); "
+        "y = np.arange(20) % 2; z = np.eye(2)[y]; "
+        "s = n.scores(top[:, :1], y, z, y, -z, 2); "
+        "assert s['precision'] == 1 and s['vote'] == 1 and s['graph'] == 0.5, s; "
+        "print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
