@@ -328,11 +328,14 @@ def _robustness(config, run_dir: str) -> dict:
 def same_runs(results: dict[str, dict], names, out_dir: str) -> list[list[str]]:
     """`names` grouped by the run they are (one curve each): a copy joins the run
     its `same_run_as` names (a JSON path, relative to the checkout or absolute),
-    whether that run is here under its own name or another copy of it."""
+    whether that run is here under its own name or another copy of it. `out_dir`
+    is as given on the command line (relative to the working directory)."""
 
     def original(name):
-        path = results[name].get("same_run_as") or os.path.join(out_dir, f"{name}.json")
-        return os.path.realpath(os.path.join(common.ROOT, path))
+        copied = results[name].get("same_run_as")
+        if copied:
+            return os.path.realpath(os.path.join(common.ROOT, copied))
+        return os.path.realpath(os.path.join(out_dir, f"{name}.json"))  # cwd's
 
     groups: dict[str, list[str]] = {}
     for name in names:

@@ -323,13 +323,15 @@ def test_copies_of_one_run_are_one_curve(tmp_path):
         "paper_loss": {},
         "one_gcn_layer": {"same_run_as": str(tmp_path / "clean" / "ean.json")},
     }
+    # --out_dir relative to the working directory, which is not the checkout.
+    bench = os.path.join(ROOT, "bench")
     code = (
-        "import json, sys; sys.path.insert(0, 'bench'); import experiments; "
+        f"import json, sys; sys.path.insert(0, {bench!r}); import experiments; "
         f"print(json.dumps(experiments.same_runs({results!r}, {list(results)!r}, "
-        f"{str(here)!r})))"
+        "'ablations')))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [
