@@ -15,7 +15,6 @@ from typing import Any
 
 from ean_tf.config.fields import BACKBONES, DATASETS, INPUT_NORMS, ConfigError
 from ean_tf.config.sections import (
-    GRAPH_FIELDS,
     DataConfig,
     ExportConfig,
     GeneratorConfig,
@@ -23,6 +22,28 @@ from ean_tf.config.sections import (
     TrainConfig,
 )
 from ean_tf.presets import PRESETS
+
+# The ModelConfig fields that only EAN's graph head reads (a linear-head run
+# ignores them), `context_size` aside.
+GRAPH_FIELDS = (
+    "embedding_dim",
+    "embedding_norm",
+    "gcn_units",
+    "gcn_dropout",
+    "tau1",
+    "tau2",
+    "temperature",
+    "straight_through",
+    "signed_edges",
+    "adj_loss_weight",
+    "adj_reduction",
+    "isolated_ce_weight",
+    "neighbour_target_weight",
+    "self_weight",
+    "bank_per_class",
+    "context_sets",
+    "inference_graph",
+)
 
 __all__ = [
     "BACKBONES",

@@ -210,29 +210,6 @@ class ModelConfig:
     num_classes: int = _f(0, "Classes (0: from the data set).", check=_NON_NEGATIVE_INT)
 
 
-# The ModelConfig fields that only EAN's graph head reads (a linear-head run
-# ignores them), `context_size` aside.
-GRAPH_FIELDS = (
-    "embedding_dim",
-    "embedding_norm",
-    "gcn_units",
-    "gcn_dropout",
-    "tau1",
-    "tau2",
-    "temperature",
-    "straight_through",
-    "signed_edges",
-    "adj_loss_weight",
-    "adj_reduction",
-    "isolated_ce_weight",
-    "neighbour_target_weight",
-    "self_weight",
-    "bank_per_class",
-    "context_sets",
-    "inference_graph",
-)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _f(10, "Training epochs.", check=_AT_LEAST_1)
