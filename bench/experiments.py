@@ -457,14 +457,6 @@ def _finished_runs() -> list[tuple[str, dict]]:
     return found
 
 
-# Beside the model's `GRAPH_FIELDS`, the fields a linear-head run does not read:
-# none of them tells two linear runs apart.
-GRAPH_ONLY = {
-    "model": {"context_size"},
-    "train": {"adj_warmup_epochs", "cross_replica_graph"},
-}
-
-
 @functools.cache
 def _expected(name: str) -> tuple[dict, dict, dict] | None:
     """What run `name` means now, computed once (the flags are fixed for the
@@ -473,15 +465,13 @@ def _expected(name: str) -> tuple[dict, dict, dict] | None:
     overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
     if with_generator:  # its config names a checkpoint made by this experiment
         return None
-    from ean_tf.config import GRAPH_FIELDS, make_config
+    from ean_tf.config import LINEAR_IGNORED, make_config
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
     preset = _comparable(
         make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
     )
-    ignored = {}
-    if want["model"]["head"] == "linear":
-        ignored = {**GRAPH_ONLY, "model": GRAPH_ONLY["model"] | set(GRAPH_FIELDS)}
+    ignored = LINEAR_IGNORED if want["model"]["head"] == "linear" else {}
     return want, preset, ignored
 
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import GRAPH_FIELDS, Config
+from ean_tf.config import LINEAR_IGNORED, Config
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
@@ -262,7 +262,7 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     """Stops before anything in `run_dir` changes when it holds another run.
 
     Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside,
-    and `GRAPH_FIELDS` between two linear-head runs, which never read them) and
+    and `LINEAR_IGNORED` between two linear-head runs, which never read them) and
     `--epochs` at least the epochs already done. `--overwrite` deletes the
     other run's files instead.
     """
@@ -272,14 +272,14 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     with open(path) as f:
         previous = json.load(f)
     current = json.loads(json.dumps(config.to_dict(), default=str))
-    same = set(RESUMABLE_FIELDS)
-    if current["model"]["head"] == previous.get("model", {}).get("head") == "linear":
-        same |= set(GRAPH_FIELDS)  # settings a linear head never reads
+    heads = (current["model"]["head"], previous.get("model", {}).get("head"))
+    ignored = LINEAR_IGNORED if heads == ("linear", "linear") else {}
     differ = [
         f"{name}={old!r} there, {value!r} here"
         for section in _RUN_SECTIONS
         for name, value in current[section].items()
-        if name not in same
+        if name not in RESUMABLE_FIELDS
+        and name not in ignored.get(section, ())
         and (old := previous.get(section, {}).get(name, value)) != value
     ]
     done = read_state(run_dir)["epochs_done"]

@@ -44,12 +44,19 @@ GRAPH_FIELDS = (
     "context_sets",
     "inference_graph",
 )
+# Per section, every field a linear-head run never reads: GRAPH_FIELDS, and the
+# graph's size and schedule. None of them tells two linear runs apart.
+LINEAR_IGNORED = {
+    "model": frozenset(GRAPH_FIELDS) | {"context_size"},
+    "train": frozenset({"adj_warmup_epochs", "cross_replica_graph"}),
+}
 
 __all__ = [
     "BACKBONES",
     "DATASETS",
     "GRAPH_FIELDS",
     "INPUT_NORMS",
+    "LINEAR_IGNORED",
     "PRESETS",
     "Config",
     "ConfigError",
