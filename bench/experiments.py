@@ -100,6 +100,13 @@ def runs(experiment: str) -> dict[str, dict]:
                 "noise_rate": rate,
                 "neighbour_target_weight": 0.5,
             }
+            # The graph cross-entropy trains each node's own features only, so
+            # a wrong label does not pull its neighbours' features.
+            out[f"ean_own_feature_grad_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "neighbour_feature_grad": False,
+            }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
         return {
@@ -132,6 +139,9 @@ def runs(experiment: str) -> dict[str, dict]:
         # Each image's target mixed half and half with the mean prediction of its
         # similar batch neighbours (their isolated softmax, no gradient).
         "neighbour_target": {"neighbour_target_weight": 0.5},
+        # The graph cross-entropy's gradient reaches each node's own features
+        # only; its neighbours' features enter its logits as constants.
+        "own_feature_grad": {"neighbour_feature_grad": False},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph.

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from ean_tf.models import backbones
 from ean_tf.models.ean import EAN, AdjacencyWarmup
+from ean_tf.models.gcn import GCNHead
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, width=8, embedding_dim=16, bank_per_class=2)
@@ -184,6 +185,56 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         )
     with pytest.raises(ValueError, match="neighbour_target_weight"):
         EAN(4, neighbour_target_weight=1.0, **TINY)
+
+
+def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
+    """--neighbour_feature_grad=False: the head's logits are still Â X W + b, but
+    d(sum R * logits)/dX is diag(Â) R W^T (each node's own row) instead of
+    Â^T R W^T, and the kernel's gradient is unchanged. In the model the loss
+    and every gradient but the backbone's are the default's."""
+    rng = np.random.default_rng(0)
+    head = GCNHead((), 3)
+    head.build([(None, 5), (None, None)])
+    x = tf.constant(rng.normal(size=(6, 5)), tf.float32)
+    a = rng.random((6, 6)).astype(np.float32)
+    a = (a + a.T) / 2
+    r = rng.normal(size=(6, 3)).astype(np.float32)
+    out = {}
+    for flag in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = head([x, tf.constant(a)], neighbour_grad=flag)
+            loss = tf.reduce_sum(logits * r)
+        out[flag] = (logits, *tape.gradient(loss, [x, head.convs[0].kernel]))
+    kernel = head.convs[0].kernel.numpy()
+    np.testing.assert_allclose(out[False][0], out[True][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[True][1], a.T @ r @ kernel.T, rtol=1e-4, atol=1e-5)
+    own = np.diag(a)[:, None] * (r @ kernel.T)
+    np.testing.assert_allclose(out[False][1], own, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[False][2], out[True][2], rtol=1e-4, atol=1e-5)
+
+    x, y = _data()
+    plain = EAN(4, tau1=-1.0, **TINY)  # every pair an edge
+    own_only = EAN(4, tau1=-1.0, neighbour_feature_grad=False, **TINY)
+    own_only.set_weights(plain.get_weights())
+    grads = []
+    for model in (plain, own_only):
+        model.graph_enabled.assign(1.0)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(_ce_of(model, x, y))
+        grads.append((loss, tape.gradient(loss, model.trainable_variables)))
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6)
+    backbone = {id(v) for v in plain.backbone.trainable_variables}
+    differ = []
+    pairs = zip(plain.trainable_variables, *(g[1] for g in grads), strict=True)
+    for v, g0, g1 in pairs:
+        if g0 is None:
+            assert g1 is None, v.path
+            continue
+        same = np.allclose(g0, g1, rtol=1e-4, atol=1e-6)
+        assert same or id(v) in backbone, v.path
+        differ.append(not same)
+    assert any(differ)  # the backbone's gradient is not the default's
 
 
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():

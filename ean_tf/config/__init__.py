@@ -39,6 +39,7 @@ GRAPH_FIELDS = (
     "adj_reduction",
     "isolated_ce_weight",
     "neighbour_target_weight",
+    "neighbour_feature_grad",
     "self_weight",
     "bank_per_class",
     "context_sets",

@@ -180,6 +180,12 @@ class ModelConfig:
         "neighbour keeps its label. 0: the label alone.",
         check=_FRACTION_BELOW_1,
     )
+    neighbour_feature_grad: bool = _f(
+        True,
+        "The graph cross-entropy's gradient reaches the neighbours' features (the "
+        "paper). False: each node's graph logits train its own features only "
+        "(its neighbours' enter as constants; the edges still learn).",
+    )
     self_weight: float = _f(
         0.0,
         "alpha: each node keeps alpha of its own row, Â becomes alpha I + "

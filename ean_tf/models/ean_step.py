@@ -81,7 +81,11 @@ class TrainStep:
             all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
             a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
             a_hat = self.normalize(a)
-            logits_all = self.head([all_pooled, a_hat], training=training)
+            logits_all = self.head(
+                [all_pooled, a_hat],
+                training=training,
+                neighbour_grad=self.neighbour_feature_grad,
+            )
             logits = logits_all[offset : offset + b]
             soft = adj.relaxed_adjacency(
                 cs, self.tau1, self.tau2, self.temperature, similar_only=True

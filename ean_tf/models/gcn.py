@@ -26,8 +26,10 @@ class GCNConv(_SpektralGCNConv):
 class GCNHead(keras.layers.Layer):
     """Stacked GCNConv layers: hidden widths with ReLU and dropout, then C logits.
 
-    Inputs: features (N, F) and normalised adjacency Â (N, N) (or a list of one
-    Â per layer). Output: logits (N, num_classes), float32.
+    Inputs: features (N, F) and normalised adjacency Â (N, N). Output: logits
+    (N, num_classes), float32. `neighbour_grad=False` (--neighbour_feature_grad)
+    gives the same logits, with each node's gradient reaching its own features
+    only: its neighbours' enter every layer as constants.
     """
 
     def __init__(self, units, num_classes: int, dropout: float = 0.0, **kwargs):
@@ -58,11 +60,18 @@ class GCNHead(keras.layers.Layer):
             dim = conv.channels
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, neighbour_grad=True):
         x, a_hat = inputs
-        for drop, conv in zip(self.drops, self.convs, strict=True):
+        for i, (drop, conv) in enumerate(zip(self.drops, self.convs, strict=True)):
             x = drop(x, training=training)
-            x = conv([x, a_hat])  # (N, units)
+            if neighbour_grad:
+                x = conv([x, a_hat])  # (N, units)
+                continue
+            # Â sg(X) + diag(Â) (X - sg(X)): the value of Â X, with the gradient
+            # of node i's row reaching X_i alone (the edges Â still get theirs).
+            fixed = keras.ops.stop_gradient(x)
+            own = keras.ops.expand_dims(keras.ops.diagonal(a_hat), -1)
+            x = self.transform(i, keras.ops.matmul(a_hat, fixed) + own * (x - fixed))
         return keras.ops.cast(x, "float32")  # (N, C)
 
     def transform(self, i: int, mixed):
