@@ -187,6 +187,27 @@ def test_grouped_batches_join_each_image_to_its_label(tmp_path, cache):
         np.testing.assert_array_equal(a, b)
 
 
+def test_cached_grouped_batches_read_each_image_once(tmp_path, monkeypatch):
+    """--cache with grouped batches: the classes' samplers share one cache, so
+    three passes over the data read each image file once, not once a class."""
+    paths = [write_png(str(tmp_path / f"{i}.png"), 8, seed=i) for i in range(16)]
+    ex = Examples(paths, np.array([0] * 8 + [1] * 4 + [2] * 4), ("a", "b", "c"))
+    reads = []
+    real = pipeline.load_example
+
+    def counted(path, box, image_size):
+        count = tf.py_function(lambda p: reads.append(p.numpy()) or 0, [path], tf.int32)
+        with tf.control_dependencies([count]):
+            return tf.identity(real(path, box, image_size))
+
+    monkeypatch.setattr(pipeline, "load_example", counted)
+    kw = dict(training=True, flip=False, group_size=4, cache=True, deterministic=True)
+    ds = pipeline.make_dataset(ex, 8, 8, **kw)
+    labels = np.concatenate([b[1].numpy().argmax(1) for b in ds.take(6)])  # 3 passes
+    assert set(labels) == {0, 1, 2}
+    assert sorted(reads) == sorted(p.encode() for p in paths)
+
+
 def test_group_size_must_divide_the_batch():
     from ean_tf.config import ConfigError, make_config
 
