@@ -10,6 +10,7 @@ an all-None mask is dropped. Node features (N, F) and a dense normalised adjacen
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from spektral.layers import GCNConv as _SpektralGCNConv
 
 
@@ -62,16 +63,22 @@ class GCNHead(keras.layers.Layer):
 
     def call(self, inputs, training=None, neighbour_grad=True):
         x, a_hat = inputs
-        for i, (drop, conv) in enumerate(zip(self.drops, self.convs, strict=True)):
+        for drop, conv in zip(self.drops, self.convs, strict=True):
             x = drop(x, training=training)
             if neighbour_grad:
                 x = conv([x, a_hat])  # (N, units)
                 continue
-            # Â sg(X) + diag(Â) (X - sg(X)): the value of Â X, with the gradient
-            # of node i's row reaching X_i alone (the edges Â still get theirs).
+            # Â sg(X) W + diag(Â) (X - sg(X)) W: the value of Â X W, computed in
+            # GCNConv's order (the same floats), with the gradient of node i's
+            # row reaching X_i alone (W and the edges Â still get all of theirs).
             fixed = keras.ops.stop_gradient(x)
             own = keras.ops.expand_dims(keras.ops.diagonal(a_hat), -1)
-            x = self.transform(i, keras.ops.matmul(a_hat, fixed) + own * (x - fixed))
+            kernel = keras.ops.cast(conv.kernel, x.dtype)
+            h = keras.ops.matmul(a_hat, keras.ops.matmul(fixed, kernel))
+            h = h + own * keras.ops.matmul(x - fixed, kernel)
+            if conv.use_bias:  # bias_add, as GCNConv: the same bias gradient
+                h = tf.nn.bias_add(h, keras.ops.cast(conv.bias, h.dtype))
+            x = conv.activation(h)
         return keras.ops.cast(x, "float32")  # (N, C)
 
     def transform(self, i: int, mixed):
