@@ -73,7 +73,7 @@ def pairs(results_dir: str) -> list[dict]:
             if k not in ("head", "noise_rate", "isolated_ce_weight")
         ]
         name = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
-        name += "\n" + ", ".join([loss, *extra])
+        name += "\n" + "\n".join([loss, *extra])  # one setting a line
         out.append(
             {
                 "label": name,
