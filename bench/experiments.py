@@ -107,6 +107,13 @@ def runs(experiment: str) -> dict[str, dict]:
                 "noise_rate": rate,
                 "neighbour_feature_grad": False,
             }
+            # The graph's terms train the embedding and head only; the backbone
+            # learns from the isolated cross-entropy alone, at full weight.
+            out[f"ean_graph_detached_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "graph_backbone_grad": False,
+            }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
         return {
@@ -142,6 +149,9 @@ def runs(experiment: str) -> dict[str, dict]:
         # The graph cross-entropy's gradient reaches each node's own features
         # only; its neighbours' features enter its logits as constants.
         "own_feature_grad": {"neighbour_feature_grad": False},
+        # The graph's cross-entropy and Adj_loss never reach the backbone, which
+        # learns from CE_isolated alone at full weight, as its linear twin does.
+        "graph_detached": {"graph_backbone_grad": False},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph.

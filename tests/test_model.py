@@ -245,6 +245,56 @@ def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
     assert any(differ)  # the backbone's gradient is not the default's
 
 
+def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
+    """--graph_backbone_grad=False: ce = CE_graph + beta CE_isolated; the
+    backbone's gradient is that of beta CE_isolated alone, the embedding's that
+    of the paper's loss (CE_graph + alpha Adj_loss), and the head learns from
+    both terms. Without a weight on CE_isolated nothing would train the
+    backbone, so that is a configuration error."""
+    x, y = _data()
+    kw = dict(tau1=0.0, **TINY)  # some edges, and Adj_loss's sigmoids not flat
+    paper = EAN(4, isolated_ce_weight=0.0, **kw)
+    detached = EAN(4, isolated_ce_weight=2.0, graph_backbone_grad=False, **kw)
+    detached.set_weights(paper.get_weights())
+    for model in (paper, detached):
+        model.graph_enabled.assign(1.0)
+
+    def isolated_ce(model):  # (B,), the same head on each image alone
+        logits = model.head([model.features(x)[0], tf.eye(len(x))])
+        return model._ce(y, logits)
+
+    def grads(model, loss_of):  # one gradient per trainable variable, in order
+        with tf.GradientTape() as tape:
+            loss = loss_of(model)
+        return tape.gradient(loss, model.trainable_variables)
+
+    def total(model):
+        ce, adj_value, _, _ = model.compute_losses(x, y, training=False)
+        return tf.reduce_mean(ce) + adj_value
+
+    np.testing.assert_allclose(
+        _ce_of(detached, x, y),
+        _ce_of(paper, x, y) + 2.0 * isolated_ce(detached),
+        rtol=1e-5,
+    )
+    got = grads(detached, total)
+    alone = grads(detached, lambda m: 2.0 * tf.reduce_mean(isolated_ce(m)))
+    with_graph = grads(paper, total)
+    index = {id(v): i for i, v in enumerate(detached.trainable_variables)}
+    for v in detached.backbone.trainable_variables:
+        i = index[id(v)]
+        np.testing.assert_allclose(got[i], alone[i], rtol=1e-4, atol=1e-6)
+    for layer in (detached.embedding, detached.embedding_bn):
+        for v in layer.trainable_variables:
+            i = index[id(v)]
+            assert np.abs(got[i]).max() > 0, v.path
+            np.testing.assert_allclose(got[i], with_graph[i], rtol=1e-4, atol=1e-6)
+    i = index[id(detached.head.convs[0].kernel)]
+    np.testing.assert_allclose(got[i], with_graph[i] + alone[i], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="isolated_ce_weight"):
+        EAN(4, isolated_ce_weight=0.0, graph_backbone_grad=False, **TINY)
+
+
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
     """--self_weight=alpha: Â -> alpha I + (1 - alpha) Â. With one GCN layer the
     logits are alpha * isolated + (1 - alpha) * graph, in the training loss as in

@@ -40,6 +40,7 @@ GRAPH_FIELDS = (
     "isolated_ce_weight",
     "neighbour_target_weight",
     "neighbour_feature_grad",
+    "graph_backbone_grad",
     "self_weight",
     "bank_per_class",
     "context_sets",
@@ -183,4 +184,11 @@ def validate(config: Config) -> None:
             f"fewer than --epochs={t.epochs} (else the graph is never used and "
             "every graph is the isolated network)",
             t.adj_warmup_epochs,
+        )
+        _check(
+            m.graph_backbone_grad or m.isolated_ce_weight > 0,
+            "isolated_ce_weight",
+            "a weight above 0 with --graph_backbone_grad=false (else nothing "
+            "trains the backbone)",
+            m.isolated_ce_weight,
         )

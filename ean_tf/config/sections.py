@@ -186,6 +186,13 @@ class ModelConfig:
         "paper). False: each node's graph logits train its own features only "
         "(its neighbours' enter as constants; the edges still learn).",
     )
+    graph_backbone_grad: bool = _f(
+        True,
+        "The graph's cross-entropy and Adj_loss train the backbone (the paper). "
+        "False: they train the embedding and head only, the backbone learns from "
+        "beta CE_isolated alone; the loss is CE_graph + beta CE_isolated + alpha "
+        "Adj_loss.",
+    )
     self_weight: float = _f(
         0.0,
         "alpha: each node keeps alpha of its own row, Â becomes alpha I + "

@@ -178,20 +178,22 @@ class EAN(TrainStep, References, keras.Model):
         self.built = True
 
     # ---------------------------------------------------------------- forward ---
-    def encode(self, images, training=False):
+    def encode(self, images, training=False, detach=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), raw embedding (B, E) (before
-        its normalisation), conv3."""
+        its normalisation), conv3. `detach`: no gradient from the embedding reaches
+        the backbone (--graph_backbone_grad=false)."""
         pooled, conv3 = self.backbone(images, training=training)
         pooled = tf.cast(pooled, tf.float32)
-        return pooled, self.embedding(pooled), conv3
+        below = tf.stop_gradient(pooled) if detach else pooled
+        return pooled, self.embedding(below), conv3
 
-    def features(self, images, training=False):
+    def features(self, images, training=False, detach=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), embedding (B, E), conv3.
 
         The embedding is normalised by batch norm: with the batch's statistics in
         training, the moving ones otherwise (per image, as `embed` serves it).
         """
-        pooled, raw, conv3 = self.encode(images, training=training)
+        pooled, raw, conv3 = self.encode(images, training=training, detach=detach)
         embeddings = raw
         if self.embedding_bn is not None:
             embeddings = self.embedding_bn(raw, training=training)

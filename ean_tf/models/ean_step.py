@@ -58,13 +58,17 @@ class TrainStep:
         """Per-replica losses and graph statistics.
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
-        isolated logits' ce; with `neighbour_target_weight`, against targets
-        mixed with the neighbours' predictions), alpha * Adj_loss scalar, logits (B, C),
+        isolated logits' ce, or added to it with `graph_backbone_grad` off; with
+        `neighbour_target_weight`, against targets mixed with the neighbours'
+        predictions), alpha * Adj_loss scalar, logits (B, C),
         stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
         under a multi-replica strategy the graph spans every replica's batch.
         """
         labels = tf.argmax(targets, axis=-1)
-        pooled, embeddings, conv3 = self.features(images, training=training)
+        # --graph_backbone_grad=false: the graph's terms see the backbone's
+        # features as constants; only the isolated cross-entropy trains it.
+        detach = self.head_type == "ean" and not self.graph_backbone_grad
+        pooled, embeddings, conv3 = self.features(images, training, detach)
         b = tf.shape(pooled)[0]
         if self.head_type == "linear":
             logits = self.head(pooled)
@@ -72,8 +76,9 @@ class TrainStep:
             edges, nodes = tf.constant(0.0), tf.constant(0.0)
         else:
             # One all_gather for all three, so replicas issue the same collective.
+            graph_pooled = tf.stop_gradient(pooled) if detach else pooled
             packed = tf.concat(
-                [pooled, embeddings, tf.cast(labels, tf.float32)[:, None]], axis=1
+                [graph_pooled, embeddings, tf.cast(labels, tf.float32)[:, None]], axis=1
             )  # (B, Fd + E + 1)
             packed, offset = self._gather(packed)  # (N, Fd + E + 1)
             all_pooled = packed[:, : self.feature_dim]
@@ -102,9 +107,13 @@ class TrainStep:
         if self.head_type == "ean" and beta > 0:
             # --isolated_ce_weight: the same head on the node alone (A = I), so
             # each image's own features get a classifier's full gradient. While
-            # the warm-up lasts (A = I) both terms are the same and ce is unchanged.
-            isolated = self.head([pooled, tf.eye(b)], training=training)
-            ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
+            # the warm-up lasts (A = I) both terms are the same and the mixed ce
+            # is unchanged. With the graph detached from the backbone the terms
+            # add up: the backbone gets beta CE_isolated in full.
+            isolated = beta * self._ce(
+                targets, self.head([pooled, tf.eye(b)], training=training)
+            )
+            ce = ce + isolated if detach else (ce + isolated) / (1.0 + beta)
         stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
         return ce, adj_value, logits, stats
 
