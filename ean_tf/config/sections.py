@@ -189,9 +189,8 @@ class ModelConfig:
     graph_backbone_grad: bool = _f(
         True,
         "The graph's cross-entropy and Adj_loss train the backbone (the paper). "
-        "False: they train the embedding and head only, the backbone learns from "
-        "beta CE_isolated alone; the loss is CE_graph + beta CE_isolated + alpha "
-        "Adj_loss.",
+        "False: they train the embedding and head only; the backbone learns from "
+        "CE_isolated alone, at full weight (the loss's value is unchanged).",
     )
     self_weight: float = _f(
         0.0,

@@ -12,6 +12,16 @@ import tensorflow as tf
 from ean_tf.models import adjacency as adj
 
 
+def _scale_gradient(x, scale: float):
+    """x, unchanged; its gradient multiplied by `scale`."""
+
+    @tf.custom_gradient
+    def identity(x):
+        return tf.identity(x), lambda dy: dy * scale
+
+    return identity(x)
+
+
 class TrainStep:
     """The training half of `EAN`."""
 
@@ -58,9 +68,8 @@ class TrainStep:
         """Per-replica losses and graph statistics.
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
-        isolated logits' ce, or added to it with `graph_backbone_grad` off; with
-        `neighbour_target_weight`, against targets mixed with the neighbours'
-        predictions), alpha * Adj_loss scalar, logits (B, C),
+        isolated logits' ce; with `neighbour_target_weight`, against targets
+        mixed with the neighbours' predictions), alpha * Adj_loss scalar, logits (B, C),
         stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
         under a multi-replica strategy the graph spans every replica's batch.
         """
@@ -108,12 +117,12 @@ class TrainStep:
             # --isolated_ce_weight: the same head on the node alone (A = I), so
             # each image's own features get a classifier's full gradient. While
             # the warm-up lasts (A = I) both terms are the same and the mixed ce
-            # is unchanged. With the graph detached from the backbone the terms
-            # add up: the backbone gets beta CE_isolated in full.
-            isolated = beta * self._ce(
-                targets, self.head([pooled, tf.eye(b)], training=training)
-            )
-            ce = ce + isolated if detach else (ce + isolated) / (1.0 + beta)
+            # is unchanged.
+            own = pooled
+            if detach:  # the backbone's only gradient, so at full weight
+                own = _scale_gradient(pooled, (1.0 + beta) / beta)
+            isolated = self.head([own, tf.eye(b)], training=training)
+            ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
         stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
         return ce, adj_value, logits, stats
 
