@@ -278,14 +278,14 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
     for model in (default, detached):
         model.graph_enabled.assign(1.0)
     np.testing.assert_allclose(_ce_of(detached, x, y), _ce_of(default, x, y), rtol=1e-6)
-    got, alone, paper = (
+    got, alone, by_default = (
         grads(detached, total),
         grads(detached, isolated_ce),
         grads(default, total),
     )
     backbone = {id(v) for v in detached.backbone.trainable_variables}
     for v, g, g_alone, g_default in zip(
-        detached.trainable_variables, got, alone, paper, strict=True
+        detached.trainable_variables, got, alone, by_default, strict=True
     ):
         if id(v) in backbone:
             np.testing.assert_allclose(g, g_alone, rtol=1e-4, atol=1e-6)
