@@ -17,10 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 FERPLUS_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ferplus"))
-# What a result JSON that lacks a config field was trained with, where the
-# field's default has changed since it was added (otherwise a missing field is
-# the preset's value).
-FIRST_DEFAULTS = {("model", "isolated_ce_weight"): 0.0}
 
 
 def machine() -> dict:

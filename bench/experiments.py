@@ -501,6 +501,8 @@ def _differences(name: str, result: dict) -> list[str]:
     now value`; empty when it is the same run."""
     if (expected := _expected(name)) is None:
         return []
+    from ean_tf.config import FIRST_DEFAULTS
+
     want, preset, ignored = expected
     got = _comparable(result["config"])
     got["data"]["data_dir"] = want["data"]["data_dir"]
@@ -509,7 +511,7 @@ def _differences(name: str, result: dict) -> list[str]:
         for key, value in fields.items():
             if key in ignored.get(section, ()):
                 continue
-            before = common.FIRST_DEFAULTS.get((section, key), preset[section][key])
+            before = FIRST_DEFAULTS.get((section, key), preset[section][key])
             if (got_value := got.get(section, {}).get(key, before)) != value:
                 out.append(f"{section}.{key}: {got_value!r}, now {value!r}")
     return out

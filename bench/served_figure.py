@@ -37,6 +37,8 @@ COLOURS = {
 def pairs(results_dir: str) -> list[dict]:
     """[{"label", "linear", "context", ...}] for each EAN run with a linear twin:
     same seed folder, same noise rate and the same `--extra` fields."""
+    from ean_tf.config import FIRST_DEFAULTS
+
     runs = []
     for path in sorted(
         glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True)
@@ -64,7 +66,7 @@ def pairs(results_dir: str) -> list[dict]:
         # The loss is named from the config: its default changed (0 before
         # 2026-12-01, which a JSON without the field was trained with).
         beta = r["config"]["model"].get(
-            "isolated_ce_weight", common.FIRST_DEFAULTS[("model", "isolated_ce_weight")]
+            "isolated_ce_weight", FIRST_DEFAULTS[("model", "isolated_ce_weight")]
         )
         loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
         extra = [

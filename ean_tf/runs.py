@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import LINEAR_IGNORED, Config
+from ean_tf.config import FIRST_DEFAULTS, LINEAR_IGNORED, Config
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
@@ -258,6 +258,12 @@ _RUN_FILES = (
 )
 
 
+def _before(section: str, name: str, value):
+    """What a run folder whose config.json lacks a field was trained with: the
+    field's first default where that default has changed, else `value`."""
+    return FIRST_DEFAULTS.get((section, name), value)
+
+
 def check_run_dir(config: Config, run_dir: str) -> None:
     """Stops before anything in `run_dir` changes when it holds another run.
 
@@ -280,7 +286,8 @@ def check_run_dir(config: Config, run_dir: str) -> None:
         for name, value in current[section].items()
         if name not in RESUMABLE_FIELDS
         and name not in ignored.get(section, ())
-        and (old := previous.get(section, {}).get(name, value)) != value
+        and (old := previous.get(section, {}).get(name, _before(section, name, value)))
+        != value
     ]
     done = read_state(run_dir)["epochs_done"]
     if done > config.train.epochs:

@@ -147,6 +147,31 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
     assert sorted(os.listdir(run)) == ["config.json"]  # nothing deleted
 
 
+def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
+    """isolated_ce_weight was 0 (the paper's loss) until its default changed: a run
+    folder or a saved model without the field was trained so, and is resumed,
+    compared and rebuilt so, not with today's default."""
+    from ean_tf import EAN
+    from ean_tf.config import make_config
+    from ean_tf.runs import TrainingError, check_run_dir
+
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    config = make_config("tiny", run_dir=run)
+    assert config.model.isolated_ce_weight == 1.0  # today's default
+    old = json.loads(json.dumps(config.to_dict(), default=str))
+    del old["model"]["isolated_ce_weight"]
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(old, f)
+    with pytest.raises(TrainingError, match="isolated_ce_weight=0.0 there, 1.0 here"):
+        check_run_dir(config, run)
+    check_run_dir(replace(config, isolated_ce_weight=0.0), run)  # resumes
+    saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
+    assert EAN.from_config(saved).isolated_ce_weight == 1.0
+    del saved["isolated_ce_weight"]
+    assert EAN.from_config(saved).isolated_ce_weight == 0.0
+
+
 def test_metrics_by_hand():
     labels = np.array([0, 0, 1, 1, 1, 2])
     preds = np.array([0, 1, 1, 1, 0, 2])

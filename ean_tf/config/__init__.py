@@ -52,10 +52,15 @@ LINEAR_IGNORED = {
     "model": frozenset(GRAPH_FIELDS) | {"context_size"},
     "train": frozenset({"adj_warmup_epochs", "cross_replica_graph"}),
 }
+# (section, field) -> what a config written before the field existed was trained
+# with, for the fields whose default has changed since: a saved model, a run
+# folder or a result file without the field means this value, not today's default.
+FIRST_DEFAULTS = {("model", "isolated_ce_weight"): 0.0}
 
 __all__ = [
     "BACKBONES",
     "DATASETS",
+    "FIRST_DEFAULTS",
     "GRAPH_FIELDS",
     "INPUT_NORMS",
     "LINEAR_IGNORED",

@@ -27,7 +27,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ean_tf.config import GRAPH_FIELDS, Config, ModelConfig, TrainConfig
+from ean_tf.config import (
+    FIRST_DEFAULTS,
+    GRAPH_FIELDS,
+    Config,
+    ModelConfig,
+    TrainConfig,
+)
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
 from ean_tf.models.ean_references import References
@@ -286,6 +292,17 @@ class EAN(TrainStep, References, keras.Model):
             "cross_replica_graph": self.cross_replica_graph,
             "class_names": list(self.class_names),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # A model saved before a field existed was trained with its first
+        # default, not today's (isolated_ce_weight: 0, the paper's loss, until
+        # 2026-12-01).
+        config = dict(config)
+        for (section, name), before in FIRST_DEFAULTS.items():
+            if section == "model":
+                config.setdefault(name, before)
+        return cls(**config)
 
 
 def build_model(
