@@ -258,12 +258,6 @@ _RUN_FILES = (
 )
 
 
-def _before(section: str, name: str, value):
-    """What a run folder whose config.json lacks a field was trained with: the
-    field's first default where that default has changed, else `value`."""
-    return FIRST_DEFAULTS.get((section, name), value)
-
-
 def check_run_dir(config: Config, run_dir: str) -> None:
     """Stops before anything in `run_dir` changes when it holds another run.
 
@@ -277,6 +271,8 @@ def check_run_dir(config: Config, run_dir: str) -> None:
         return
     with open(path) as f:
         previous = json.load(f)
+    for (section, name), before in FIRST_DEFAULTS.items():  # trained before it existed
+        previous.setdefault(section, {}).setdefault(name, before)
     current = json.loads(json.dumps(config.to_dict(), default=str))
     heads = (current["model"]["head"], previous.get("model", {}).get("head"))
     ignored = LINEAR_IGNORED if heads == ("linear", "linear") else {}
@@ -286,8 +282,7 @@ def check_run_dir(config: Config, run_dir: str) -> None:
         for name, value in current[section].items()
         if name not in RESUMABLE_FIELDS
         and name not in ignored.get(section, ())
-        and (old := previous.get(section, {}).get(name, _before(section, name, value)))
-        != value
+        and (old := previous.get(section, {}).get(name, value)) != value
     ]
     done = read_state(run_dir)["epochs_done"]
     if done > config.train.epochs:
