@@ -87,32 +87,35 @@ def runs(experiment: str) -> dict[str, dict]:
             pct = round(rate * 100)
             for head in ("linear", "ean"):
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
-            # EAN with the paper's loss (the default mixes in a loss on each
-            # image alone, beta = 1, since 2026-12-01).
+            ean = {"head": "ean", "noise_rate": rate}
+            # The graph's terms train the embedding and head only (the default
+            # since 2026-12-02), spelled out; the backbone learns from the
+            # isolated cross-entropy alone, at full weight.
+            out[f"ean_graph_detached_noise{pct}"] = {
+                **ean,
+                "graph_backbone_grad": False,
+            }
+            # The graph's terms train the backbone too (the default until
+            # 2026-12-02, the paper's), with the default's loss on each image alone.
+            in_backbone = {**ean, "graph_backbone_grad": True}
+            out[f"ean_graph_in_backbone_noise{pct}"] = in_backbone
+            # The paper's EAN: its loss (no loss on each image alone, the default
+            # until 2026-12-01), the graph's terms in the backbone.
             out[f"ean_paper_loss_noise{pct}"] = {
-                "head": "ean",
-                "noise_rate": rate,
+                **in_backbone,
                 "isolated_ce_weight": 0.0,
             }
-            # Targets mixed with the graph neighbours' predictions (lambda = 0.5).
+            # Measured on the graph-in-backbone EAN, which they modify. Targets
+            # mixed with the graph neighbours' predictions (lambda = 0.5):
             out[f"ean_neighbour_target_noise{pct}"] = {
-                "head": "ean",
-                "noise_rate": rate,
+                **in_backbone,
                 "neighbour_target_weight": 0.5,
             }
             # The graph cross-entropy trains each node's own features only, so
-            # a wrong label does not pull its neighbours' features.
+            # a wrong label does not pull its neighbours' features:
             out[f"ean_own_feature_grad_noise{pct}"] = {
-                "head": "ean",
-                "noise_rate": rate,
+                **in_backbone,
                 "neighbour_feature_grad": False,
-            }
-            # The graph's terms train the embedding and head only; the backbone
-            # learns from the isolated cross-entropy alone, at full weight.
-            out[f"ean_graph_detached_noise{pct}"] = {
-                "head": "ean",
-                "noise_rate": rate,
-                "graph_backbone_grad": False,
             }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
@@ -137,25 +140,37 @@ def runs(experiment: str) -> dict[str, dict]:
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
         # The loss. The default mixes in a cross-entropy on the isolated logits
         # (A = I) with beta = 1 (`isolated_ce`, spelled out); the paper's loss is
-        # the graph logits' alone (beta = 0).
+        # the graph logits' alone (beta = 0), which needs the graph's terms in
+        # the backbone (else nothing trains it).
         "isolated_ce": {"isolated_ce_weight": 1.0},
-        "paper_loss": {"isolated_ce_weight": 0.0},
+        "paper_loss": {"isolated_ce_weight": 0.0, "graph_backbone_grad": True},
+        # The graph's cross-entropy and Adj_loss never reach the backbone, which
+        # learns from CE_isolated alone at full weight, as its linear twin does
+        # (the default since 2026-12-02, spelled out); the paper's way, and the
+        # default until then, lets them train it.
+        "graph_detached": {"graph_backbone_grad": False},
+        "graph_in_backbone": {"graph_backbone_grad": True},
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
         # Each image's target mixed half and half with the mean prediction of its
-        # similar batch neighbours (their isolated softmax, no gradient).
-        "neighbour_target": {"neighbour_target_weight": 0.5},
+        # similar batch neighbours (their isolated softmax, no gradient), on the
+        # graph-in-backbone EAN, as at 20% noise.
+        "neighbour_target": {
+            "neighbour_target_weight": 0.5,
+            "graph_backbone_grad": True,
+        },
         # The graph cross-entropy's gradient reaches each node's own features
-        # only; its neighbours' features enter its logits as constants.
-        "own_feature_grad": {"neighbour_feature_grad": False},
-        # The graph's cross-entropy and Adj_loss never reach the backbone, which
-        # learns from CE_isolated alone at full weight, as its linear twin does.
-        "graph_detached": {"graph_backbone_grad": False},
+        # only; its neighbours' features enter its logits as constants (on the
+        # graph-in-backbone EAN, as at 20% noise).
+        "own_feature_grad": {
+            "neighbour_feature_grad": False,
+            "graph_backbone_grad": True,
+        },
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
-        # from the graph.
-        "grouped": {"group_size": 4},
+        # from the graph. Measured on the graph-in-backbone EAN.
+        "grouped": {"group_size": 4, "graph_backbone_grad": True},
         "linear_grouped": {"head": "linear", "group_size": 4},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from

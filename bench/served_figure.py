@@ -63,19 +63,24 @@ def pairs(results_dir: str) -> list[dict]:
         twin = linear.get((r["_seed"], noise))
         if twin is None:
             continue
-        # The loss is named from the config: its default changed (0 before
-        # 2026-12-01, which a JSON without the field was trained with).
-        beta = r["config"]["model"].get(
-            "isolated_ce_weight", FIRST_DEFAULTS[("model", "isolated_ce_weight")]
-        )
+        # The loss and the backbone's gradient are named from the config: their
+        # defaults changed, and a JSON without a field was trained with its
+        # first default.
+        model = {
+            name: r["config"]["model"].get(name, before)
+            for (section, name), before in FIRST_DEFAULTS.items()
+            if section == "model"
+        }
+        beta = model["isolated_ce_weight"]
         loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
+        backbone = f"graph_backbone_grad={model['graph_backbone_grad']}"
         extra = [
             f"{k}={v}"
             for k, v in r["overrides"].items()
-            if k not in ("head", "noise_rate", "isolated_ce_weight")
+            if k not in ("head", "noise_rate", *model)
         ]
         name = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
-        name += "\n" + "\n".join([loss, *extra])  # one setting a line
+        name += "\n" + "\n".join([loss, backbone, *extra])  # one setting a line
         out.append(
             {
                 "label": name,

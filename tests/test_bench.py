@@ -114,10 +114,17 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert zero["accuracy"] == clean["accuracy"]
     run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
     assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
-    # The table holds every run done so far: linear 0% is the clean linear run.
+    # The table holds every run done so far: linear 0% is the clean linear run,
+    # and the default spelled out (graph_detached) is each EAN run again.
     table = json.load(open(tmp_path / "results" / "noise" / "noise.json"))["table"]
-    assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0", "ean_noise20"]
-    assert table[2]["flipped_predicted_clean"] is not None
+    assert [r["run"] for r in table] == [
+        "linear_noise0",
+        "ean_noise0",
+        "ean_graph_detached_noise0",
+        "ean_noise20",
+        "ean_graph_detached_noise20",
+    ]
+    assert table[3]["flipped_predicted_clean"] is not None
     assert os.path.isfile(tmp_path / "results" / "noise" / "noise.png")
     wrong = subprocess.run(
         [sys.executable, "bench/experiments.py", "--experiment=noise", "--only=ean20"],
@@ -151,6 +158,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # A JSON trained otherwise than its run means now (say, before a default
     # changed) is not passed off as the run: the call names the file and field.
     one["config"]["model"]["isolated_ce_weight"] = 0.0
+    del one["config"]["model"]["graph_backbone_grad"]  # written before it existed
     (ablations / "one_gcn_layer.json").write_text(json.dumps(one))
     stale = subprocess.run(
         [
@@ -167,6 +175,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert stale.returncode != 0
     assert "one_gcn_layer.json was trained otherwise" in stale.stderr
     assert "model.isolated_ce_weight: 0.0, now 1.0" in stale.stderr
+    assert "model.graph_backbone_grad: True, now False" in stale.stderr
     # `--extra` values take their field's type (a list field's items are split on
     # ':'), and a run with the same overrides elsewhere is found, not trained.
     extra = common[:-1] + [
@@ -187,7 +196,11 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # The graph's fields do not tell linear runs apart: the linear run with these
     # `--extra` fields is the clean linear run, found, not trained.
     table = json.load(open(tmp_path / "one" / "noise" / "noise.json"))["table"]
-    assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0"]
+    assert [r["run"] for r in table] == [
+        "linear_noise0",
+        "ean_noise0",
+        "ean_graph_detached_noise0",
+    ]
     linear = json.load(open(tmp_path / "one" / "noise" / "linear_noise0.json"))
     assert linear["same_run_as"] == str(tmp_path / "results" / "clean" / "linear.json")
     bad = subprocess.run(
@@ -271,7 +284,7 @@ def test_self_weight_bench(tmp_path, tiny_run):
 
 
 def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
-    def run(folder, name, head, noise, accuracy, overrides=None, beta=1.0):
+    def run(folder, name, head, noise, accuracy, overrides=None, beta=1.0, **model):
         path = tmp_path / folder / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
@@ -281,7 +294,7 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
                     "preset": "tiny",
                     "overrides": {"head": head, **(overrides or {})},
                     "config": {
-                        "model": {"head": head, "isolated_ce_weight": beta},
+                        "model": {"head": head, "isolated_ce_weight": beta, **model},
                         "data": {"noise_rate": noise},
                     },
                     "accuracy": accuracy,
@@ -299,16 +312,22 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     (tmp_path / "seed0" / "ablations" / "paper_loss.json").write_text(json.dumps(copy))
     run("seed1/noise", "ean_noise20", "ean", 0.2, graphs, {"noise_rate": 0.2})
     run("seed0/noise", "linear_noise20", "linear", 0.2, {"isolated": 0.76})
-    aux = {"noise_rate": 0.2, "isolated_ce_weight": 1.0}
-    run("seed0/noise", "ean_isolated_ce_noise20", "ean", 0.2, graphs, aux)
+    aux = {"noise_rate": 0.2, "isolated_ce_weight": 1.0, "group_size": 4}
+    run(
+        "seed0/noise", "ean_noise20", "ean", 0.2, graphs, aux, graph_backbone_grad=False
+    )
     (tmp_path / "seed0" / "clean" / "clean.json").write_text('{"rows": []}')
     out = tmp_path / "fig.png"
     result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
     # seed 1's 20% run has no linear twin at 20%, so only seed 0's pairs are drawn;
-    # a run's label names its loss (from its config) and its other overrides.
+    # a run's label names its loss and the backbone's gradient (from its config;
+    # a JSON without the field was trained with its first default, True) and
+    # its other overrides.
     assert "2 pair(s)" in result.stdout
-    assert "'0% noise, seed 0\\npaper loss': linear 0.8100" in result.stdout
-    assert "'20% noise, seed 0\\nisolated_ce_weight=1': linear 0.7600" in result.stdout
+    clean = "'0% noise, seed 0\\npaper loss\\ngraph_backbone_grad=True'"
+    assert f"{clean}: linear 0.8100" in result.stdout
+    noisy = "isolated_ce_weight=1\\ngraph_backbone_grad=False\\ngroup_size=4"
+    assert f"'20% noise, seed 0\\n{noisy}': linear 0.7600" in result.stdout
     assert out.stat().st_size > 10_000
 
 

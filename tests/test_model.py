@@ -107,8 +107,9 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     (1 + beta); while the warm-up lasts the two are the same logits, so the loss
     is the paper's."""
     x, y = _data()
-    plain = EAN(4, tau1=-1.0, isolated_ce_weight=0.0, **TINY)  # the paper's loss
-    mixed = EAN(4, tau1=-1.0, isolated_ce_weight=3.0, **TINY)
+    paper = dict(tau1=-1.0, graph_backbone_grad=True, **TINY)
+    plain = EAN(4, isolated_ce_weight=0.0, **paper)  # the paper's loss
+    mixed = EAN(4, isolated_ce_weight=3.0, **paper)
     mixed.set_weights(plain.get_weights())
     for model in (plain, mixed):
         model.graph_enabled.assign(0.0)
@@ -137,9 +138,15 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
     neighbours, a constant for the gradient; while the warm-up lasts, and
     for a node with no neighbour, the target is the label. (Hard edges on the
     plain embedding, so that the loss's graph and the batch graph are the same
-    function of the weights.)"""
+    function of the weights; the graph's terms in the backbone, as it was
+    measured.)"""
     x, y = _data()
-    kw = dict(embedding_norm="none", straight_through=False, **TINY)
+    kw = dict(
+        embedding_norm="none",
+        straight_through=False,
+        graph_backbone_grad=True,
+        **TINY,
+    )
     plain = EAN(4, tau1=-1.0, **kw)  # every other node is a neighbour
     mixed = EAN(4, tau1=-1.0, neighbour_target_weight=0.4, **kw)
     lonely = EAN(4, tau1=1.0, neighbour_target_weight=0.4, **kw)
@@ -197,7 +204,9 @@ def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
     """--neighbour_feature_grad=False: the head's logits are still Â X W + b, but
     d(sum R * logits)/dX is diag(Â) R W^T (each node's own row) instead of
     Â^T R W^T, and the kernel's gradient is unchanged. In the model the loss
-    and every gradient but the backbone's are the default's."""
+    and every gradient but the backbone's are the graph-in-backbone EAN's (on
+    which it was measured; with the default, the graph's terms never reach the
+    backbone)."""
     rng = np.random.default_rng(0)
     head = GCNHead((), 3)
     head.build([(None, 5), (None, None)])
@@ -220,8 +229,9 @@ def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
     np.testing.assert_allclose(out[False][2], out[True][2], rtol=1e-4, atol=1e-5)
 
     x, y = _data()
-    plain = EAN(4, tau1=-1.0, **TINY)  # every pair an edge
-    own_only = EAN(4, tau1=-1.0, neighbour_feature_grad=False, **TINY)
+    kw = dict(tau1=-1.0, graph_backbone_grad=True, **TINY)  # every pair an edge
+    plain = EAN(4, **kw)
+    own_only = EAN(4, neighbour_feature_grad=False, **kw)
     own_only.set_weights(plain.get_weights())
     for model in (plain, own_only):  # the warm-up (A = I): the same floats
         model.graph_enabled.assign(0.0)
@@ -242,20 +252,22 @@ def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
         same = np.allclose(g0, g1, rtol=1e-4, atol=1e-6)
         assert same or id(v) in backbone, v.path
         differ.append(not same)
-    assert any(differ)  # the backbone's gradient is not the default's
+    assert any(differ)  # the backbone's gradient is not plain's
 
 
 def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
-    """--graph_backbone_grad=False: the loss is the default's, (CE_graph + beta
-    CE_isolated) / (1 + beta) + alpha Adj_loss, and so are the gradients of the
-    embedding and the head; the backbone's is that of CE_isolated alone, at full
-    weight. While the warm-up lasts every gradient is the default's to the bit.
-    Without a weight on CE_isolated nothing would train the backbone: an error."""
+    """--graph_backbone_grad=False (the default): the loss is the paper's way's
+    (True), (CE_graph + beta CE_isolated) / (1 + beta) + alpha Adj_loss, and so
+    are the gradients of the embedding and the head; the backbone's is that of
+    CE_isolated alone, at full weight. While the warm-up lasts every gradient is
+    the paper's way's to the bit. Without a weight on CE_isolated nothing would
+    train the backbone: an error."""
     x, y = _data()
     kw = dict(tau1=0.0, **TINY)  # some edges, and Adj_loss's sigmoids not flat
-    default = EAN(4, isolated_ce_weight=2.0, **kw)
-    detached = EAN(4, isolated_ce_weight=2.0, graph_backbone_grad=False, **kw)
-    detached.set_weights(default.get_weights())
+    coupled = EAN(4, isolated_ce_weight=2.0, graph_backbone_grad=True, **kw)
+    detached = EAN(4, isolated_ce_weight=2.0, **kw)
+    assert not detached.graph_backbone_grad  # the default
+    detached.set_weights(coupled.get_weights())
     warm = [EAN(4, graph_backbone_grad=flag, **kw) for flag in (True, False)]
     warm[1].set_weights(warm[0].get_weights())
     for g0, g1 in zip(*(_grads(m, x, y) for m in warm), strict=True):
@@ -275,28 +287,28 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
         logits = model.head([model.features(x)[0], tf.eye(len(x))])
         return tf.reduce_mean(model._ce(y, logits))
 
-    for model in (default, detached):
+    for model in (coupled, detached):
         model.graph_enabled.assign(1.0)
-    np.testing.assert_allclose(_ce_of(detached, x, y), _ce_of(default, x, y), rtol=1e-6)
-    got, alone, by_default = (
+    np.testing.assert_allclose(_ce_of(detached, x, y), _ce_of(coupled, x, y), rtol=1e-6)
+    got, alone, by_coupled = (
         grads(detached, total),
         grads(detached, isolated_ce),
-        grads(default, total),
+        grads(coupled, total),
     )
     backbone = {id(v) for v in detached.backbone.trainable_variables}
-    for v, g, g_alone, g_default in zip(
-        detached.trainable_variables, got, alone, by_default, strict=True
+    for v, g, g_alone, g_coupled in zip(
+        detached.trainable_variables, got, alone, by_coupled, strict=True
     ):
         if id(v) in backbone:
             np.testing.assert_allclose(g, g_alone, rtol=1e-4, atol=1e-6)
-            assert not np.allclose(g, g_default, rtol=1e-4, atol=1e-6), v.path
+            assert not np.allclose(g, g_coupled, rtol=1e-4, atol=1e-6), v.path
         elif g is not None:
-            np.testing.assert_allclose(g, g_default, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(g, g_coupled, rtol=1e-4, atol=1e-6)
     ids = [id(v) for v in detached.trainable_variables]
     embedding = got[ids.index(id(detached.embedding.kernel))]
     assert np.abs(embedding).max() > 0  # the graph's terms still train it
     with pytest.raises(ValueError, match="isolated_ce_weight"):
-        EAN(4, isolated_ce_weight=0.0, graph_backbone_grad=False, **TINY)
+        EAN(4, isolated_ce_weight=0.0, **TINY)
 
 
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
@@ -310,6 +322,7 @@ def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving
         context_size=15,
         embedding_norm="none",
         isolated_ce_weight=0.0,  # the loss on the graph logits alone
+        graph_backbone_grad=True,
         **TINY,
     )
     plain = EAN(4, **kw)

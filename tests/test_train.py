@@ -148,9 +148,10 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
 
 
 def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
-    """isolated_ce_weight was 0 (the paper's loss) until its default changed: a run
-    folder or a saved model without the field was trained so, and is resumed,
-    compared and rebuilt so, not with today's default."""
+    """isolated_ce_weight was 0 (the paper's loss) until 2026-12-01 and
+    graph_backbone_grad True until 2026-12-02: a run folder or a saved model
+    without the fields was trained so, and is resumed, compared and rebuilt so,
+    not with today's defaults."""
     from ean_tf import EAN
     from ean_tf.config import make_config
     from ean_tf.runs import TrainingError, check_run_dir
@@ -158,18 +159,27 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     run = str(tmp_path / "run")
     os.makedirs(run)
     config = make_config("tiny", run_dir=run)
-    assert config.model.isolated_ce_weight == 1.0  # today's default
+    assert config.model.isolated_ce_weight == 1.0  # today's defaults
+    assert config.model.graph_backbone_grad is False
     old = json.loads(json.dumps(config.to_dict(), default=str))
-    del old["model"]["isolated_ce_weight"]
+    del old["model"]["isolated_ce_weight"], old["model"]["graph_backbone_grad"]
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(old, f)
-    with pytest.raises(TrainingError, match="isolated_ce_weight=0.0 there, 1.0 here"):
+    with pytest.raises(TrainingError) as error:
         check_run_dir(config, run)
-    check_run_dir(replace(config, isolated_ce_weight=0.0), run)  # resumes
+    assert "isolated_ce_weight=0.0 there, 1.0 here" in str(error.value)
+    assert "graph_backbone_grad=True there, False here" in str(error.value)
+    paper = replace(config, isolated_ce_weight=0.0, graph_backbone_grad=True)
+    check_run_dir(paper, run)  # resumes
     saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
-    assert EAN.from_config(saved).isolated_ce_weight == 1.0
+    model = EAN.from_config(saved)
+    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, False)
+    del saved["graph_backbone_grad"]  # saved between the two changes
+    model = EAN.from_config(saved)
+    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, True)
     del saved["isolated_ce_weight"]
-    assert EAN.from_config(saved).isolated_ce_weight == 0.0
+    model = EAN.from_config(saved)
+    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (0.0, True)
 
 
 def test_metrics_by_hand():

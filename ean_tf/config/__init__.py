@@ -55,7 +55,10 @@ LINEAR_IGNORED = {
 # (section, field) -> what a config written before the field existed was trained
 # with, for the fields whose default has changed since: a saved model, a run
 # folder or a result file without the field means this value, not today's default.
-FIRST_DEFAULTS = {("model", "isolated_ce_weight"): 0.0}
+FIRST_DEFAULTS = {
+    ("model", "isolated_ce_weight"): 0.0,  # until 2026-12-01
+    ("model", "graph_backbone_grad"): True,  # until 2026-12-02
+}
 
 __all__ = [
     "BACKBONES",
@@ -193,7 +196,8 @@ def validate(config: Config) -> None:
         _check(
             m.graph_backbone_grad or m.isolated_ce_weight > 0,
             "isolated_ce_weight",
-            "a weight above 0 with --graph_backbone_grad=false (else nothing "
-            "trains the backbone)",
+            "a weight above 0 with --graph_backbone_grad=false, the default "
+            "(else nothing trains the backbone; the paper's loss is "
+            "--isolated_ce_weight=0 --graph_backbone_grad=true)",
             m.isolated_ce_weight,
         )

@@ -187,10 +187,12 @@ class ModelConfig:
         "(its neighbours' enter as constants; the edges still learn).",
     )
     graph_backbone_grad: bool = _f(
-        True,
-        "The graph's cross-entropy and Adj_loss train the backbone (the paper). "
-        "False: they train the embedding and head only; the backbone learns from "
-        "CE_isolated alone, at full weight (the loss's value is unchanged).",
+        False,
+        "True: the graph's cross-entropy and Adj_loss train the backbone (the "
+        "paper). False: they train the embedding and head only; the backbone "
+        "learns from CE_isolated alone, at full weight (the loss's value is "
+        "unchanged). The paper's loss is --isolated_ce_weight=0 "
+        "--graph_backbone_grad=true.",
     )
     self_weight: float = _f(
         0.0,

@@ -296,8 +296,8 @@ class EAN(TrainStep, References, keras.Model):
     @classmethod
     def from_config(cls, config):
         # A model saved before a field existed was trained with its first
-        # default, not today's (isolated_ce_weight: 0, the paper's loss, until
-        # 2026-12-01).
+        # default, not today's (FIRST_DEFAULTS: the paper's loss until
+        # 2026-12-01, the graph's terms in the backbone until 2026-12-02).
         config = dict(config)
         for (section, name), before in FIRST_DEFAULTS.items():
             if section == "model":
