@@ -516,17 +516,18 @@ def _differences(name: str, result: dict) -> list[str]:
     now value`; empty when it is the same run."""
     if (expected := _expected(name)) is None:
         return []
-    from ean_tf.config import FIRST_DEFAULTS
+    from ean_tf.config import with_first_defaults
 
     want, preset, ignored = expected
-    got = _comparable(result["config"])
+    got = with_first_defaults(_comparable(result["config"]))
     got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []
     for section, fields in want.items():
         for key, value in fields.items():
             if key in ignored.get(section, ()):
                 continue
-            before = FIRST_DEFAULTS.get((section, key), preset[section][key])
+            # A field added since: its default is what was done before it.
+            before = preset[section][key]
             if (got_value := got.get(section, {}).get(key, before)) != value:
                 out.append(f"{section}.{key}: {got_value!r}, now {value!r}")
     return out

@@ -37,7 +37,7 @@ COLOURS = {
 def pairs(results_dir: str) -> list[dict]:
     """[{"label", "linear", "context", ...}] for each EAN run with a linear twin:
     same seed folder, same noise rate and the same `--extra` fields."""
-    from ean_tf.config import FIRST_DEFAULTS
+    from ean_tf.config import with_first_defaults
 
     runs = []
     for path in sorted(
@@ -66,24 +66,23 @@ def pairs(results_dir: str) -> list[dict]:
         # The loss and the backbone's gradient are named from the config: their
         # defaults changed, and a JSON without a field was trained with its
         # first default.
-        model = {
-            name: r["config"]["model"].get(name, before)
-            for (section, name), before in FIRST_DEFAULTS.items()
-            if section == "model"
-        }
+        model = with_first_defaults(r["config"])["model"]
         beta = model["isolated_ce_weight"]
         loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
         backbone = f"graph_backbone_grad={model['graph_backbone_grad']}"
         extra = [
             f"{k}={v}"
             for k, v in r["overrides"].items()
-            if k not in ("head", "noise_rate", *model)
+            if k
+            not in ("head", "noise_rate", "isolated_ce_weight", "graph_backbone_grad")
         ]
-        name = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
-        name += "\n" + "\n".join([loss, backbone, *extra])  # one setting a line
+        panel = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
+        variant = "\n".join([loss, backbone, *extra])  # one setting a line
         out.append(
             {
-                "label": name,
+                "label": f"{panel}\n{variant}",
+                "panel": panel,
+                "variant": variant,
                 "preset": r["preset"],
                 "linear": twin["accuracy"]["isolated"],
                 **{g: r["accuracy"].get(g) for g in GRAPHS},
@@ -93,40 +92,67 @@ def pairs(results_dir: str) -> list[dict]:
 
 
 def draw(rows: list[dict], path: str, title: str) -> None:
+    """One panel per noise rate (columns) and seed (rows), each EAN run of that
+    setting a group of bars beside its linear twin; one y-axis for all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels: dict[str, list[dict]] = {}
+    for row in rows:
+        panels.setdefault(row["panel"], []).append(row)
+    noises = sorted({p.split(", ")[0] for p in panels}, key=lambda n: float(n[:-7]))
+    seeds = sorted({p.split(", ")[1] for p in panels})
+    most = max(len(group) for group in panels.values())
+    fig, axes = plt.subplots(
+        len(seeds),
+        len(noises),
+        figsize=(len(noises) * (1.2 + 1.7 * most), 0.8 + 3.6 * len(seeds)),
+        squeeze=False,
+        sharey=True,
+    )
     bars = ("linear", *GRAPHS)
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 2.2 * len(rows)), 4.2))
     values = [v for row in rows for b in bars if (v := row.get(b)) is not None]
-    for i, bar in enumerate(bars):
-        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(rows))]
-        ys = [row.get(bar) or 0.0 for row in rows]
-        label = "linear twin" if bar == "linear" else f"EAN, {bar} graph"
-        if bar == "context":
-            label += " (served)"
-        ax.bar(xs, ys, width, label=label, color=COLOURS[bar])
-        for x, y in zip(xs, ys, strict=True):
-            if y:
-                ax.text(
-                    x,
-                    y + 0.002,
-                    f"{y:.3f}",
-                    ha="center",
-                    va="bottom",
-                    fontsize=6.5,
-                    rotation=90,
-                )
-    ax.set_xticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
-    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.07))
-    ax.set_ylabel("validation accuracy (FER2013Valid for FERPlus)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", ncol=3)
-    fig.tight_layout()
+    for (i, seed), (j, noise) in (
+        (s, n) for s in enumerate(seeds) for n in enumerate(noises)
+    ):
+        ax, group = axes[i][j], panels.get(f"{noise}, {seed}", [])
+        if not group:
+            ax.set_axis_off()
+            continue
+        for k, bar in enumerate(bars):
+            xs = [g + (k - (len(bars) - 1) / 2) * width for g in range(len(group))]
+            ys = [row.get(bar) or 0.0 for row in group]
+            label = "linear twin" if bar == "linear" else f"EAN, {bar} graph"
+            if bar == "context":
+                label += " (served)"
+            ax.bar(xs, ys, width, label=label, color=COLOURS[bar])
+            for x, y in zip(xs, ys, strict=True):
+                if y:
+                    ax.text(
+                        x,
+                        y + 0.002,
+                        f"{y:.3f}",
+                        ha="center",
+                        va="bottom",
+                        fontsize=6.5,
+                        rotation=90,
+                    )
+        ax.set_xticks(range(len(group)), [row["variant"] for row in group], fontsize=7)
+        ax.set_xlim(-0.6, most - 0.4)  # the same bar width in every panel
+        ax.set_title(f"{noise}, {seed}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if j == 0:
+            ax.set_ylabel("validation accuracy")
+    axes[0][0].set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
+    handles, labels = next(
+        ax for row in axes for ax in row if ax.axison
+    ).get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=len(bars))
+    fig.suptitle(title, fontsize=9, y=0.995 - 0.35 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -141,7 +167,12 @@ def main(argv):
         )
     out = FLAGS.out or os.path.join(FLAGS.results_dir, "served.png")
     presets = ", ".join(sorted({row["preset"] for row in rows}))
-    draw(rows, out, f"--config={presets}: each EAN graph beside its linear twin")
+    draw(
+        rows,
+        out,
+        f"--config={presets}, validation accuracy (FER2013Valid for FERPlus): "
+        "each EAN run's graphs beside its linear twin",
+    )
     print(f"Wrote {out}: {len(rows)} pair(s)")
     for row in rows:
         graphs = ", ".join(f"{g} {row[g]:.4f}" for g in GRAPHS if row.get(g))

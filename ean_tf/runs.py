@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import FIRST_DEFAULTS, LINEAR_IGNORED, Config
+from ean_tf.config import LINEAR_IGNORED, Config, with_first_defaults
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
@@ -269,10 +269,8 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        previous = json.load(f)
-    for (section, name), before in FIRST_DEFAULTS.items():  # trained before it existed
-        previous.setdefault(section, {}).setdefault(name, before)
+    with open(path) as f:  # a field it lacks: trained before the field existed
+        previous = with_first_defaults(json.load(f))
     current = json.loads(json.dumps(config.to_dict(), default=str))
     heads = (current["model"]["head"], previous.get("model", {}).get("head"))
     ignored = LINEAR_IGNORED if heads == ("linear", "linear") else {}

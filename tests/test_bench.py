@@ -306,6 +306,7 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     run("seed0/clean", "linear", "linear", 0.0, {"isolated": 0.81})
     run("seed0/clean", "ean", "ean", 0.0, graphs, {"isolated_ce_weight": 0.0}, 0.0)
     run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
+    run("seed1/clean", "ean", "ean", 0.0, graphs, graph_backbone_grad=False)
     copy = json.loads((tmp_path / "seed0" / "clean" / "ean.json").read_text())
     copy["same_run_as"] = "seed0/clean/ean.json"  # a copy of the same run
     (tmp_path / "seed0" / "ablations").mkdir()
@@ -319,15 +320,16 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     (tmp_path / "seed0" / "clean" / "clean.json").write_text('{"rows": []}')
     out = tmp_path / "fig.png"
     result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
-    # seed 1's 20% run has no linear twin at 20%, so only seed 0's pairs are drawn;
-    # a run's label names its loss and the backbone's gradient (from its config;
-    # a JSON without the field was trained with its first default, True) and
-    # its other overrides.
-    assert "2 pair(s)" in result.stdout
+    # seed 1's 20% run has no linear twin at 20%, so it is not drawn (its panel
+    # stays empty in the seeds-by-noise grid); a run's label names its loss and
+    # the backbone's gradient (from its config; a JSON without the field was
+    # trained with its first default, True) and its other overrides.
+    assert "3 pair(s)" in result.stdout
     clean = "'0% noise, seed 0\\npaper loss\\ngraph_backbone_grad=True'"
     assert f"{clean}: linear 0.8100" in result.stdout
     noisy = "isolated_ce_weight=1\\ngraph_backbone_grad=False\\ngroup_size=4"
     assert f"'20% noise, seed 0\\n{noisy}': linear 0.7600" in result.stdout
+    assert "'0% noise, seed 1\\nisolated_ce_weight=1\\n" in result.stdout
     assert out.stat().st_size > 10_000
 
 

@@ -153,7 +153,7 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     without the fields was trained so, and is resumed, compared and rebuilt so,
     not with today's defaults."""
     from ean_tf import EAN
-    from ean_tf.config import make_config
+    from ean_tf.config import make_config, with_first_defaults
     from ean_tf.runs import TrainingError, check_run_dir
 
     run = str(tmp_path / "run")
@@ -165,6 +165,12 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     del old["model"]["isolated_ce_weight"], old["model"]["graph_backbone_grad"]
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(old, f)
+    filled = with_first_defaults(old)  # a copy: what every reader of a config does
+    assert (filled["model"]["isolated_ce_weight"], filled["model"]["tau1"]) == (
+        0.0,
+        old["model"]["tau1"],
+    )
+    assert "graph_backbone_grad" not in old["model"]
     with pytest.raises(TrainingError) as error:
         check_run_dir(config, run)
     assert "isolated_ce_weight=0.0 there, 1.0 here" in str(error.value)

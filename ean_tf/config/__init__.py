@@ -60,6 +60,16 @@ FIRST_DEFAULTS = {
     ("model", "graph_backbone_grad"): True,  # until 2026-12-02
 }
 
+
+def with_first_defaults(config: dict) -> dict:
+    """A copy of `config` as JSON holds it (section -> field -> value), each field
+    of `FIRST_DEFAULTS` that it lacks set to its first default."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (section, name), before in FIRST_DEFAULTS.items():
+        out.setdefault(section, {}).setdefault(name, before)
+    return out
+
+
 __all__ = [
     "BACKBONES",
     "DATASETS",
@@ -78,6 +88,7 @@ __all__ = [
     "field_index",
     "make_config",
     "replace",
+    "with_first_defaults",
     "validate",
 ]
 

@@ -28,11 +28,11 @@ import keras
 import tensorflow as tf
 
 from ean_tf.config import (
-    FIRST_DEFAULTS,
     GRAPH_FIELDS,
     Config,
     ModelConfig,
     TrainConfig,
+    with_first_defaults,
 )
 from ean_tf.models import adjacency as adj
 from ean_tf.models.backbones import build_backbone
@@ -298,11 +298,7 @@ class EAN(TrainStep, References, keras.Model):
         # A model saved before a field existed was trained with its first
         # default, not today's (FIRST_DEFAULTS: the paper's loss until
         # 2026-12-01, the graph's terms in the backbone until 2026-12-02).
-        config = dict(config)
-        for (section, name), before in FIRST_DEFAULTS.items():
-            if section == "model":
-                config.setdefault(name, before)
-        return cls(**config)
+        return cls(**with_first_defaults({"model": config})["model"])
 
 
 def build_model(
