@@ -5,6 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# Test processes: 2 fills a 2-core CPU (each process runs TensorFlow's start-up
+# and tf.function tracing, which are single-threaded, for much of its time);
+# 0 runs the suite in one process.
+TEST_WORKERS ?= 2
 # `make train` needs only the runtime requirements; `make test` adds the test tools.
 hash = $(shell cat $(1) | sha1sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(call hash,requirements.txt pyproject.toml)
@@ -37,7 +41,7 @@ train: $(RUN_STAMP)
 
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests $(ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
