@@ -35,8 +35,9 @@ COLOURS = {
 
 
 def pairs(results_dir: str) -> list[dict]:
-    """[{"label", "linear", "context", ...}] for each EAN run with a linear twin:
-    same seed folder, same noise rate and the same `--extra` fields."""
+    """[{"noise", "seed", "variant", "linear", "context", ...}] for each EAN run
+    with a linear twin: same seed folder, same noise rate and the same `--extra`
+    fields."""
     from ean_tf.config import with_first_defaults
 
     runs = []
@@ -76,19 +77,21 @@ def pairs(results_dir: str) -> list[dict]:
             if k
             not in ("head", "noise_rate", "isolated_ce_weight", "graph_backbone_grad")
         ]
-        panel = f"{round(noise * 100)}% noise, {r['_seed'].replace('seed', 'seed ')}"
-        variant = "\n".join([loss, backbone, *extra])  # one setting a line
         out.append(
             {
-                "label": f"{panel}\n{variant}",
-                "panel": panel,
-                "variant": variant,
+                "noise": noise,
+                "seed": r["_seed"],
+                "variant": "\n".join([loss, backbone, *extra]),  # a setting a line
                 "preset": r["preset"],
                 "linear": twin["accuracy"]["isolated"],
                 **{g: r["accuracy"].get(g) for g in GRAPHS},
             }
         )
     return out
+
+
+def panel_title(row: dict) -> str:
+    return f"{round(row['noise'] * 100)}% noise, {row['seed'].replace('seed', 'seed ')}"
 
 
 def draw(rows: list[dict], path: str, title: str) -> None:
@@ -99,11 +102,11 @@ def draw(rows: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[str, list[dict]] = {}
+    panels: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
-        panels.setdefault(row["panel"], []).append(row)
-    noises = sorted({p.split(", ")[0] for p in panels}, key=lambda n: float(n[:-7]))
-    seeds = sorted({p.split(", ")[1] for p in panels})
+        panels.setdefault((row["seed"], row["noise"]), []).append(row)
+    seeds = sorted({seed for seed, _ in panels})
+    noises = sorted({noise for _, noise in panels})
     most = max(len(group) for group in panels.values())
     fig, axes = plt.subplots(
         len(seeds),
@@ -118,7 +121,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
     for (i, seed), (j, noise) in (
         (s, n) for s in enumerate(seeds) for n in enumerate(noises)
     ):
-        ax, group = axes[i][j], panels.get(f"{noise}, {seed}", [])
+        ax, group = axes[i][j], panels.get((seed, noise), [])
         if not group:
             ax.set_axis_off()
             continue
@@ -142,7 +145,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
                     )
         ax.set_xticks(range(len(group)), [row["variant"] for row in group], fontsize=7)
         ax.set_xlim(-0.6, most - 0.4)  # the same bar width in every panel
-        ax.set_title(f"{noise}, {seed}", fontsize=9)
+        ax.set_title(panel_title(group[0]), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         if j == 0:
             ax.set_ylabel("validation accuracy")
@@ -176,7 +179,8 @@ def main(argv):
     print(f"Wrote {out}: {len(rows)} pair(s)")
     for row in rows:
         graphs = ", ".join(f"{g} {row[g]:.4f}" for g in GRAPHS if row.get(g))
-        print(f"  {row['label']!r}: linear {row['linear']:.4f}, {graphs}")
+        label = f"{panel_title(row)}\n{row['variant']}"
+        print(f"  {label!r}: linear {row['linear']:.4f}, {graphs}")
 
 
 if __name__ == "__main__":
