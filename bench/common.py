@@ -125,10 +125,18 @@ def rebuilt(trained, config, splits, **overrides):
         trained.num_classes,
         trained.class_names,
         graph_nodes=trained.context_size + 1,
+        train_images=len(splits.train.labels),
     )
-    skip = {v.path for v in model.context.weights}
-    for mine, theirs in zip(model.weights, trained.weights, strict=True):
-        if mine.path not in skip:
-            mine.assign(theirs)
+
+    # The stored graphs are filled below (a model saved before the nearest graph
+    # existed has no memory to copy); every other weight is copied in order.
+    def kept(m):
+        skip = {id(v) for v in m.context.weights}
+        if m.memory is not None:
+            skip |= {id(v) for v in m.memory.weights}
+        return [v for v in m.weights if id(v) not in skip]
+
+    for mine, theirs in zip(kept(model), kept(trained), strict=True):
+        mine.assign(theirs)
     fill_references(model, splits, config, config.train.batch_size)
     return model

@@ -24,12 +24,16 @@ from ean_tf.visualize import plot_confusion
 
 
 def evaluation_graphs(model, served: str) -> tuple[str, ...]:
-    """The graphs evaluated after training: the served one first, then the rest."""
+    """The graphs evaluated after training: the served one first, then the rest
+    (`nearest` where the model stores its training images)."""
     if model.head_type != "ean":
         return ("isolated",)
     from ean_tf.models.ean import INFERENCE_GRAPHS
 
-    return (served, *(g for g in INFERENCE_GRAPHS if g != served))
+    graphs = [g for g in INFERENCE_GRAPHS if g != served]
+    if model.memory is None:  # a model that stores no training images
+        graphs.remove("nearest")
+    return (served, *graphs)
 
 
 def confusion_matrix(

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from ean_tf.config import LINEAR_IGNORED, Config, with_first_defaults
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.models.memory import memory_images
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
 
@@ -308,8 +309,9 @@ def load_model(path: str) -> keras.Model:
 
 
 def fill_references(model, splits, config, batch_size: int) -> dict:
-    """The reference bank and the reference context of the served graphs, from the
-    training split without augmentation; returns the bank's per-class counts.
+    """The reference bank, the reference context and the nearest graph's memory of
+    the served graphs, from the training split without augmentation; returns the
+    bank's per-class counts.
 
     The bank's candidates are the first `BANK_CANDIDATES` images of each class in
     file order, so only those are read and embedded (not the whole split when a
@@ -332,4 +334,14 @@ def fill_references(model, splits, config, batch_size: int) -> dict:
         subset = splits.train.select(pick.reshape(-1))
         ds = make_dataset(subset, size, batch_size, training=False)
         model.build_context(images for images, _ in ds)
+    if model.memory is not None:
+        pick = memory_images(
+            splits.train.labels,
+            model.memory_size,
+            config.train.seed,
+            splits.train.num_classes,
+        )
+        subset = splits.train.select(pick)
+        ds = make_dataset(subset, size, batch_size, training=False)
+        model.build_memory(images for images, _ in ds)
     return counts

@@ -164,6 +164,7 @@ def _build_or_resume(run: _Run) -> tuple[EAN, dict, bool]:
                 c.train.label_smoothing,
                 c.train.cross_replica_graph,
                 graph_nodes=run.graph_nodes,
+                train_images=len(run.splits.train.labels),
             )
             if c.model.backbone_weights:
                 load_backbone_weights(model.backbone, c.model.backbone_weights)

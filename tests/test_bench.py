@@ -100,7 +100,13 @@ def test_experiment_scripts_on_tiny(tmp_path):
     table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
     assert {row["run"] for row in table} == {"linear", "ean"}
     ean = json.load(open(tmp_path / "results" / "clean" / "ean.json"))
-    assert set(ean["per_class_recall"]) == {"context", "bank", "batch", "isolated"}
+    assert set(ean["per_class_recall"]) == {
+        "context",
+        "nearest",
+        "bank",
+        "batch",
+        "isolated",
+    }
     assert os.path.isfile(tmp_path / "results" / "clean" / "clean.png")
     # A second call finds every run done and trains nothing.
     again = _bench("experiments.py", "--experiment=clean", *common)

@@ -264,3 +264,30 @@ def test_cli_export_to_an_existing_version_is_one_line(exported, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr
     assert lines[-1].startswith("error: --export_version=1:") and "exists" in lines[-1]
+
+
+def test_an_export_serves_the_nearest_graph(tmp_path):
+    """A model that serves `nearest` exports its stored training images: the
+    SavedModel answers as the Keras model does, each image on its own."""
+    keras.utils.set_random_seed(4)
+    model = EAN(
+        4,
+        image_size=SIZE,
+        width=8,
+        embedding_dim=16,
+        memory_size=20,
+        tau1=0.0,
+        inference_graph="nearest",
+    )
+    model.graph_enabled.assign(1.0)
+    x = np.random.default_rng(2).uniform(0, 255, (26, SIZE, SIZE, 3)).astype("float32")
+    model.build_memory([x[:20]])
+    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path)))
+    assert loaded.served_graph.numpy().decode() == "nearest"
+    queries = tf.constant(x[20:])
+    out = loaded.signatures["predict_images"](images=queries)["probabilities"]
+    want = tf.nn.softmax(model(x[20:], graph="nearest"))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert not np.allclose(out, tf.nn.softmax(model(x[20:], graph="isolated")))
+    alone = loaded.signatures["predict_images"](images=queries[:1])["probabilities"]
+    np.testing.assert_allclose(alone, out[:1], atol=1e-5)

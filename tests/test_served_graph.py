@@ -166,3 +166,72 @@ def test_warmup_must_end_before_training_does():
     for preset in ("default", "tiny", "ferplus48", "ferplus48_gpu", "ferplus"):
         config = make_config(preset)
         assert config.model.gcn_units == () and config.model.gcn_dropout == 0.0
+
+
+def _nearest_model(size=12, tau1=0.0, seed=3, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = EAN(4, tau1=tau1, memory_size=size, **TINY, **kwargs)
+    model.graph_enabled.assign(1.0)
+    memory = _images(size - 2, seed=12)  # two slots stay empty
+    model.build_memory([memory[:5], memory[5:]])
+    return model, memory
+
+
+def test_nearest_graph_averages_the_query_and_its_nearest_stored_images():
+    """Against the maths written out in NumPy: the k most similar stored images
+    (cosine of embeddings normalised with the stored images' statistics), those
+    >= tau1, each a node alone, so the query's logits are their mean with its own."""
+    model, memory = _nearest_model(tau1=0.2, nearest_k=3)
+    x = _images(6, seed=13)
+    pooled, raw, _ = model.encode(x)
+    alone = model.classify(pooled, raw, "isolated").numpy()
+    m_pooled, m_raw, _ = model.encode(memory)
+    m_logits = model.classify(m_pooled, m_raw, "isolated").numpy()
+    bn = model.embedding_bn
+    mean, var = m_raw.numpy().mean(0), m_raw.numpy().var(0)
+
+    def unit(r):
+        e = (r - mean) / np.sqrt(var + bn.epsilon) * bn.gamma.numpy() + bn.beta.numpy()
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    cs = unit(raw.numpy()) @ unit(m_raw.numpy()).T  # (6, 10)
+    want = []
+    for q in range(len(x)):
+        top = np.argsort(-cs[q])[:3]
+        top = top[cs[q, top] >= 0.2]
+        want.append((alone[q] + m_logits[top].sum(0)) / (1 + len(top)))
+    got = model(x, graph="nearest").numpy()
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-4)
+    assert not np.allclose(got, alone, atol=1e-4)  # some queries have edges
+    # A query's answer does not depend on the rest of the batch.
+    np.testing.assert_allclose(
+        model(x[:1], graph="nearest").numpy(), got[:1], atol=1e-5
+    )
+
+
+def test_nearest_graph_is_isolated_without_edges_and_during_warmup():
+    model, _ = _nearest_model(tau1=0.2)
+    x = _images(4, seed=14)
+    model.graph_enabled.assign(0.0)
+    np.testing.assert_allclose(
+        model(x, graph="nearest"), model(x, graph="isolated"), atol=1e-5
+    )
+    empty = EAN(4, tau1=-1.0, memory_size=5, **TINY)  # never filled
+    empty.graph_enabled.assign(1.0)
+    np.testing.assert_allclose(
+        empty(x, graph="nearest"), empty(x, graph="isolated"), atol=1e-5
+    )
+
+
+def test_nearest_graph_needs_stored_images_and_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="nearest.*memory_size=0"):
+        EAN(4, inference_graph="nearest", **TINY)
+    with pytest.raises(ValueError, match="nearest.*memory_size=0"):
+        EAN(4, **TINY).set_inference_graph("nearest")
+    model, _ = _nearest_model(tau1=0.2, inference_graph="nearest")
+    path = str(tmp_path / "nearest.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    assert again.memory_size == 12 and again.inference_graph == "nearest"
+    x = _images(3, seed=15)
+    np.testing.assert_allclose(again(x), model(x), atol=1e-5)

@@ -1,10 +1,11 @@
 """Typed, frozen configuration and named presets.
 
 The library never reads command-line flags: it takes a `Config`. Every field of its
-sections (`sections.py`) is also a flag of `run.py` with the same name (see `flags/`),
-and its `help` and `choices` metadata are the flag's help and accepted values
-(`fields.py`). Presets are written as deltas of the default (`PRESETS`), and a flag set
-explicitly on the command line wins over a preset.
+sections (`sections.py`, `ModelConfig` in `model.py`) is also a flag of `run.py`
+with the same name (see `flags/`), and its `help` and `choices` metadata are the
+flag's help and accepted values (`fields.py`). Presets are written as deltas of
+the default (`PRESETS`), and a flag set explicitly on the command line wins over a
+preset.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ GRAPH_FIELDS = (
     "self_weight",
     "bank_per_class",
     "context_sets",
+    "nearest_k",
+    "nearest_memory",
     "inference_graph",
 )
 # Per section, every field a linear-head run never reads: GRAPH_FIELDS, and the

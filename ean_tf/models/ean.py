@@ -8,14 +8,16 @@
     logits = GCN(F, norm(A + I))         (B, C)
     loss = CE(logits, y) + alpha * Adj_loss(A_soft_similar, y)
 
-`call()` is the inference path, in one of four graphs (`inference_graph`):
+`call()` is the inference path, in one of five graphs (`inference_graph`):
 `context` (the default: each image is the last node of a training-sized batch
 whose other nodes are a fixed reference context of training images drawn with the
-training class prior, stored in the model; see `reference.py`), `bank` (each image
-joined only to a class-balanced reference bank, edges bank -> query), `batch` (the
-request's images form the graph, the paper's test protocol) and `isolated`
-(A = I). In `context` and `bank` an image's answer never depends on the rest of
-the batch. `head="linear"` is the plain-classifier baseline on the same backbone.
+training class prior, stored in the model; see `reference.py`), `nearest` (each
+image joined to its `nearest_k` most similar stored training images), `bank`
+(each image joined only to a class-balanced reference bank, edges bank -> query),
+`batch` (the request's images form the graph, the paper's test protocol) and
+`isolated` (A = I). In `context`, `nearest` and `bank` an image's answer never
+depends on the rest of the batch. `head="linear"` is the plain-classifier
+baseline on the same backbone.
 
 The constructor's defaults are `ModelConfig`'s: one source of defaults. The training
 step is the mixin `TrainStep` (ean_step.py); filling the stored graphs and the
@@ -41,7 +43,7 @@ from ean_tf.models.ean_step import AdjacencyWarmup, TrainStep  # noqa: F401
 from ean_tf.models.gcn import GCNHead
 from ean_tf.models.reference import ReferenceBank, ReferenceContext
 
-INFERENCE_GRAPHS = ("context", "bank", "batch", "isolated")
+INFERENCE_GRAPHS = ("context", "nearest", "bank", "batch", "isolated")
 _GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
 _M = ModelConfig()  # the defaults of every constructor argument it shares
 DEFAULT_GRAPH = _M.inference_graph  # what `--inference_graph=all` serves
@@ -70,6 +72,7 @@ class EAN(TrainStep, References, keras.Model):
         label_smoothing: float = 0.0,
         cross_replica_graph: bool = False,
         context_size: int = _CONTEXT_SIZE,
+        memory_size: int = 0,
         **kwargs,
     ):
         params = {
@@ -81,10 +84,10 @@ class EAN(TrainStep, References, keras.Model):
                 f"Expected inference_graph in {INFERENCE_GRAPHS}. "
                 f"Received: {params['inference_graph']!r}"
             )
-        if num_classes < 2 or context_size < 1:
+        if num_classes < 2 or context_size < 1 or memory_size < 0:
             raise ValueError(
-                "Expected num_classes >= 2 and context_size >= 1. Received: "
-                f"{num_classes}, {context_size}"
+                "Expected num_classes >= 2, context_size >= 1 and memory_size >= 0. "
+                f"Received: {num_classes}, {context_size}, {memory_size}"
             )
         # Checked as the flags are (ConfigError, a ValueError, names the field).
         hp = Config(model=ModelConfig(**params)).model
@@ -93,6 +96,7 @@ class EAN(TrainStep, References, keras.Model):
         self.gcn_units = tuple(int(u) for u in hp.gcn_units)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         self.context_size = int(context_size)
+        self.memory_size = int(memory_size) if hp.head == "ean" else 0
         self.label_smoothing = float(label_smoothing)
         self.cross_replica_graph = bool(cross_replica_graph)
         self.class_names = tuple(class_names or (str(i) for i in range(num_classes)))
@@ -101,6 +105,7 @@ class EAN(TrainStep, References, keras.Model):
                 f"Expected {num_classes} class names. Received: {self.class_names}"
             )
         self._build_layers()
+        self._check_graph(self.inference_graph)
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
         self.graph_enabled = self.add_weight(
@@ -162,6 +167,7 @@ class EAN(TrainStep, References, keras.Model):
             name="reference_context",
             dtype="float32",  # no autocast of its inputs under mixed precision
         )
+        self.memory = self._make_memory()  # the nearest graph's, or None
         widths = (self.feature_dim, *self.gcn_units) if self.head_type == "ean" else ()
         self.bank = ReferenceBank(
             self.num_classes,
@@ -251,6 +257,8 @@ class EAN(TrainStep, References, keras.Model):
             return self.graph_logits(pooled, raw, training=training)
         if graph == "context":
             return self.context(pooled, raw, graph_logits=self.graph_logits)
+        if graph == "nearest":
+            return self._nearest_forward(pooled, raw, training)
         embeddings = raw
         if self.embedding_bn is not None:  # the bank uses the moving statistics
             embeddings = self.embedding_bn(raw, training=False)
@@ -272,6 +280,7 @@ class EAN(TrainStep, References, keras.Model):
             raise ValueError(
                 f"Expected inference_graph in {INFERENCE_GRAPHS}. Received: {graph!r}"
             )
+        self._check_graph(graph)
         self.inference_graph = graph
         self.predict_function = None
         self.test_function = None
@@ -288,6 +297,7 @@ class EAN(TrainStep, References, keras.Model):
             "num_classes": self.num_classes,
             "image_size": self.image_size,
             "context_size": self.context_size,
+            "memory_size": self.memory_size,
             "label_smoothing": self.label_smoothing,
             "cross_replica_graph": self.cross_replica_graph,
             "class_names": list(self.class_names),
@@ -309,10 +319,13 @@ def build_model(
     label_smoothing: float = 0.0,
     cross_replica_graph: bool = False,
     graph_nodes: int = TrainConfig().batch_size,
+    train_images: int = 0,
 ) -> EAN:
     """An `EAN` from a `ModelConfig` and `DataConfig`; `graph_nodes` is the size of
     a training graph (the batch, or each replica's batch), which the reference
-    context matches unless `context_size` is set."""
+    context matches unless `context_size` is set; `train_images` the training
+    split's size, of which the nearest graph keeps `nearest_memory` (0: all; no
+    training split, no nearest graph)."""
     m = model_config
     params = {name: getattr(m, name) for name in HYPER_PARAMETERS}
     if m.inference_graph == "all":  # --mode=eval's; the model serves the default
@@ -324,6 +337,7 @@ def build_model(
         label_smoothing=label_smoothing,
         cross_replica_graph=cross_replica_graph,
         context_size=m.context_size or max(1, graph_nodes - 1),
+        memory_size=min(m.nearest_memory or train_images, train_images),
         name="ean" if m.head == "ean" else "baseline",
         **params,
     )

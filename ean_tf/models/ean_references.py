@@ -1,7 +1,8 @@
-"""EAN's stored graphs: filling the reference context and the class-balanced bank
-from training images, and the bank's forward passes. A mixin of `EAN`
-(models/ean.py), which provides `encode`, `features`, `classify` and the head; the
-weights live in the `ReferenceContext` and `ReferenceBank` layers (reference.py).
+"""EAN's stored graphs: filling the reference context, the nearest graph's memory
+and the class-balanced bank from training images, and their forward passes. A
+mixin of `EAN` (models/ean.py), which provides `encode`, `features`, `classify`
+and the head; the weights live in the `ReferenceContext` and `ReferenceBank`
+layers (reference.py) and `ReferenceMemory` (memory.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.models import adjacency as adj
+from ean_tf.models.memory import ReferenceMemory
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_bank
 
 
@@ -27,6 +29,41 @@ class References:
             embeddings,
             edges=self._edges,
             head=self.head,
+            gate=self.graph_enabled,
+            self_weight=self.self_weight,
+        )
+
+    def _make_memory(self):
+        """The nearest graph's store of training images; None where the model
+        keeps none (a linear head, or memory_size 0: built without its data)."""
+        if not self.memory_size:
+            return None
+        return ReferenceMemory(
+            self.memory_size,
+            self.embedding_dim,
+            self.num_classes,
+            name="reference_memory",
+            dtype="float32",
+        )
+
+    def _check_graph(self, graph: str) -> None:
+        if graph == "nearest" and self.head_type == "ean" and self.memory is None:
+            raise ValueError(
+                "inference_graph='nearest': this model stores no training images "
+                "(memory_size=0). build_model(..., train_images=<the training "
+                "split's size>) keeps them; training fills them."
+            )
+
+    def _nearest_forward(self, pooled, raw, training=False):
+        """Nearest-graph logits (Q, C): each query's isolated logits averaged with
+        its nearest stored training images' (see `ReferenceMemory`)."""
+        self._check_graph("nearest")
+        alone = self.head([pooled, tf.eye(tf.shape(pooled)[0])], training=training)
+        return self.memory(
+            alone,
+            raw,
+            k=self.nearest_k,
+            tau1=self.tau1,
             gate=self.graph_enabled,
             self_weight=self.self_weight,
         )
@@ -114,3 +151,15 @@ class References:
         if len(feats) != want:
             raise ValueError(f"Expected {want} context images. Received: {len(feats)}")
         self.context.fill(feats, raws)
+
+    def build_memory(self, batches) -> None:
+        """Fills the nearest graph's memory from batches of training images (no
+        augmentation): their raw embeddings and isolated logits."""
+        raws, logits = [], []
+        for images in batches:
+            pooled, raw, _ = self.encode(images, training=False)
+            raws.append(raw.numpy())
+            logits.append(np.asarray(self.classify(pooled, raw, "isolated")))
+        self.memory.fill(
+            np.concatenate(raws), np.concatenate(logits), self.embedding_bn
+        )

@@ -79,6 +79,14 @@ def select_context(
     return np.stack([rng.permutation(row) for row in out])
 
 
+def stored_weight(layer, shape, name: str, init: str = "zeros"):
+    """A weight of `layer` that training never updates and mixed precision never
+    casts: what a stored graph saves with the model."""
+    return layer.add_weight(
+        shape=shape, initializer=init, trainable=False, autocast=False, name=name
+    )
+
+
 class ReferenceContext(keras.layers.Layer):
     """`sets` contexts of `size` nodes: pooled features and raw (un-normalised)
     embeddings of training images, saved with the model.
@@ -95,28 +103,13 @@ class ReferenceContext(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.sets, self.size = int(sets), int(size)
-        self.features = self.add_weight(
-            shape=(self.sets, self.size, int(feature_dim)),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="features",
-        )
-        self.embeddings = self.add_weight(
-            shape=(self.sets, self.size, int(embedding_dim)),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="embeddings",
+        shape = (self.sets, self.size)
+        self.features = stored_weight(self, (*shape, int(feature_dim)), "features")
+        self.embeddings = stored_weight(
+            self, (*shape, int(embedding_dim)), "embeddings"
         )
         # 0 until `fill`: an empty context would join queries to zero vectors.
-        self.filled = self.add_weight(
-            shape=(),
-            initializer="zeros",
-            trainable=False,
-            autocast=False,
-            name="filled",
-        )
+        self.filled = stored_weight(self, (), "filled")
 
     def fill(self, features, embeddings) -> None:
         """features (sets * size, F), raw embeddings (sets * size, E), set-major."""
@@ -192,13 +185,7 @@ class ReferenceBank(keras.layers.Layer):
         self.per_class = int(per_class)
 
         def weight(shape, name, init="zeros"):
-            return self.add_weight(
-                shape=shape,
-                initializer=init,
-                trainable=False,
-                autocast=False,
-                name=name,
-            )
+            return stored_weight(self, shape, name, init)
 
         self.features = weight((k, int(feature_dim)), "features")
         self.embeddings = weight((k, int(embedding_dim)), "embeddings")

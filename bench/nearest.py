@@ -1,0 +1,80 @@
+"""The nearest graph of a trained run, for several numbers of neighbours.
+
+    python bench/nearest.py --run_dir=runs/bench/clean/ean --ks=1,4,16
+
+Loads `<run_dir>/model.keras` and the run's `config.json`, builds the same network
+keeping every training image for the nearest graph (`--nearest_memory=0`), copies
+every trained weight, fills the stored graphs from the training split (as
+training does, so a model saved before the nearest graph existed gets one) and
+evaluates on the validation split the nearest graph with each k of `--ks`,
+beside the context graph and the network alone (isolated). Writes
+`<out_dir>/<name>.json` with accuracy and mean class accuracy per graph, and the
+share of validation images with 0 to k edges.
+"""
+
+from __future__ import annotations
+
+import os
+
+import common
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("ks", ["1", "2", "4", "8", "16"], "Numbers of neighbours.")
+common.define_run_flags("nearest")
+
+
+def degrees(model, examples, image_size: int, batch_size: int, k: int) -> list:
+    """How many validation images have 0, 1, ..., k edges in the nearest graph."""
+    from ean_tf.data.pipeline import make_dataset
+
+    counts = np.zeros(k + 1, np.int64)
+    for images, _ in make_dataset(examples, image_size, batch_size, training=False):
+        _, raw, _ = model.encode(images, training=False)
+        cs, _ = model.memory.neighbours(raw, k)
+        counts += np.bincount(np.sum(cs.numpy() >= model.tau1, axis=1), minlength=k + 1)
+    return counts.tolist()
+
+
+def main(argv):
+    del argv
+    from ean_tf import evaluate
+
+    config, trained, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
+    model = common.rebuilt(trained, config, splits, nearest_memory=0)
+    size, batch = config.data.image_size, config.train.batch_size
+
+    def accuracy(graph: str, out: str) -> dict:
+        report = evaluate.evaluate_model(
+            model, splits.val, size, batch, out, graphs=(graph,)
+        )
+        r = report["graphs"][graph]
+        return {
+            "accuracy": r["accuracy"],
+            "mean_class_accuracy": r["mean_class_accuracy"],
+        }
+
+    out = os.path.join(FLAGS.run_dir, "nearest")
+    rows = {g: accuracy(g, os.path.join(out, g)) for g in ("context", "isolated")}
+    print(rows, flush=True)
+    for k in sorted(int(k) for k in FLAGS.ks):
+        model.nearest_k = k
+        model.set_inference_graph("nearest")  # drops the traced functions
+        row = accuracy("nearest", os.path.join(out, f"k{k}"))
+        row["edges"] = degrees(model, splits.val, size, batch, k)
+        rows[f"nearest_k{k}"] = row
+        print(k, row, flush=True)
+    common.write_result(
+        FLAGS.name,
+        {
+            "run_dir": FLAGS.run_dir,
+            "memory_images": int(model.memory.valid.numpy().sum()),
+            "graphs": rows,
+        },
+        FLAGS.out_dir,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

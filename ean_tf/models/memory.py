@@ -1,0 +1,102 @@
+"""The nearest graph's store of training images (docs/DESIGN.md section 2).
+
+Where the reference context (reference.py) gives a query a training batch's
+neighbourhood drawn at random, the nearest graph gives it the training images most
+like it: after training the model stores every training image's graph embedding
+and isolated logits, and each query is joined to its `nearest_k` most similar.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ean_tf.models.reference import select_context, stored_weight
+
+
+def memory_images(labels, size: int, seed: int = 0, num_classes=None) -> np.ndarray:
+    """Sorted indices of the training images the memory stores: all of them, or
+    `size` drawn with the class prior (as a context is) where there are more."""
+    labels = np.asarray(labels, np.int64)
+    if size >= len(labels):
+        return np.arange(len(labels))
+    return np.sort(select_context(labels, size, 1, seed, num_classes)[0])
+
+
+class ReferenceMemory(keras.layers.Layer):
+    """The nearest graph: `size` training images, each stored as its unit-length
+    graph embedding and its isolated logits, saved with the model.
+
+    A query q is joined to its k most similar stored images (cosine in the graph's
+    embedding, normalised as a training batch would be: with the statistics of the
+    stored images), those at or above tau1 (eq. 4's similar edges). Each stored
+    image is a node on its own, so with one GCN layer (the default head) the
+    query's row of the graph is its own feature and theirs, averaged, and its
+    logits are the mean of its isolated logits and theirs:
+
+        logits_q = (l_q + sum_j a_qj l_j) / (1 + sum_j a_qj),  a_qj in {0, 1}
+
+    (with a self-weight alpha: alpha l_q + (1 - alpha) that). A deeper head's
+    answer is the same mean of its isolated logits. Until `fill`, or with no edge,
+    the query is isolated. A query never sees another query.
+    """
+
+    def __init__(self, size: int, embedding_dim: int, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+        def weight(shape, name, init="zeros"):
+            return stored_weight(self, shape, name, init)
+
+        self.embeddings = weight((self.size, int(embedding_dim)), "embeddings")
+        self.logits = weight((self.size, int(num_classes)), "logits")
+        self.valid = weight((self.size,), "valid")  # 1 where a slot holds an image
+        # The embedding's normalisation: e = raw * scale + shift.
+        self.scale = weight((int(embedding_dim),), "scale", "ones")
+        self.shift = weight((int(embedding_dim),), "shift")
+
+    def fill(self, raw, logits, bn=None) -> None:
+        """raw embeddings (N, E) and isolated logits (N, C) of N <= size training
+        images; `bn` the embedding's batch norm (None: no normalisation)."""
+        raw = np.asarray(raw, np.float32)
+        n = len(raw)
+        if not 0 < n <= self.size:
+            raise ValueError(f"Expected 1 to {self.size} memory images. Received: {n}")
+        scale = np.ones(raw.shape[1], np.float32)
+        shift = np.zeros(raw.shape[1], np.float32)
+        if bn is not None:
+            mean, var = raw.mean(axis=0), raw.var(axis=0)
+            scale = np.asarray(bn.gamma) / np.sqrt(var + bn.epsilon)
+            shift = np.asarray(bn.beta) - mean * scale
+        e = raw * scale + shift
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        pad = self.size - n
+        self.embeddings.assign(np.pad(e, [(0, pad), (0, 0)]))
+        self.logits.assign(np.pad(np.asarray(logits, np.float32), [(0, pad), (0, 0)]))
+        self.valid.assign(np.pad(np.ones(n, np.float32), [(0, pad)]))
+        self.scale.assign(scale)
+        self.shift.assign(shift)
+
+    def neighbours(self, raw, k: int):
+        """(cosines (Q, k), indices (Q, k)) of each query's k most similar stored
+        images, most similar first; empty slots come last (cosine -2)."""
+        e = raw * self.scale + self.shift
+        e = tf.math.l2_normalize(e, axis=-1, epsilon=1e-12)
+        cs = tf.matmul(e, self.embeddings, transpose_b=True)  # (Q, size)
+        cs = tf.where(self.valid[None, :] > 0, cs, -2.0)
+        return tf.math.top_k(cs, k=min(int(k), self.size))
+
+    def call(self, logits, raw, k: int, tau1: float, gate=1.0, self_weight=0.0):
+        """Nearest-graph logits (Q, C) of queries with isolated `logits` (Q, C)
+        and raw embeddings (Q, E); edges times `gate` (0: isolated)."""
+        cs, idx = self.neighbours(raw, k)
+        a = tf.cast(cs >= tau1, logits.dtype) * gate  # (Q, k); empty slots: 0
+        mixed = logits + tf.einsum("qk,qkc->qc", a, tf.gather(self.logits, idx))
+        mixed = mixed / (1.0 + tf.reduce_sum(a, axis=1, keepdims=True))
+        if self_weight:
+            mixed = self_weight * logits + (1.0 - self_weight) * mixed
+        return mixed
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
