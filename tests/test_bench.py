@@ -88,6 +88,21 @@ def test_serving_bench(tmp_path):
     assert result["served_graph"] == "context"
 
 
+def test_serving_bench_times_the_nearest_graph(tmp_path):
+    _bench(
+        "serving.py",
+        "--config=tiny",
+        "--inference_graph=nearest",
+        "--memory_images=50",
+        "--calls=3",
+        "--batches=1",
+        f"--out_dir={tmp_path}",
+    )
+    result = json.load(open(tmp_path / "serving_tiny.json"))
+    assert result["served_graph"] == "nearest" and result["memory_images"] == 50
+    assert result["signatures"]["predict_images"]["p50_ms"] > 0
+
+
 def test_experiment_scripts_on_tiny(tmp_path):
     common = [
         "--config=tiny",
@@ -287,6 +302,27 @@ def test_self_weight_bench(tmp_path, tiny_run):
     own = json.load(open(run / "metrics.json"))["graphs"]
     assert rows["0"]["context"]["accuracy"] == own["context"]["accuracy"]
     assert (run / "self_weight_0.9" / "confusion_context.png").is_file()
+
+
+def test_nearest_bench(tmp_path, tiny_run):
+    run = tiny_run
+    _bench(
+        "nearest.py",
+        f"--run_dir={run}",
+        "--ks=2,4",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "nearest.json"))
+    rows = result["graphs"]
+    assert set(rows) == {"context", "isolated", "nearest_k2", "nearest_k4"}
+    # Rebuilt and refilled, the run's own graphs (k = 4, its default) repeat.
+    own = json.load(open(run / "metrics.json"))["graphs"]
+    for graph, row in (("context", "context"), ("nearest", "nearest_k4")):
+        assert rows[row]["accuracy"] == own[graph]["accuracy"], graph
+    images = own["isolated"]["num_samples"]
+    assert sum(rows["nearest_k2"]["edges"]) == images
+    assert len(rows["nearest_k2"]["edges"]) == 3
+    assert result["memory_images"] > 0
 
 
 def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
