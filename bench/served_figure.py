@@ -24,10 +24,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("out", "", "Figure path (default: <results_dir>/served.png).")
 
-GRAPHS = ("context", "bank", "batch", "isolated")
+GRAPHS = ("context", "nearest", "bank", "batch", "isolated")
 COLOURS = {
     "linear": "tab:gray",
     "context": "tab:blue",
+    "nearest": "tab:red",
     "bank": "tab:orange",
     "batch": "tab:green",
     "isolated": "tab:purple",
@@ -115,7 +116,11 @@ def draw(rows: list[dict], path: str, title: str) -> None:
         squeeze=False,
         sharey=True,
     )
-    bars = ("linear", *GRAPHS)
+    from ean_tf.config import ModelConfig
+
+    served = ModelConfig().inference_graph  # what the default model serves
+    # A graph no run has (`nearest` before it existed) gets no slot.
+    bars = ("linear", *(g for g in GRAPHS if any(row.get(g) for row in rows)))
     width = 0.8 / len(bars)
     values = [v for row in rows for b in bars if (v := row.get(b)) is not None]
     for (i, seed), (j, noise) in (
@@ -129,7 +134,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
             xs = [g + (k - (len(bars) - 1) / 2) * width for g in range(len(group))]
             ys = [row.get(bar) or 0.0 for row in group]
             label = "linear twin" if bar == "linear" else f"EAN, {bar} graph"
-            if bar == "context":
+            if bar == served:
                 label += " (served)"
             ax.bar(xs, ys, width, label=label, color=COLOURS[bar])
             for x, y in zip(xs, ys, strict=True):

@@ -348,7 +348,8 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     run("seed0/clean", "linear", "linear", 0.0, {"isolated": 0.81})
     run("seed0/clean", "ean", "ean", 0.0, graphs, {"isolated_ce_weight": 0.0}, 0.0)
     run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
-    run("seed1/clean", "ean", "ean", 0.0, graphs, graph_backbone_grad=False)
+    nearest = {**graphs, "nearest": 0.83}  # a run of after the nearest graph
+    run("seed1/clean", "ean", "ean", 0.0, nearest, graph_backbone_grad=False)
     copy = json.loads((tmp_path / "seed0" / "clean" / "ean.json").read_text())
     copy["same_run_as"] = "seed0/clean/ean.json"  # a copy of the same run
     (tmp_path / "seed0" / "ablations").mkdir()
@@ -372,6 +373,8 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     noisy = "isolated_ce_weight=1\\ngraph_backbone_grad=False\\ngroup_size=4"
     assert f"'20% noise, seed 0\\n{noisy}': linear 0.7600" in result.stdout
     assert "'0% noise, seed 1\\nisolated_ce_weight=1\\n" in result.stdout
+    assert "context 0.8000, nearest 0.8300, bank 0.7000" in result.stdout
+    assert "linear 0.8100, context 0.8000, bank 0.7000" in result.stdout
     assert out.stat().st_size > 10_000
 
 
