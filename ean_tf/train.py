@@ -289,7 +289,7 @@ def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
     from ean_tf import evaluate as evaluate_lib
 
     d, m = run.config.data, run.config.model
-    log.info("Filling the reference context and bank, then evaluating")
+    log.info("Filling the stored graphs (context, nearest, bank), then evaluating")
     bank_counts = fill_references(model, run.splits, run.config, run.batch)
     served = DEFAULT_GRAPH if m.inference_graph == "all" else m.inference_graph
     model.set_inference_graph(served)
