@@ -58,7 +58,7 @@ class References:
         """Nearest-graph logits (Q, C): each query's isolated logits averaged with
         its nearest stored training images' (see `ReferenceMemory`)."""
         self._check_graph("nearest")
-        alone = self.head([pooled, tf.eye(tf.shape(pooled)[0])], training=training)
+        alone = self.classify(pooled, raw, "isolated", training=training)
         return self.memory(
             alone,
             raw,
