@@ -85,6 +85,7 @@ def pairs(results_dir: str) -> list[dict]:
                 "variant": "\n".join([loss, backbone, *extra]),  # a setting a line
                 "preset": r["preset"],
                 "linear": twin["accuracy"]["isolated"],
+                "served": model.get("inference_graph"),  # what the run served
                 **{g: r["accuracy"].get(g) for g in GRAPHS},
             }
         )
@@ -116,9 +117,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
         squeeze=False,
         sharey=True,
     )
-    from ean_tf.config import ModelConfig
-
-    served = ModelConfig().inference_graph  # what the default model serves
+    served = {row.get("served") for row in rows}  # what the drawn runs served
     # A graph no run has (`nearest` before it existed) gets no slot.
     bars = ("linear", *(g for g in GRAPHS if any(row.get(g) for row in rows)))
     width = 0.8 / len(bars)
@@ -134,7 +133,7 @@ def draw(rows: list[dict], path: str, title: str) -> None:
             xs = [g + (k - (len(bars) - 1) / 2) * width for g in range(len(group))]
             ys = [row.get(bar) or 0.0 for row in group]
             label = "linear twin" if bar == "linear" else f"EAN, {bar} graph"
-            if bar == served:
+            if bar in served:
                 label += " (served)"
             ax.bar(xs, ys, width, label=label, color=COLOURS[bar])
             for x, y in zip(xs, ys, strict=True):

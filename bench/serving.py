@@ -5,9 +5,9 @@
 
 Exports a model of the preset (weights as initialised; speed does not depend on
 them) with a full reference context and bank, reloads it with
-`tf.saved_model.load`, and times `predict_images` (the served graph, `context` by
-default: each query completes a training batch; `--inference_graph=nearest` with
-`--memory_images` stored training images) and `predict_isolated` (A = I): latency
+`tf.saved_model.load`, and times `predict_images` (the served graph, `nearest` by
+default, with `--memory_images` stored training images; `--inference_graph=context`:
+each query completes a training batch) and `predict_isolated` (A = I): latency
 p50/p99 over `--calls` single-image requests, and images/s at batch 32. Also the
 `serving_default` bytes path (PNG decode included) at batch 1.
 """

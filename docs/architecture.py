@@ -99,9 +99,8 @@ def draw(path: str) -> None:
     ax.text(
         0.2,
         4.8,
-        "Serving (context graph): each image is the last node of a training-sized "
-        "batch whose other nodes are stored training images drawn with the class "
-        "prior.",
+        "Serving (nearest graph): each image is joined to its 4 most similar "
+        "training images (cos >= tau1), stored in the model with their logits.",
         fontsize=10,
     )
     ax.set_xlim(0, 13.2)

@@ -23,15 +23,17 @@ from ean_tf.data.pipeline import make_dataset
 from ean_tf.visualize import plot_confusion
 
 
-def evaluation_graphs(model, served: str) -> tuple[str, ...]:
-    """The graphs evaluated after training: the served one first, then the rest
-    (`nearest` where the model stores its training images)."""
+def evaluation_graphs(model) -> tuple[str, ...]:
+    """The graphs evaluated after training and by `--inference_graph=all`: the
+    model's served one first, then the rest (`nearest` where the model stores
+    its training images)."""
     if model.head_type != "ean":
         return ("isolated",)
     from ean_tf.models.ean import INFERENCE_GRAPHS
 
+    served = model.inference_graph
     graphs = [g for g in INFERENCE_GRAPHS if g != served]
-    if model.memory is None:  # a model that stores no training images
+    if model.memory is None and "nearest" in graphs:  # it stores no images
         graphs.remove("nearest")
     return (served, *graphs)
 

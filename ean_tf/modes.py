@@ -68,12 +68,13 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
 
     model, path, splits = _model_and_splits(config, checkpoint)
     from ean_tf.evaluate import evaluation_graphs
-    from ean_tf.models.ean import DEFAULT_GRAPH
+    from ean_tf.predict import check_graph
 
     graph = config.model.inference_graph
     if graph == "all" or model.head_type == "linear":
-        graphs = evaluation_graphs(model, DEFAULT_GRAPH)
+        graphs = evaluation_graphs(model)
     else:
+        check_graph(model, graph, path)
         graphs = (graph,)
     out_dir = output or config.train.run_dir
     noisy = os.path.join(config.train.run_dir, "noisy_labels.csv")
@@ -149,23 +150,19 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
 
 
 def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
+    from ean_tf.predict import serving_model
     from ean_tf.runs import load_model
     from export.serving import export_model
 
     path = default_checkpoint(config, checkpoint)
-    model = load_model(path)
-    if model.head_type == "ean" and not float(model.context.filled.numpy()):
-        log.warning(
-            "%s has an empty reference context: context-graph answers equal the "
-            "isolated network's",
-            path,
-        )
+    model = serving_model(load_model(path), config.export.served_graph, path)
     e = config.export
     final = export_model(
         model, e.export_dir, e.export_version, e.max_image_bytes, e.max_image_pixels
     )
     base = os.path.abspath(e.export_dir)
-    print(f"Exported {path} to {final}")
+    graph = model.inference_graph if model.head_type == "ean" else "isolated"
+    print(f"Exported {path} to {final}, serving its {graph} graph")
     print("Serve it with TensorFlow Serving:")
     print(
         f"  docker run -p 8501:8501 -p 8500:8500 -v {base}:/models/ean "
@@ -185,6 +182,7 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
         output,
         config.export.annotate_dir,
         config.data.no_face,
+        served_graph=config.export.served_graph,
     )
     print(
         f"{len(result['faces'])} faces classified, {len(result['problems'])} "
@@ -226,14 +224,13 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
     import json
 
     from ean_tf.evaluate import robustness
+    from ean_tf.predict import check_graph
 
     model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graph = "isolated" if model.head_type == "linear" else graph
-    if graph == "all":
-        from ean_tf.models.ean import DEFAULT_GRAPH
-
-        graph = DEFAULT_GRAPH
+    graph = model.inference_graph if graph == "all" else graph  # what it serves
+    check_graph(model, graph, path)
     result = robustness(
         model,
         splits.val,

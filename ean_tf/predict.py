@@ -14,11 +14,14 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import logging
 import os
 
 import numpy as np
 
 from ean_tf.data.generic import IMAGE_EXTENSIONS
+
+log = logging.getLogger("ean_tf")
 
 
 def list_images(spec: str) -> list[str]:
@@ -37,15 +40,60 @@ def list_images(spec: str) -> list[str]:
     return matches
 
 
-class Classifier:
-    """Wraps a `.keras` model or a SavedModel: (B, S, S, 3) 0..255 -> probs."""
+def check_graph(model, graph: str, path: str, flag: str = "inference_graph"):
+    """A clear error where a run asks a model for the nearest graph it cannot give
+    (saved before the graph existed, or built without its store), rather than its
+    isolated answer under the nearest graph's name."""
+    if graph == "nearest" and model.head_type == "ean" and model.memory is None:
+        raise ValueError(
+            f"--{flag}=nearest: {path} stores no training images for the nearest "
+            f"graph (saved before it existed, or built with memory_size=0); it "
+            f"serves the {model.inference_graph} graph."
+        )
 
-    def __init__(self, path: str):
+
+def serving_model(model, graph: str, path: str):
+    """`model` set to serve `graph` (empty: the graph it was saved with), with a
+    warning where that graph's stored training images are missing."""
+    if model.head_type != "ean":
+        return model
+    if graph:
+        check_graph(model, graph, path, "served_graph")
+        model.set_inference_graph(graph)
+    served = model.inference_graph
+    empty = {
+        "context": not float(model.context.filled.numpy()),
+        "nearest": model.memory is None or not float(model.memory.valid[0].numpy()),
+    }
+    if empty.get(served):
+        log.warning(
+            "%s stores no training images for its %s graph: its answers equal the "
+            "isolated network's",
+            path,
+            served,
+        )
+    return model
+
+
+class Classifier:
+    """Wraps a `.keras` model or a SavedModel: (B, S, S, 3) 0..255 -> probs;
+    `served_graph` the graph a `.keras` model serves (empty: its own). A
+    SavedModel serves the graph it was exported with."""
+
+    def __init__(self, path: str, served_graph: str = ""):
         import tensorflow as tf
 
         saved = os.path.join(path, "saved_model.pb")
         if os.path.isdir(path) and os.path.isfile(saved):
             loaded = tf.saved_model.load(path)
+            exported = getattr(loaded, "served_graph", None)
+            exported = exported.numpy().decode() if exported is not None else "?"
+            if served_graph and served_graph != exported:
+                raise ValueError(
+                    f"--served_graph={served_graph}: {path} is a SavedModel, which "
+                    f"serves the graph it was exported with ({exported}); export "
+                    f"the .keras model again with --served_graph={served_graph}."
+                )
             self._fn = loaded.signatures["predict_images"]
             self._loaded = loaded
             self.image_size = int(loaded.input_size.numpy())
@@ -54,7 +102,7 @@ class Classifier:
         else:
             from ean_tf.runs import load_model
 
-            self.model = load_model(path)
+            self.model = serving_model(load_model(path), served_graph, path)
             self.image_size = self.model.image_size
             self.class_names = list(self.model.class_names)
             self.kind = "keras"
@@ -75,6 +123,7 @@ def predict(
     annotate_dir: str = "",
     no_face: str = "center",
     progress: bool = True,
+    served_graph: str = "",
 ) -> dict:
     """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
     import cv2
@@ -82,7 +131,7 @@ def predict(
     from ean_tf.data.align import FaceAligner, center_crop
 
     files = list_images(images)
-    classifier = Classifier(model_path)
+    classifier = Classifier(model_path, served_graph)
     aligner = FaceAligner(classifier.image_size)
     rows, problems = [], []
     bar = None

@@ -302,7 +302,7 @@ def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
         d.image_size,
         run.batch,
         run.run_dir,
-        graphs=evaluate_lib.evaluation_graphs(model, served),
+        graphs=evaluate_lib.evaluation_graphs(model),
         checkpoint=final,
         noisy_labels=noisy if d.noise_rate > 0 else None,
         train_examples=run.splits.train,

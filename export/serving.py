@@ -10,15 +10,16 @@ examples.
 Signatures (see README "Serving"):
   serving_default      image_bytes: string [None] (REST: {"b64": ...}) -> probabilities
                        [None, C], class_index [None], class_name [None]; the
-                       model's served graph (`context` unless set otherwise).
+                       model's served graph (`nearest` unless set otherwise).
   predict_images       images: float32 [None, H, W, 3] RGB 0..255 -> same; same graph.
   predict_batch_graph  the same input, the request's images as ONE graph (the
                        paper's test protocol): an answer depends on the request.
   predict_isolated     the same input, A = I (no graph; the warm-up network).
   embed                images -> features [None, Fd] (pooled) and embeddings [None, E].
 
-In the context graph each image is joined only to the reference context stored in
-the model (in the bank graph, to the reference bank), so TF Serving's batching
+In the nearest graph each image is joined only to training images stored in the
+model (in the context graph, to the stored reference context; in the bank graph,
+to the reference bank), so TF Serving's batching
 (which merges clients' requests and pads a batch by repeating rows) never changes
 one client's answer.
 """
@@ -42,7 +43,8 @@ MODEL_NAME = "ean"
 BATCHING_PARAMETERS = """\
 # TF Serving server-side batching (--enable_batching
 # --batching_parameters_file=batching_parameters.txt). Safe with the default
-# signature: its context graph makes each image's answer independent of its batch.
+# signature serving the nearest, context, bank or isolated graph: each image's
+# answer is independent of its batch.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 5000 }
 max_enqueued_batches { value: 100 }

@@ -43,7 +43,7 @@ SHOW_TF_LOGS = absl_flags.DEFINE_bool(
 CHECKPOINT = absl_flags.DEFINE_string(
     "checkpoint",
     "",
-    "Model file for eval/predict/export (empty: the run's best).",
+    "Model for eval/predict/export (empty: <run_dir>/model.keras).",
 )
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output path of a mode, if any.")
 

@@ -26,6 +26,7 @@ def exported(tmp_path_factory):
         embedding_dim=16,
         bank_per_class=2,
         context_size=7,
+        memory_size=20,
         tau1=0.0,
         class_names=["a", "b", "c", "d"],
     )
@@ -34,6 +35,7 @@ def exported(tmp_path_factory):
     x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
     model.build_bank([(x, np.eye(4, dtype=np.float32)[np.arange(32) % 4])])
     model.build_context([x[:7]])
+    model.build_memory([x[:20]])
     base = str(tmp_path_factory.mktemp("exports"))
     path = serving.export_model(model, base, max_image_bytes=20_000)
     return model, base, path, tf.saved_model.load(path)
@@ -56,10 +58,10 @@ def test_outputs_equal_the_keras_model(exported):
     model, _, _, loaded = exported
     x = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype("float32")
     bank = loaded.signatures["predict_images"](images=tf.constant(x))
-    assert model.inference_graph == "context"
-    assert loaded.served_graph.numpy().decode() == "context"
+    assert model.inference_graph == "nearest"  # the default
+    assert loaded.served_graph.numpy().decode() == "nearest"
     np.testing.assert_allclose(
-        bank["probabilities"], tf.nn.softmax(model(x, graph="context")), atol=1e-5
+        bank["probabilities"], tf.nn.softmax(model(x, graph="nearest")), atol=1e-5
     )
     assert not np.allclose(
         bank["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-4
@@ -86,7 +88,7 @@ def test_serving_default_decodes_like_training(exported):
     out = loaded.signatures["serving_default"](image_bytes=tf.constant(data))
     images = tf.stack([resize_image(decode_image(tf.constant(d)), SIZE) for d in data])
     np.testing.assert_allclose(
-        out["probabilities"], tf.nn.softmax(model(images, graph="context")), atol=1e-5
+        out["probabilities"], tf.nn.softmax(model(images, graph="nearest")), atol=1e-5
     )
     assert out["probabilities"].shape == (3, 4)
 
@@ -139,7 +141,7 @@ def test_bad_image_fails_only_its_own_row(exported, bad, message):
     assert out["class_index"][1] == -1 and out["class_name"][1] == b""
     np.testing.assert_array_equal(out["probabilities"][1], np.zeros(4))
     image = resize_image(decode_image(tf.constant(good)), SIZE)[None]
-    want = tf.nn.softmax(model(image, graph="context"))[0]
+    want = tf.nn.softmax(model(image, graph="nearest"))[0]
     np.testing.assert_allclose(out["probabilities"][0], want, atol=1e-5)
     np.testing.assert_allclose(out["probabilities"][2], want, atol=1e-5)
     # A request of bad rows only still answers, row by row.
@@ -239,55 +241,72 @@ def test_saved_model_cli_shows_the_signatures(exported):
         assert name in result.stdout, name
 
 
-def test_cli_export_to_an_existing_version_is_one_line(exported, tmp_path):
-    model, *_ = exported
+def _cli_export(model, tmp_path, *flags):
+    """`run.py --mode=export` of `model` saved as .keras, to tmp_path/exports."""
     checkpoint = str(tmp_path / "model.keras")
     model.save(checkpoint)
-    base = tmp_path / "exports"
-    os.makedirs(base / "1")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "run.py",
             "--mode=export",
             f"--checkpoint={checkpoint}",
-            f"--export_dir={base}",
-            "--export_version=1",
+            f"--export_dir={tmp_path / 'exports'}",
+            *flags,
         ],
         capture_output=True,
         text=True,
         cwd=root,
         timeout=600,
     )
+
+
+def test_cli_export_to_an_existing_version_is_one_line(exported, tmp_path):
+    os.makedirs(tmp_path / "exports" / "1")
+    result = _cli_export(exported[0], tmp_path, "--export_version=1")
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr
     assert lines[-1].startswith("error: --export_version=1:") and "exists" in lines[-1]
 
 
-def test_an_export_serves_the_nearest_graph(tmp_path):
-    """A model that serves `nearest` exports its stored training images: the
-    SavedModel answers as the Keras model does, each image on its own."""
+def test_an_export_serves_the_graph_the_model_serves(tmp_path):
+    """A model set to serve `context` exports its stored context: the SavedModel
+    answers as the Keras model does, each image on its own."""
     keras.utils.set_random_seed(4)
     model = EAN(
         4,
         image_size=SIZE,
         width=8,
         embedding_dim=16,
-        memory_size=20,
+        context_size=7,
         tau1=0.0,
-        inference_graph="nearest",
+        inference_graph="context",
     )
     model.graph_enabled.assign(1.0)
-    x = np.random.default_rng(2).uniform(0, 255, (26, SIZE, SIZE, 3)).astype("float32")
-    model.build_memory([x[:20]])
+    x = np.random.default_rng(2).uniform(0, 255, (13, SIZE, SIZE, 3)).astype("float32")
+    model.build_context([x[:7]])
     loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path)))
-    assert loaded.served_graph.numpy().decode() == "nearest"
-    queries = tf.constant(x[20:])
+    assert loaded.served_graph.numpy().decode() == "context"
+    queries = tf.constant(x[7:])
     out = loaded.signatures["predict_images"](images=queries)["probabilities"]
-    want = tf.nn.softmax(model(x[20:], graph="nearest"))
+    want = tf.nn.softmax(model(x[7:], graph="context"))
     np.testing.assert_allclose(out, want, atol=1e-5)
-    assert not np.allclose(out, tf.nn.softmax(model(x[20:], graph="isolated")))
+    assert not np.allclose(out, tf.nn.softmax(model(x[7:], graph="isolated")))
     alone = loaded.signatures["predict_images"](images=queries[:1])["probabilities"]
     np.testing.assert_allclose(alone, out[:1], atol=1e-5)
+
+
+def test_cli_export_serves_the_graph_asked_for(exported, tmp_path):
+    model, *_ = exported
+    result = _cli_export(model, tmp_path, "--served_graph=context")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "serving its context graph" in result.stdout
+    loaded = tf.saved_model.load(str(tmp_path / "exports" / "1"))
+    assert loaded.served_graph.numpy().decode() == "context"
+    x = np.random.default_rng(5).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    out = loaded.signatures["predict_images"](images=tf.constant(x))
+    np.testing.assert_allclose(
+        out["probabilities"], tf.nn.softmax(model(x, graph="context")), atol=1e-5
+    )

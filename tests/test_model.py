@@ -426,7 +426,7 @@ def test_keras_file_reloads_in_a_new_process(tmp_path):
         expected = np.load({str(tmp_path / "expected.npy")!r})
         got = model(x).numpy()
         assert type(model).__name__ == "EAN", type(model)
-        assert model.inference_graph == "context"
+        assert model.inference_graph == "nearest"
         np.testing.assert_allclose(got, expected, atol=1e-5)
         print("RELOAD_OK")
     """)

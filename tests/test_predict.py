@@ -36,11 +36,15 @@ def models(tmp_path_factory):
         embedding_dim=16,
         bank_per_class=2,
         context_size=7,
+        memory_size=16,
+        tau1=0.0,
         class_names=NAMES,
     )
+    model.graph_enabled.assign(1.0)
     x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
     model.build_bank([(x, np.eye(4, dtype="float32")[np.arange(16) % 4])])
     model.build_context([x[:7]])
+    model.build_memory([x])
     model.save(str(tmp / "model.keras"))
     saved = serving.export_model(model, str(tmp / "exports"))
     photos = tmp / "photos"
@@ -104,6 +108,21 @@ def test_keras_and_savedmodel_predictions_agree(models):
     pb = np.array(list(b["faces"][0]["probabilities"].values()))
     np.testing.assert_allclose(pa, pb, atol=1e-3)
     assert json.load(open(tmp / "a.json"))["faces"][0]["box"] == a["faces"][0]["box"]
+
+
+def test_served_graph_picks_the_graph_a_keras_model_serves(models):
+    _, keras_path, saved, photos, tmp = models
+    one = str(photos / "astronaut.jpg")
+    probs = {}
+    for graph in ("", "nearest", "context", "isolated"):
+        out = str(tmp / f"graph_{graph or 'own'}.json")
+        face = predict(keras_path, one, out, progress=False, served_graph=graph)
+        probs[graph] = np.array(list(face["faces"][0]["probabilities"].values()))
+    np.testing.assert_allclose(probs[""], probs["nearest"], atol=1e-6)  # its own
+    assert not np.allclose(probs["nearest"], probs["context"], atol=1e-4)
+    assert not np.allclose(probs["nearest"], probs["isolated"], atol=1e-4)
+    with pytest.raises(ValueError, match=r"SavedModel.*exported with \(nearest\)"):
+        predict(saved, one, str(tmp / "s.json"), progress=False, served_graph="batch")
 
 
 class _FakeServing(http.server.BaseHTTPRequestHandler):

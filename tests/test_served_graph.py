@@ -138,7 +138,7 @@ def test_constructor_defaults_are_the_config_defaults():
     assert config["context_size"] == make_config().train.batch_size - 1
     assert config["gcn_units"] == [] and config["gcn_dropout"] == 0.0
     assert config["straight_through"] is True and config["adj_reduction"] == "mean"
-    assert config["inference_graph"] == "context"
+    assert config["inference_graph"] == "nearest"
     assert config["isolated_ce_weight"] == 1.0
     assert config["graph_backbone_grad"] is False
 
@@ -223,15 +223,36 @@ def test_nearest_graph_is_isolated_without_edges_and_during_warmup():
     )
 
 
-def test_nearest_graph_needs_stored_images_and_round_trips(tmp_path):
-    with pytest.raises(ValueError, match="nearest.*memory_size=0"):
-        EAN(4, inference_graph="nearest", **TINY)
-    with pytest.raises(ValueError, match="nearest.*memory_size=0"):
-        EAN(4, **TINY).set_inference_graph("nearest")
-    model, _ = _nearest_model(tau1=0.2, inference_graph="nearest")
+def test_a_model_without_stored_images_serves_the_network_alone():
+    """The default graph of a model built without its store (memory_size 0) is
+    the isolated network, as an unfilled context is; filling it, or asking a
+    run's evaluation for it, is a clear error, not a mislabelled answer."""
+    from ean_tf.evaluate import evaluation_graphs
+    from ean_tf.predict import check_graph
+
+    bare = EAN(4, **TINY)
+    bare.graph_enabled.assign(1.0)
+    assert bare.inference_graph == "nearest" and bare.memory is None
+    x = _images(3, seed=15)
+    np.testing.assert_allclose(bare(x), bare(x, graph="isolated"), atol=1e-6)
+    with pytest.raises(ValueError, match=r"memory_size=0\): build it with EAN"):
+        bare.build_memory([x])
+    with pytest.raises(ValueError, match="old.keras stores no training images"):
+        check_graph(bare, "nearest", "old.keras")
+    check_graph(bare, "context", "old.keras")
+    served_first = ("nearest", "context", "bank", "batch", "isolated")
+    assert evaluation_graphs(bare) == served_first
+    bare.set_inference_graph("context")  # a model saved before the nearest graph
+    assert evaluation_graphs(bare) == ("context", "bank", "batch", "isolated")
+
+
+def test_nearest_graph_round_trips(tmp_path):
+    model, _ = _nearest_model(tau1=0.2)
+    assert model.inference_graph == "nearest"  # the default
     path = str(tmp_path / "nearest.keras")
     model.save(path)
     again = keras.models.load_model(path)
     assert again.memory_size == 12 and again.inference_graph == "nearest"
     x = _images(3, seed=15)
     np.testing.assert_allclose(again(x), model(x), atol=1e-5)
+    assert not np.allclose(again(x), again(x, graph="isolated"), atol=1e-4)

@@ -48,8 +48,8 @@ def test_train_writes_every_output(trained):
         assert os.path.isfile(os.path.join(run, name)), name
     assert summary["epochs_done"] == config.train.epochs
     assert list(summary["accuracy"]) == [
-        "context",
         "nearest",
+        "context",
         "bank",
         "batch",
         "isolated",
@@ -245,7 +245,7 @@ def test_cli_train_then_eval(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert list(report["graphs"]) == ["context", "nearest", "bank", "batch", "isolated"]
+    assert list(report["graphs"]) == ["nearest", "context", "bank", "batch", "isolated"]
     assert report["checkpoint"].endswith("model.keras")
     assert os.path.isfile(tmp_path / "eval" / "confusion.png")
     for graph in report["graphs"]:

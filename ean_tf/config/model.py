@@ -135,7 +135,7 @@ class ModelConfig:
     )
     context_size: int = _f(
         0,
-        "Training images in the served graph's reference context (0: a training "
+        "Training images in the context graph's reference context (0: a training "
         "graph's nodes minus one, so that each query completes a training batch).",
         check=_NON_NEGATIVE_INT,
     )
@@ -158,11 +158,11 @@ class ModelConfig:
         check=_NON_NEGATIVE_INT,
     )
     inference_graph: str = _f(
-        "context",
-        "Inference graph: context (each image completes a training-sized batch of "
-        "stored training images), nearest (each image joined to its nearest_k most "
-        "similar stored training images), bank (a class-balanced bank), batch (the "
+        "nearest",
+        "Inference graph: nearest (each image joined to its nearest_k most similar "
+        "stored training images), context (each image completes a training-sized "
+        "batch of stored training images), bank (a class-balanced bank), batch (the "
         "request's images) or isolated (A = I); eval also takes all (side by side).",
-        ("context", "nearest", "bank", "batch", "isolated", "all"),
+        ("nearest", "context", "bank", "batch", "isolated", "all"),
     )
     num_classes: int = _f(0, "Classes (0: from the data set).", check=_NON_NEGATIVE_INT)

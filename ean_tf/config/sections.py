@@ -176,6 +176,12 @@ class ExportConfig:
         "image serving_default accepts.",
         check=_AT_LEAST_1,
     )
+    served_graph: str = _f(
+        "",
+        "--mode=export and --mode=predict with a .keras model: the graph to serve "
+        "(empty: the one the model was saved with, its --inference_graph).",
+        ("", "nearest", "context", "bank", "batch", "isolated"),
+    )
     images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
     annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
 

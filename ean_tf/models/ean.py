@@ -9,15 +9,16 @@
     loss = CE(logits, y) + alpha * Adj_loss(A_soft_similar, y)
 
 `call()` is the inference path, in one of five graphs (`inference_graph`):
-`context` (the default: each image is the last node of a training-sized batch
-whose other nodes are a fixed reference context of training images drawn with the
-training class prior, stored in the model; see `reference.py`), `nearest` (each
-image joined to its `nearest_k` most similar stored training images), `bank`
-(each image joined only to a class-balanced reference bank, edges bank -> query),
-`batch` (the request's images form the graph, the paper's test protocol) and
-`isolated` (A = I). In `context`, `nearest` and `bank` an image's answer never
-depends on the rest of the batch. `head="linear"` is the plain-classifier
-baseline on the same backbone.
+`nearest` (the default: each image joined to its `nearest_k` most similar training
+images, stored in the model with their isolated logits; see `memory.py`; a model
+built without that store, `memory_size=0`, answers as the network alone), `context`
+(each image is the last node of a training-sized batch whose other nodes are a
+fixed reference context of training images drawn with the training class prior;
+see `reference.py`), `bank` (each image joined only to a class-balanced reference
+bank, edges bank -> query), `batch` (the request's images form the graph, the
+paper's test protocol) and `isolated` (A = I). In `nearest`, `context` and `bank`
+an image's answer never depends on the rest of the batch. `head="linear"` is the
+plain-classifier baseline on the same backbone.
 
 The constructor's defaults are `ModelConfig`'s: one source of defaults. The training
 step is the mixin `TrainStep` (ean_step.py); filling the stored graphs and the
@@ -43,7 +44,7 @@ from ean_tf.models.ean_step import AdjacencyWarmup, TrainStep  # noqa: F401
 from ean_tf.models.gcn import GCNHead
 from ean_tf.models.reference import ReferenceBank, ReferenceContext
 
-INFERENCE_GRAPHS = ("context", "nearest", "bank", "batch", "isolated")
+INFERENCE_GRAPHS = ("nearest", "context", "bank", "batch", "isolated")
 _GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
 _M = ModelConfig()  # the defaults of every constructor argument it shares
 DEFAULT_GRAPH = _M.inference_graph  # what `--inference_graph=all` serves
@@ -105,7 +106,6 @@ class EAN(TrainStep, References, keras.Model):
                 f"Expected {num_classes} class names. Received: {self.class_names}"
             )
         self._build_layers()
-        self._check_graph(self.inference_graph)
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
         self.graph_enabled = self.add_weight(
@@ -280,7 +280,6 @@ class EAN(TrainStep, References, keras.Model):
             raise ValueError(
                 f"Expected inference_graph in {INFERENCE_GRAPHS}. Received: {graph!r}"
             )
-        self._check_graph(graph)
         self.inference_graph = graph
         self.predict_function = None
         self.test_function = None

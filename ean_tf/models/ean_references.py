@@ -46,19 +46,14 @@ class References:
             dtype="float32",
         )
 
-    def _check_graph(self, graph: str) -> None:
-        if graph == "nearest" and self.head_type == "ean" and self.memory is None:
-            raise ValueError(
-                "inference_graph='nearest': this model stores no training images "
-                "(memory_size=0). build_model(..., train_images=<the training "
-                "split's size>) keeps them; training fills them."
-            )
-
     def _nearest_forward(self, pooled, raw, training=False):
         """Nearest-graph logits (Q, C): each query's isolated logits averaged with
-        its nearest stored training images' (see `ReferenceMemory`)."""
-        self._check_graph("nearest")
+        its nearest stored training images' (see `ReferenceMemory`). A model that
+        stores none (memory_size 0) answers as its store were empty: isolated,
+        as the context graph does before it is filled."""
         alone = self.classify(pooled, raw, "isolated", training=training)
+        if self.memory is None:
+            return alone
         return self.memory(
             alone,
             raw,
@@ -155,6 +150,12 @@ class References:
     def build_memory(self, batches) -> None:
         """Fills the nearest graph's memory from batches of training images (no
         augmentation): their raw embeddings and isolated logits."""
+        if self.memory is None:
+            raise ValueError(
+                "This model stores no training images for the nearest graph "
+                "(memory_size=0): build it with EAN(..., memory_size=<the number of "
+                "training images to store>) or build_model(..., train_images=...)."
+            )
         raws, logits = [], []
         for images in batches:
             pooled, raw, _ = self.encode(images, training=False)
