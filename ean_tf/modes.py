@@ -51,12 +51,16 @@ def print_summary(summary: dict) -> None:
 
 def _model_and_splits(config: Config, checkpoint: str):
     """The checkpoint (default <run_dir>/model.keras), its path, and the data at
-    the model's image size."""
+    the model's image size; the model is checked for the graph the run asks of
+    it first, so that a graph it lacks stops the run before the data is read."""
     from ean_tf import data as data_lib
+    from ean_tf.predict import check_graph
     from ean_tf.runs import load_model
 
     path = default_checkpoint(config, checkpoint)
     model = load_model(path)
+    graph = config.model.inference_graph
+    check_graph(model, model.inference_graph if graph == "all" else graph, path)
     d = config.data
     if model.image_size != d.image_size:
         d = type(d)(**{**d.__dict__, "image_size": model.image_size})
@@ -68,13 +72,11 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
 
     model, path, splits = _model_and_splits(config, checkpoint)
     from ean_tf.evaluate import evaluation_graphs
-    from ean_tf.predict import check_graph
 
     graph = config.model.inference_graph
     if graph == "all" or model.head_type == "linear":
         graphs = evaluation_graphs(model)
     else:
-        check_graph(model, graph, path)
         graphs = (graph,)
     out_dir = output or config.train.run_dir
     noisy = os.path.join(config.train.run_dir, "noisy_labels.csv")
@@ -224,13 +226,11 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
     import json
 
     from ean_tf.evaluate import robustness
-    from ean_tf.predict import check_graph
 
     model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graph = "isolated" if model.head_type == "linear" else graph
     graph = model.inference_graph if graph == "all" else graph  # what it serves
-    check_graph(model, graph, path)
     result = robustness(
         model,
         splits.val,

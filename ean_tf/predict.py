@@ -48,7 +48,8 @@ def check_graph(model, graph: str, path: str, flag: str = "inference_graph"):
         raise ValueError(
             f"--{flag}=nearest: {path} stores no training images for the nearest "
             f"graph (saved before it existed, or built with memory_size=0); it "
-            f"serves the {model.inference_graph} graph."
+            f"serves the {model.inference_graph} graph: pass "
+            f"--{flag}={model.inference_graph}."
         )
 
 

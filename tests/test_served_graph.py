@@ -2,6 +2,9 @@
 training: one source of defaults, and the same embedding statistics."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -256,3 +259,23 @@ def test_nearest_graph_round_trips(tmp_path):
     x = _images(3, seed=15)
     np.testing.assert_allclose(again(x), model(x), atol=1e-5)
     assert not np.allclose(again(x), again(x, graph="isolated"), atol=1e-4)
+
+
+def test_eval_of_a_model_without_stored_images_says_so_in_one_line(tmp_path):
+    """A model saved before the nearest graph existed (serving context, no store)
+    evaluated with the default flags: one line naming the file and the flag to
+    pass, before any data is read."""
+    path = str(tmp_path / "old.keras")
+    EAN(4, inference_graph="context", **TINY).save(path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "run.py", "--mode=eval", f"--checkpoint={path}"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith(f"error: --inference_graph=nearest: {path} stores no")
+    assert last.endswith("pass --inference_graph=context.")
