@@ -95,6 +95,12 @@ def runs(experiment: str) -> dict[str, dict]:
                 **ean,
                 "graph_backbone_grad": False,
             }
+            # Labels the graph disputes left out of the loss (its own and its
+            # neighbours' predictions both name another class), on the default:
+            out[f"ean_label_filter_noise{pct}"] = {
+                **ean,
+                "neighbour_label_filter": True,
+            }
             # The graph's terms train the backbone too (the default until
             # 2026-12-02, the paper's), with the default's loss on each image alone.
             in_backbone = {**ean, "graph_backbone_grad": True}
@@ -160,6 +166,10 @@ def runs(experiment: str) -> dict[str, dict]:
             "neighbour_target_weight": 0.5,
             "graph_backbone_grad": True,
         },
+        # Each image whose label its graph disputes (its own isolated prediction
+        # and its similar batch neighbours' both name another class) left out of
+        # the loss, on the default EAN.
+        "label_filter": {"neighbour_label_filter": True},
         # The graph cross-entropy's gradient reaches each node's own features
         # only; its neighbours' features enter its logits as constants (on the
         # graph-in-backbone EAN, as at 20% noise).

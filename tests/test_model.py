@@ -200,6 +200,35 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         EAN(4, neighbour_target_weight=1.0, **TINY)
 
 
+def test_label_filter_leaves_out_the_labels_the_graph_disputes():
+    """--neighbour_label_filter: once the graph is on, an image whose own isolated
+    prediction and whose neighbours' mean prediction both name another class than
+    its label leaves the loss; the kept images' mean keeps the batch's scale.
+    While the warm-up lasts, and for an image with no neighbour, nothing changes."""
+    x, y = _data()
+    kw = dict(embedding_norm="none", straight_through=False, **TINY)
+    plain = EAN(4, tau1=-1.0, **kw)  # every other node is a neighbour
+    kept = EAN(4, tau1=-1.0, neighbour_label_filter=True, **kw)
+    lonely = EAN(4, tau1=1.0, neighbour_label_filter=True, **kw)
+    lonely_plain = EAN(4, tau1=1.0, **kw)
+    for model in (kept, lonely, lonely_plain):
+        model.set_weights(plain.get_weights())
+    np.testing.assert_allclose(_ce_of(kept, x, y), _ce_of(plain, x, y), rtol=1e-6)
+    for model in (plain, kept, lonely, lonely_plain):
+        model.graph_enabled.assign(1.0)
+    np.testing.assert_allclose(
+        _ce_of(lonely, x, y), _ce_of(lonely_plain, x, y), rtol=1e-6
+    )
+    probs = tf.nn.softmax(plain(x, graph="isolated")).numpy()
+    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
+    labels = y.argmax(-1)
+    disputed = (probs.argmax(-1) != labels) & (others.argmax(-1) != labels)
+    assert 0 < disputed.sum() < len(x)  # the data exercises both cases
+    ce = _ce_of(plain, x, y).numpy()
+    expected = np.where(disputed, 0.0, ce) * len(x) / (len(x) - disputed.sum())
+    np.testing.assert_allclose(_ce_of(kept, x, y), expected, rtol=1e-5)
+
+
 def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
     """--neighbour_feature_grad=False: the head's logits are still Â X W + b, but
     d(sum R * logits)/dX is diag(Â) R W^T (each node's own row) instead of

@@ -40,6 +40,7 @@ GRAPH_FIELDS = (
     "adj_reduction",
     "isolated_ce_weight",
     "neighbour_target_weight",
+    "neighbour_label_filter",
     "neighbour_feature_grad",
     "graph_backbone_grad",
     "self_weight",

@@ -110,6 +110,13 @@ class ModelConfig:
         "neighbour keeps its label. 0: the label alone.",
         check=_FRACTION_BELOW_1,
     )
+    neighbour_label_filter: bool = _f(
+        False,
+        "Once the graph is on, leave out of the loss each image whose label its "
+        "graph disputes: its own isolated prediction and the mean prediction of "
+        "its similar batch neighbours both name another class (a guard against "
+        "wrong labels). The kept images' mean is the batch's loss.",
+    )
     neighbour_feature_grad: bool = _f(
         True,
         "The graph cross-entropy's gradient reaches the neighbours' features (the "

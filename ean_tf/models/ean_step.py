@@ -69,9 +69,11 @@ class TrainStep:
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
         isolated logits' ce; with `neighbour_target_weight`, against targets
-        mixed with the neighbours' predictions), alpha * Adj_loss scalar, logits (B, C),
-        stats {"edges_per_node", "graph_nodes"}). With `cross_replica_graph`
-        under a multi-replica strategy the graph spans every replica's batch.
+        mixed with the neighbours' predictions; with `neighbour_label_filter`,
+        zero for the images whose label the graph disputes), alpha * Adj_loss
+        scalar, logits (B, C), stats {"edges_per_node", "graph_nodes"}). With
+        `cross_replica_graph` under a multi-replica strategy the graph spans
+        every replica's batch.
         """
         labels = tf.argmax(targets, axis=-1)
         # --graph_backbone_grad=false: the graph's terms see the backbone's
@@ -109,8 +111,17 @@ class TrainStep:
             edges = tf.reduce_sum(tf.abs(adj.zero_diagonal(tf.stop_gradient(a))))
             nodes = tf.cast(tf.shape(a)[0], tf.float32)
             edges = edges / nodes
-        if self.head_type == "ean" and self.neighbour_target_weight > 0:
-            targets = self._neighbour_targets(targets, cs, all_pooled, offset, b)
+        keep = None
+        if self.head_type == "ean" and (
+            self.neighbour_target_weight > 0 or self.neighbour_label_filter
+        ):
+            own, mean, degree = self._neighbour_probs(cs, all_pooled, offset, b)
+            if self.neighbour_label_filter:
+                keep = self._undisputed(labels, own, mean, degree)
+            if self.neighbour_target_weight > 0:
+                lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
+                targets = tf.cast(targets, tf.float32)
+                targets = (1.0 - lam) * targets + lam * mean
         ce = self._ce(targets, logits)
         beta = self.isolated_ce_weight
         if self.head_type == "ean" and beta > 0:
@@ -123,26 +134,38 @@ class TrainStep:
                 own = _scale_gradient(pooled, (1.0 + beta) / beta)
             isolated = self.head([own, tf.eye(b)], training=training)
             ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
+        if keep is not None:
+            # The kept images' mean, so the batch's loss keeps its scale.
+            kept = tf.reduce_sum(keep)
+            ce = ce * keep * tf.math.divide_no_nan(tf.cast(b, tf.float32), kept)
         stats = {"edges_per_node": edges, "graph_nodes": nodes, "conv3": conv3}
         return ce, adj_value, logits, stats
 
-    def _neighbour_targets(self, targets, cs, all_pooled, offset, b):
-        """--neighbour_target_weight=lambda: targets (B, C) -> (1 - lambda) targets
-        + lambda times the mean isolated prediction (softmax, A = I, no dropout)
-        of each node's similar neighbours (cos >= tau1, itself excluded) among the
-        graph's N nodes. No gradient flows through the neighbours' part; a node
-        with no neighbour, and every node while the graph is off, keeps its target.
-        cs: (N, N) cosines of the graph; all_pooled: (N, Fd); this replica's
-        nodes are rows offset .. offset + b."""
+    def _neighbour_probs(self, cs, all_pooled, offset, b):
+        """This replica's nodes' own isolated predictions (softmax, A = I, no
+        dropout) (B, C), the mean of their similar neighbours' (cos >= tau1,
+        itself excluded) among the graph's N nodes (B, C), and how many
+        neighbours each has (B, 1); none while the graph is off. Constants for
+        the gradient. cs: (N, N) cosines of the graph; all_pooled: (N, Fd); this
+        replica's nodes are rows offset .. offset + b."""
         n = tf.shape(all_pooled)[0]
-        probs = tf.nn.softmax(self.head([all_pooled, tf.eye(n)], training=False))
+        logits = self.head([all_pooled, tf.eye(n)], training=False)
+        probs = tf.stop_gradient(tf.nn.softmax(logits))  # (N, C)
         similar = adj.zero_diagonal(tf.cast(cs >= self.tau1, tf.float32))  # (N, N)
-        edges = (similar * self.graph_enabled)[offset : offset + b]  # (B, N)
+        edges = tf.stop_gradient(similar * self.graph_enabled)[offset : offset + b]
         degree = tf.reduce_sum(edges, axis=-1, keepdims=True)  # (B, 1)
         mean = tf.math.divide_no_nan(tf.matmul(edges, probs), degree)  # (B, C)
-        lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
-        targets = tf.cast(targets, tf.float32)
-        return (1.0 - lam) * targets + lam * tf.stop_gradient(mean)
+        return probs[offset : offset + b], mean, degree
+
+    def _undisputed(self, labels, own, mean, degree):
+        """--neighbour_label_filter: (B,) 0 for an image whose label its graph
+        disputes (its own isolated prediction and its similar neighbours' mean
+        prediction both name another class), else 1. An image with no
+        neighbour, and every image while the graph is off, is kept."""
+        own_other = tf.not_equal(tf.argmax(own, axis=-1), labels)
+        their_other = tf.not_equal(tf.argmax(mean, axis=-1), labels)
+        disputed = own_other & their_other & (degree[:, 0] > 0)
+        return 1.0 - tf.cast(disputed, tf.float32)
 
     def _ce(self, targets, logits):
         return keras.losses.categorical_crossentropy(
