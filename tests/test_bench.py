@@ -439,3 +439,25 @@ def test_neighbours_bench(tmp_path, tiny_run):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_label_filter_bench(tmp_path, tiny_run):
+    run = tiny_run
+    _bench(
+        "label_filter.py",
+        f"--run_dir={run}",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "label_filter.json"))
+    assert result["flipped"] == 0 and result["left_out_of_flipped"] is None
+    assert result["left_out"] == result["left_out_of_clean"]
+    assert 0 <= result["left_out"] <= 1
+    # The per-class shares add up to the whole (clean data, labels = classes).
+    from ean_tf.config import make_config
+    from ean_tf.data import load
+
+    config = make_config("tiny", data_dir=str(run.parent / "data"))
+    counts = list(load(config.data).train.class_counts().values())
+    shares = list(result["left_out_of_clean_per_class"].values())
+    total = sum(c * s for c, s in zip(counts, shares, strict=True))
+    assert total / sum(counts) == pytest.approx(result["left_out"], abs=1e-3)
