@@ -11,7 +11,11 @@ their label. The batch graph is built as training builds it (batch statistics,
 the graph on). Works on any EAN run, with the filter or not. Writes
 `<out_dir>/<name>.json` with the share of images left out, among the flipped
 labels and the clean ones, the share of flipped labels among those left out,
-and per class (by the label trained on) the share of clean labels left out.
+and per class (by the label trained on) the share of clean labels left out;
+under `own_prediction_alone`, the same for a filter without the graph (an image
+left out when its own isolated prediction names another class), which tells
+what the neighbours add; under `by_confidence`, the same for the filter with
+each `--neighbour_label_filter_confidence` of `--confidences`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("shuffle_seed", 0, "The training split's order.")
+flags.DEFINE_list(
+    "confidences",
+    ["0", "0.5", "0.7", "0.8", "0.9"],
+    "The --neighbour_label_filter_confidence values to report as well.",
+)
 common.define_run_flags("label_filter")
 
 
 def disputed(model, examples, image_size: int, batch_size: int, seed: int):
-    """(N,) bool in the split's own order: the images the filter leaves out."""
+    """In the split's own order: (N,) bool, the images the run's filter leaves
+    out, and the filter's inputs, each image's own isolated prediction (N, C),
+    its similar batch neighbours' mean prediction (N, C) and their number (N,)."""
     import tensorflow as tf
 
     from ean_tf.data.pipeline import make_dataset
@@ -34,7 +45,7 @@ def disputed(model, examples, image_size: int, batch_size: int, seed: int):
     order = examples.shuffle_order(seed)
     shuffled = examples.select(order)
     model.graph_enabled.assign(1.0)
-    out = []
+    out, owns, means, degrees = [], [], [], []
     data = make_dataset(shuffled, image_size, batch_size, training=False)
     for images, targets in data:
         labels = tf.argmax(targets, axis=-1)
@@ -43,32 +54,31 @@ def disputed(model, examples, image_size: int, batch_size: int, seed: int):
         b = tf.shape(pooled)[0]
         own, mean, degree = model._neighbour_probs(cs, pooled, 0, b)
         out.append(model._undisputed(labels, own, mean, degree).numpy() == 0)
-    result = np.empty(len(examples), bool)
-    result[order] = np.concatenate(out)
-    return result
+        owns.append(own.numpy())
+        means.append(mean.numpy())
+        degrees.append(degree.numpy()[:, 0])
+    results = []
+    for parts in (out, owns, means, degrees):
+        whole = np.concatenate(parts)
+        placed = np.empty_like(whole)
+        placed[order] = whole
+        results.append(placed)
+    return tuple(results)
 
 
-def main(argv):
-    del argv
-    config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
-    train = splits.train
-    left_out = disputed(
-        model,
-        train,
-        config.data.image_size,
-        config.train.batch_size,
-        FLAGS.shuffle_seed,
-    )
-    clean = train.labels if train.clean_labels is None else train.clean_labels
-    flipped = train.labels != clean
+def names_another(probs, labels, confidence: float):
+    """(N,) bool: the prediction names another class than the label, with at
+    least `confidence` (as the filter of `ean_step` decides)."""
+    return (probs.argmax(-1) != labels) & (probs.max(-1) >= confidence)
+
+
+def shares(left_out, flipped, labels, class_names) -> dict:
+    """What a filter that leaves out `left_out` (N,) bool leaves out."""
     per_class = {}
-    for c, name in enumerate(train.class_names):
-        rows = (train.labels == c) & ~flipped
+    for c, name in enumerate(class_names):
+        rows = (labels == c) & ~flipped
         per_class[name] = round(float(left_out[rows].mean()), 4) if rows.any() else 0
-    result = {
-        "run_dir": FLAGS.run_dir,
-        "images": len(train),
-        "flipped": int(flipped.sum()),
+    return {
         "left_out": round(float(left_out.mean()), 4),
         "left_out_of_flipped": round(float(left_out[flipped].mean()), 4)
         if flipped.any()
@@ -78,6 +88,38 @@ def main(argv):
         if left_out.any()
         else None,
         "left_out_of_clean_per_class": per_class,
+    }
+
+
+def main(argv):
+    del argv
+    config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
+    train = splits.train
+    left_out, own, mean, degree = disputed(
+        model,
+        train,
+        config.data.image_size,
+        config.train.batch_size,
+        FLAGS.shuffle_seed,
+    )
+    clean = train.labels if train.clean_labels is None else train.clean_labels
+    flipped = train.labels != clean
+    names, labels = train.class_names, train.labels
+    by_confidence = {}
+    for confidence in FLAGS.confidences:
+        graph = names_another(own, labels, float(confidence))
+        graph &= names_another(mean, labels, float(confidence)) & (degree > 0)
+        by_confidence[confidence] = shares(graph, flipped, labels, names)
+    result = {
+        "run_dir": FLAGS.run_dir,
+        "images": len(train),
+        "flipped": int(flipped.sum()),
+        "confidence": model.neighbour_label_filter_confidence,
+        **shares(left_out, flipped, labels, names),
+        "own_prediction_alone": shares(
+            names_another(own, labels, 0.0), flipped, labels, names
+        ),
+        "by_confidence": by_confidence,
     }
     print(result, flush=True)
     common.write_result(FLAGS.name, result, FLAGS.out_dir)

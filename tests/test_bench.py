@@ -452,6 +452,28 @@ def test_label_filter_bench(tmp_path, tiny_run):
     assert result["flipped"] == 0 and result["left_out_of_flipped"] is None
     assert result["left_out"] == result["left_out_of_clean"]
     assert 0 <= result["left_out"] <= 1
+    # The graph's filter leaves out only images the prediction alone disputes.
+    alone = result["own_prediction_alone"]
+    assert alone["left_out"] >= result["left_out"]
+    assert set(alone) == set(result) - {
+        "run_dir",
+        "images",
+        "flipped",
+        "command",
+        "date",
+        "machine",
+        "commit",
+        "own_prediction_alone",
+        "by_confidence",
+        "confidence",
+    }
+    # The sweep repeats the run's own filter at its confidence (0), and a higher
+    # confidence leaves out no more.
+    sweep = result["by_confidence"]
+    assert result["confidence"] == 0
+    assert sweep["0"] == {k: result[k] for k in alone}
+    left = [sweep[c]["left_out"] for c in ("0", "0.5", "0.7", "0.8", "0.9")]
+    assert left == sorted(left, reverse=True)
     # The per-class shares add up to the whole (clean data, labels = classes).
     from ean_tf.config import make_config
     from ean_tf.data import load

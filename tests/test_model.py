@@ -227,6 +227,23 @@ def test_label_filter_leaves_out_the_labels_the_graph_disputes():
     ce = _ce_of(plain, x, y).numpy()
     expected = np.where(disputed, 0.0, ce) * len(x) / (len(x) - disputed.sum())
     np.testing.assert_allclose(_ce_of(kept, x, y), expected, rtol=1e-5)
+    # With a confidence, only the disputes where both name their class with at
+    # least that probability leave the loss.
+    sure = np.minimum(probs.max(-1), others.max(-1))
+    confidence = float(np.median(sure[disputed]))
+    confident = EAN(
+        4,
+        tau1=-1.0,
+        neighbour_label_filter=True,
+        neighbour_label_filter_confidence=confidence,
+        **kw,
+    )
+    confident.set_weights(plain.get_weights())
+    confident.graph_enabled.assign(1.0)
+    dropped = disputed & (sure >= confidence)
+    assert 0 < dropped.sum() < disputed.sum()
+    expected = np.where(dropped, 0.0, ce) * len(x) / (len(x) - dropped.sum())
+    np.testing.assert_allclose(_ce_of(confident, x, y), expected, rtol=1e-5)
 
 
 def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():

@@ -41,6 +41,7 @@ GRAPH_FIELDS = (
     "isolated_ce_weight",
     "neighbour_target_weight",
     "neighbour_label_filter",
+    "neighbour_label_filter_confidence",
     "neighbour_feature_grad",
     "graph_backbone_grad",
     "self_weight",

@@ -117,6 +117,13 @@ class ModelConfig:
         "its similar batch neighbours both name another class (a guard against "
         "wrong labels). The kept images' mean is the batch's loss.",
     )
+    neighbour_label_filter_confidence: float = _f(
+        0.0,
+        "With --neighbour_label_filter, a label is disputed only when the own "
+        "prediction and the neighbours' mean each give the class they name at "
+        "least this probability (0: any other class named disputes it).",
+        check=_FRACTION_BELOW_1,
+    )
     neighbour_feature_grad: bool = _f(
         True,
         "The graph cross-entropy's gradient reaches the neighbours' features (the "

@@ -160,11 +160,16 @@ class TrainStep:
     def _undisputed(self, labels, own, mean, degree):
         """--neighbour_label_filter: (B,) 0 for an image whose label its graph
         disputes (its own isolated prediction and its similar neighbours' mean
-        prediction both name another class), else 1. An image with no
+        prediction both name another class, each with at least
+        `neighbour_label_filter_confidence`), else 1. An image with no
         neighbour, and every image while the graph is off, is kept."""
-        own_other = tf.not_equal(tf.argmax(own, axis=-1), labels)
-        their_other = tf.not_equal(tf.argmax(mean, axis=-1), labels)
-        disputed = own_other & their_other & (degree[:, 0] > 0)
+        confidence = self.neighbour_label_filter_confidence
+
+        def names_another(probs):
+            other = tf.not_equal(tf.argmax(probs, axis=-1), labels)
+            return other & (tf.reduce_max(probs, axis=-1) >= confidence)
+
+        disputed = names_another(own) & names_another(mean) & (degree[:, 0] > 0)
         return 1.0 - tf.cast(disputed, tf.float32)
 
     def _ce(self, targets, logits):
