@@ -101,6 +101,12 @@ def runs(experiment: str) -> dict[str, dict]:
                 **ean,
                 "neighbour_label_filter": True,
             }
+            # ... only where both name their class with probability >= 0.5:
+            out[f"ean_label_filter_sure_noise{pct}"] = {
+                **ean,
+                "neighbour_label_filter": True,
+                "neighbour_label_filter_confidence": 0.5,
+            }
             # The graph's terms train the backbone too (the default until
             # 2026-12-02, the paper's), with the default's loss on each image alone.
             in_backbone = {**ean, "graph_backbone_grad": True}
@@ -170,6 +176,11 @@ def runs(experiment: str) -> dict[str, dict]:
         # and its similar batch neighbours' both name another class) left out of
         # the loss, on the default EAN.
         "label_filter": {"neighbour_label_filter": True},
+        # ... only where both name their class with probability >= 0.5.
+        "label_filter_sure": {
+            "neighbour_label_filter": True,
+            "neighbour_label_filter_confidence": 0.5,
+        },
         # The graph cross-entropy's gradient reaches each node's own features
         # only; its neighbours' features enter its logits as constants (on the
         # graph-in-backbone EAN, as at 20% noise).
