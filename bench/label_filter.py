@@ -34,42 +34,27 @@ flags.DEFINE_list(
 common.define_run_flags("label_filter")
 
 
-def disputed(model, examples, image_size: int, batch_size: int, seed: int):
-    """In the split's own order: (N,) bool, the images the run's filter leaves
-    out, and the filter's inputs, each image's own isolated prediction (N, C),
-    its similar batch neighbours' mean prediction (N, C) and their number (N,)."""
-    import tensorflow as tf
-
+def filter_inputs(model, examples, image_size: int, batch_size: int, seed: int):
+    """The filter's inputs in the split's own order: each image's own isolated
+    prediction (N, C), its similar batch neighbours' mean prediction (N, C) and
+    their number (N, 1)."""
     from ean_tf.data.pipeline import make_dataset
 
     order = examples.shuffle_order(seed)
     shuffled = examples.select(order)
     model.graph_enabled.assign(1.0)
-    out, owns, means, degrees = [], [], [], []
-    data = make_dataset(shuffled, image_size, batch_size, training=False)
-    for images, targets in data:
-        labels = tf.argmax(targets, axis=-1)
+    parts = []
+    for images, _ in make_dataset(shuffled, image_size, batch_size, training=False):
         pooled, embeddings, _ = model.features(images, training=True)
         _, cs = model.batch_graph(embeddings)
-        b = tf.shape(pooled)[0]
-        own, mean, degree = model._neighbour_probs(cs, pooled, 0, b)
-        out.append(model._undisputed(labels, own, mean, degree).numpy() == 0)
-        owns.append(own.numpy())
-        means.append(mean.numpy())
-        degrees.append(degree.numpy()[:, 0])
+        b = pooled.shape[0]
+        parts.append([t.numpy() for t in model._neighbour_probs(cs, pooled, 0, b)])
     results = []
-    for parts in (out, owns, means, degrees):
-        whole = np.concatenate(parts)
+    for whole in map(np.concatenate, zip(*parts, strict=True)):
         placed = np.empty_like(whole)
         placed[order] = whole
         results.append(placed)
     return tuple(results)
-
-
-def names_another(probs, labels, confidence: float):
-    """(N,) bool: the prediction names another class than the label, with at
-    least `confidence` (as the filter of `ean_step` decides)."""
-    return (probs.argmax(-1) != labels) & (probs.max(-1) >= confidence)
 
 
 def shares(left_out, flipped, labels, class_names) -> dict:
@@ -95,7 +80,7 @@ def main(argv):
     del argv
     config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
     train = splits.train
-    left_out, own, mean, degree = disputed(
+    own, mean, degree = filter_inputs(
         model,
         train,
         config.data.image_size,
@@ -104,22 +89,23 @@ def main(argv):
     )
     clean = train.labels if train.clean_labels is None else train.clean_labels
     flipped = train.labels != clean
-    names, labels = train.class_names, train.labels
-    by_confidence = {}
-    for confidence in FLAGS.confidences:
-        graph = names_another(own, labels, float(confidence))
-        graph &= names_another(mean, labels, float(confidence)) & (degree > 0)
-        by_confidence[confidence] = shares(graph, flipped, labels, names)
+    names, labels = train.class_names, train.labels.astype(np.int64)
+
+    def shares_at(confidence=None):
+        """What the run's filter (`ean_step`'s) leaves out at `confidence`."""
+        keep = model._undisputed(labels, own, mean, degree, confidence).numpy()
+        return shares(keep == 0, flipped, labels, names)
+
     result = {
         "run_dir": FLAGS.run_dir,
         "images": len(train),
         "flipped": int(flipped.sum()),
         "confidence": model.neighbour_label_filter_confidence,
-        **shares(left_out, flipped, labels, names),
+        **shares_at(),
         "own_prediction_alone": shares(
-            names_another(own, labels, 0.0), flipped, labels, names
+            own.argmax(-1) != labels, flipped, labels, names
         ),
-        "by_confidence": by_confidence,
+        "by_confidence": {c: shares_at(float(c)) for c in FLAGS.confidences},
     }
     print(result, flush=True)
     common.write_result(FLAGS.name, result, FLAGS.out_dir)

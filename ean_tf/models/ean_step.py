@@ -157,13 +157,14 @@ class TrainStep:
         mean = tf.math.divide_no_nan(tf.matmul(edges, probs), degree)  # (B, C)
         return probs[offset : offset + b], mean, degree
 
-    def _undisputed(self, labels, own, mean, degree):
+    def _undisputed(self, labels, own, mean, degree, confidence=None):
         """--neighbour_label_filter: (B,) 0 for an image whose label its graph
         disputes (its own isolated prediction and its similar neighbours' mean
-        prediction both name another class, each with at least
-        `neighbour_label_filter_confidence`), else 1. An image with no
-        neighbour, and every image while the graph is off, is kept."""
-        confidence = self.neighbour_label_filter_confidence
+        prediction both name another class, each with at least `confidence`,
+        by default `neighbour_label_filter_confidence`), else 1. An image with
+        no neighbour, and every image while the graph is off, is kept."""
+        if confidence is None:
+            confidence = self.neighbour_label_filter_confidence
 
         def names_another(probs):
             other = tf.not_equal(tf.argmax(probs, axis=-1), labels)
