@@ -107,6 +107,13 @@ def runs(experiment: str) -> dict[str, dict]:
                 "neighbour_label_filter": True,
                 "neighbour_label_filter_confidence": 0.5,
             }
+            # ... at most a fifth of each label's images in a batch, the least
+            # likely labels first (a bound that does not grow with the network):
+            out[f"ean_label_filter_share_noise{pct}"] = {
+                **ean,
+                "neighbour_label_filter": True,
+                "neighbour_label_filter_share": 0.2,
+            }
             # The graph's terms train the backbone too (the default until
             # 2026-12-02, the paper's), with the default's loss on each image alone.
             in_backbone = {**ean, "graph_backbone_grad": True}
@@ -180,6 +187,11 @@ def runs(experiment: str) -> dict[str, dict]:
         "label_filter_sure": {
             "neighbour_label_filter": True,
             "neighbour_label_filter_confidence": 0.5,
+        },
+        # ... at most a fifth of each label's images in a batch.
+        "label_filter_share": {
+            "neighbour_label_filter": True,
+            "neighbour_label_filter_share": 0.2,
         },
         # The graph cross-entropy's gradient reaches each node's own features
         # only; its neighbours' features enter its logits as constants (on the

@@ -244,6 +244,51 @@ def test_label_filter_leaves_out_the_labels_the_graph_disputes():
     assert 0 < dropped.sum() < disputed.sum()
     expected = np.where(dropped, 0.0, ce) * len(x) / (len(x) - dropped.sum())
     np.testing.assert_allclose(_ce_of(confident, x, y), expected, rtol=1e-5)
+    # With a share, of each label's 4 images at most 2 leave the loss, those
+    # whose label the own and neighbours' predictions find least likely first.
+    bounded = EAN(
+        4,
+        tau1=-1.0,
+        neighbour_label_filter=True,
+        neighbour_label_filter_share=0.5,
+        **kw,
+    )
+    bounded.set_weights(plain.get_weights())
+    bounded.graph_enabled.assign(1.0)
+    likely = (probs + others)[np.arange(len(x)), labels]
+    dropped = np.zeros(len(x), bool)
+    for c in range(4):
+        ranked = [i for i in np.argsort(likely, kind="stable") if labels[i] == c]
+        dropped[[i for i in ranked if disputed[i]][:2]] = True
+    assert 0 < dropped.sum() < disputed.sum()  # the bound bites
+    expected = np.where(dropped, 0.0, ce) * len(x) / (len(x) - dropped.sum())
+    np.testing.assert_allclose(_ce_of(bounded, x, y), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="neighbour_label_filter_share"):
+        EAN(4, neighbour_label_filter_share=0.0, **TINY)
+
+
+def test_label_filter_share_bounds_each_label_and_breaks_ties_by_position():
+    """The share is rounded down per label (3 images at 0.5: one may go) and,
+    among equally unlikely labels, the first in the batch goes first."""
+    model = EAN(
+        4, neighbour_label_filter=True, neighbour_label_filter_share=0.5, **TINY
+    )
+    labels = tf.constant([0, 0, 0, 1, 1, 2], tf.int64)
+    # Every image's own and neighbours' predictions name class 3: all disputed.
+    own = np.full((6, 4), 0.1, np.float32)
+    own[:, 3] = 0.7
+    own[1, 0] = own[4, 1] = 0.05  # the least likely of their labels
+    mean = own.copy()
+    degree = tf.ones((6, 1))
+    keep = model._undisputed(labels, own, mean, degree).numpy()
+    # label 0: floor(1.5) = 1 goes (image 1); label 1: 1 goes (image 4);
+    # label 2: floor(0.5) = 0.
+    np.testing.assert_array_equal(keep, [1, 0, 1, 1, 0, 1])
+    own[4, 1] = 0.1  # images 3 and 4 now tie: the first goes
+    keep = model._undisputed(labels, own, own.copy(), degree).numpy()
+    np.testing.assert_array_equal(keep, [1, 0, 1, 0, 1, 1])
+    unbounded = model._undisputed(labels, own, own.copy(), degree, share=1.0)
+    np.testing.assert_array_equal(unbounded.numpy(), np.zeros(6))
 
 
 def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():

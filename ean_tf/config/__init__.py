@@ -42,6 +42,7 @@ GRAPH_FIELDS = (
     "neighbour_target_weight",
     "neighbour_label_filter",
     "neighbour_label_filter_confidence",
+    "neighbour_label_filter_share",
     "neighbour_feature_grad",
     "graph_backbone_grad",
     "self_weight",

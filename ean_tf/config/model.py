@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ean_tf.config.fields import (
     _AT_LEAST_1,
     _FRACTION_BELOW_1,
+    _FRACTION_UP_TO_1,
     _NON_NEGATIVE,
     _NON_NEGATIVE_INT,
     _POSITIVE,
@@ -123,6 +124,14 @@ class ModelConfig:
         "prediction and the neighbours' mean each give the class they name at "
         "least this probability (0: any other class named disputes it).",
         check=_FRACTION_BELOW_1,
+    )
+    neighbour_label_filter_share: float = _f(
+        1.0,
+        "With --neighbour_label_filter, at most this share of each class's images "
+        "in a batch (by label, rounded down) is left out, those whose label their "
+        "own and their neighbours' predictions find least likely first, so the "
+        "filter cannot grow with the network's own mistakes (1: no bound).",
+        check=_FRACTION_UP_TO_1,
     )
     neighbour_feature_grad: bool = _f(
         True,

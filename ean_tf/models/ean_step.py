@@ -157,20 +157,37 @@ class TrainStep:
         mean = tf.math.divide_no_nan(tf.matmul(edges, probs), degree)  # (B, C)
         return probs[offset : offset + b], mean, degree
 
-    def _undisputed(self, labels, own, mean, degree, confidence=None):
+    def _undisputed(self, labels, own, mean, degree, confidence=None, share=None):
         """--neighbour_label_filter: (B,) 0 for an image whose label its graph
         disputes (its own isolated prediction and its similar neighbours' mean
         prediction both name another class, each with at least `confidence`,
         by default `neighbour_label_filter_confidence`), else 1. An image with
-        no neighbour, and every image while the graph is off, is kept."""
+        no neighbour, and every image while the graph is off, is kept. Of each
+        label's n images in the batch at most floor(`share` n) are left out (by
+        default `neighbour_label_filter_share`), the disputed ones whose label
+        has the lowest own plus neighbours' probability first (ties: the first
+        in the batch)."""
         if confidence is None:
             confidence = self.neighbour_label_filter_confidence
+        if share is None:
+            share = self.neighbour_label_filter_share
 
         def names_another(probs):
             other = tf.not_equal(tf.argmax(probs, axis=-1), labels)
             return other & (tf.reduce_max(probs, axis=-1) >= confidence)
 
         disputed = names_another(own) & names_another(mean) & (degree[:, 0] > 0)
+        if share < 1.0:
+            label_prob = tf.gather(own + mean, labels, axis=1, batch_dims=1)  # (B,)
+            same = tf.equal(labels[:, None], labels[None, :])  # (B, B)
+            quota = tf.floor(share * tf.reduce_sum(tf.cast(same, tf.float32), -1))
+            index = tf.range(tf.shape(labels)[0])
+            # before[i, j]: j is left out before i (less likely, or tied and first).
+            lower = label_prob[None, :] < label_prob[:, None]
+            tied = tf.equal(label_prob[None, :], label_prob[:, None])
+            before = lower | (tied & (index[None, :] < index[:, None]))
+            ahead = tf.cast(same & before & disputed[None, :], tf.float32)
+            disputed &= tf.reduce_sum(ahead, axis=-1) < quota
         return 1.0 - tf.cast(disputed, tf.float32)
 
     def _ce(self, targets, logits):
