@@ -15,7 +15,10 @@ and per class (by the label trained on) the share of clean labels left out;
 under `own_prediction_alone`, the same for a filter without the graph (an image
 left out when its own isolated prediction names another class), which tells
 what the neighbours add; under `by_confidence`, the same for the filter with
-each `--neighbour_label_filter_confidence` of `--confidences`.
+each `--neighbour_label_filter_confidence` of `--confidences`; under `by_share`,
+for the filter (at the run's confidence) with each
+`--neighbour_label_filter_share` of `--shares`, bounded in each batch as in
+training.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ flags.DEFINE_list(
     ["0", "0.5", "0.7", "0.8", "0.9"],
     "The --neighbour_label_filter_confidence values to report as well.",
 )
+flags.DEFINE_list(
+    "shares",
+    ["1", "0.3", "0.2", "0.1"],
+    "The --neighbour_label_filter_share values to report as well.",
+)
 common.define_run_flags("label_filter")
 
 
 def filter_inputs(model, examples, image_size: int, batch_size: int, seed: int):
     """The filter's inputs in the split's own order: each image's own isolated
     prediction (N, C), its similar batch neighbours' mean prediction (N, C) and
-    their number (N, 1)."""
+    their number (N, 1); and the shuffled order the batches took (N,)."""
     from ean_tf.data.pipeline import make_dataset
 
     order = examples.shuffle_order(seed)
@@ -54,7 +62,7 @@ def filter_inputs(model, examples, image_size: int, batch_size: int, seed: int):
         placed = np.empty_like(whole)
         placed[order] = whole
         results.append(placed)
-    return tuple(results)
+    return (*results, order)
 
 
 def shares(left_out, flipped, labels, class_names) -> dict:
@@ -80,7 +88,7 @@ def main(argv):
     del argv
     config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
     train = splits.train
-    own, mean, degree = filter_inputs(
+    own, mean, degree, order = filter_inputs(
         model,
         train,
         config.data.image_size,
@@ -91,9 +99,15 @@ def main(argv):
     flipped = train.labels != clean
     names, labels = train.class_names, train.labels.astype(np.int64)
 
-    def shares_at(confidence=None):
-        """What the run's filter (`ean_step`'s) leaves out at `confidence`."""
-        keep = model._undisputed(labels, own, mean, degree, confidence).numpy()
+    def shares_at(confidence=None, share=None):
+        """What the run's filter (`ean_step`'s) leaves out at `confidence` and
+        `share`, batch by batch in the order of the pass."""
+        keep = np.empty(len(labels), np.float32)
+        size = config.train.batch_size
+        for batch in np.split(order, range(size, len(order), size)):
+            keep[batch] = model._undisputed(
+                labels[batch], own[batch], mean[batch], degree[batch], confidence, share
+            ).numpy()
         return shares(keep == 0, flipped, labels, names)
 
     result = {
@@ -101,11 +115,13 @@ def main(argv):
         "images": len(train),
         "flipped": int(flipped.sum()),
         "confidence": model.neighbour_label_filter_confidence,
+        "share": model.neighbour_label_filter_share,
         **shares_at(),
         "own_prediction_alone": shares(
             own.argmax(-1) != labels, flipped, labels, names
         ),
         "by_confidence": {c: shares_at(float(c)) for c in FLAGS.confidences},
+        "by_share": {s: shares_at(share=float(s)) for s in FLAGS.shares},
     }
     print(result, flush=True)
     common.write_result(FLAGS.name, result, FLAGS.out_dir)

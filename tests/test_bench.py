@@ -466,6 +466,8 @@ def test_label_filter_bench(tmp_path, tiny_run):
         "own_prediction_alone",
         "by_confidence",
         "confidence",
+        "by_share",
+        "share",
     }
     # The sweep repeats the run's own filter at its confidence (0), and a higher
     # confidence leaves out no more.
@@ -474,6 +476,13 @@ def test_label_filter_bench(tmp_path, tiny_run):
     assert sweep["0"] == {k: result[k] for k in alone}
     left = [sweep[c]["left_out"] for c in ("0", "0.5", "0.7", "0.8", "0.9")]
     assert left == sorted(left, reverse=True)
+    # A share of 1 is the run's own filter (no bound); a smaller share leaves out
+    # no more, and never more than that share of the images.
+    bounded = result["by_share"]
+    assert result["share"] == 1 and bounded["1"] == sweep["0"]
+    left = [bounded[s]["left_out"] for s in ("1", "0.3", "0.2", "0.1")]
+    assert left == sorted(left, reverse=True)
+    assert all(bounded[s]["left_out"] <= float(s) for s in bounded)
     # The per-class shares add up to the whole (clean data, labels = classes).
     from ean_tf.config import make_config
     from ean_tf.data import load
