@@ -114,6 +114,14 @@ def runs(experiment: str) -> dict[str, dict]:
                 "neighbour_label_filter": True,
                 "neighbour_label_filter_share": 0.2,
             }
+            # ... with probability >= 0.5, in the last two epochs of ferplus48's
+            # six only, when the network is at its surest:
+            out[f"ean_label_filter_late_noise{pct}"] = {
+                **ean,
+                "neighbour_label_filter": True,
+                "neighbour_label_filter_confidence": 0.5,
+                "label_filter_warmup_epochs": 4,
+            }
             # The graph's terms train the backbone too (the default until
             # 2026-12-02, the paper's), with the default's loss on each image alone.
             in_backbone = {**ean, "graph_backbone_grad": True}

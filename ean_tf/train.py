@@ -174,6 +174,8 @@ def _build_or_resume(run: _Run) -> tuple[EAN, dict, bool]:
                 optimizer=make_optimizer(c, run.steps), jit_compile=c.train.jit_compile
             )
     model.set_inference_graph("batch" if c.model.head == "ean" else "isolated")
+    # --label_filter_warmup_epochs, as the optimizer step the filter starts at.
+    model.label_filter_from_step = c.train.label_filter_warmup_epochs * run.steps
     return model, state, resume
 
 

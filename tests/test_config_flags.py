@@ -99,6 +99,18 @@ def test_out_of_range_value_names_the_flag(name, value, expected):
         make_config("default", **{name: value})
 
 
+def test_a_label_filter_that_would_never_start_names_its_flag():
+    epochs = make_config("default").train.epochs
+    late = dict(label_filter_warmup_epochs=epochs)
+    make_config("default", **late)  # no filter: the schedule is not read
+    with pytest.raises(ConfigError, match="label_filter_warmup_epochs"):
+        make_config("default", neighbour_label_filter=True, **late)
+    config = make_config(
+        "default", neighbour_label_filter=True, label_filter_warmup_epochs=epochs - 1
+    )
+    assert config.train.label_filter_warmup_epochs == epochs - 1
+
+
 def test_bad_list_value_names_the_flag(parse):
     with pytest.raises(ConfigError, match="--gcn_units"):
         parse("--gcn_units=a,b")

@@ -267,6 +267,29 @@ def test_label_filter_leaves_out_the_labels_the_graph_disputes():
         EAN(4, neighbour_label_filter_share=0.0, **TINY)
 
 
+def test_label_filter_waits_for_its_start_step():
+    """--label_filter_warmup_epochs (as training sets it, an optimizer step):
+    before that step the filter keeps every image, from it on it filters."""
+    x, y = _data()
+    kw = dict(embedding_norm="none", straight_through=False, tau1=-1.0, **TINY)
+    plain = EAN(4, **kw)
+    late = EAN(4, neighbour_label_filter=True, **kw)
+    now = EAN(4, neighbour_label_filter=True, **kw)
+    late.set_weights(plain.get_weights())
+    now.set_weights(plain.get_weights())
+    for model in (plain, late, now):
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        model.optimizer.build(model.trainable_variables)
+        model.graph_enabled.assign(1.0)
+    late.label_filter_from_step = 3
+    filtered = _ce_of(now, x, y).numpy()
+    assert (filtered == 0).any()  # the data exercises the filter
+    late.optimizer.iterations.assign(2)
+    np.testing.assert_allclose(_ce_of(late, x, y), _ce_of(plain, x, y), rtol=1e-6)
+    late.optimizer.iterations.assign(3)
+    np.testing.assert_allclose(_ce_of(late, x, y), filtered, rtol=1e-6)
+
+
 def test_label_filter_share_bounds_each_label_and_breaks_ties_by_position():
     """The share is rounded down per label (3 images at 0.5: one may go) and,
     among equally unlikely labels, the first in the batch goes first."""

@@ -56,7 +56,9 @@ GRAPH_FIELDS = (
 # graph's size and schedule. None of them tells two linear runs apart.
 LINEAR_IGNORED = {
     "model": frozenset(GRAPH_FIELDS) | {"context_size"},
-    "train": frozenset({"adj_warmup_epochs", "cross_replica_graph"}),
+    "train": frozenset(
+        {"adj_warmup_epochs", "label_filter_warmup_epochs", "cross_replica_graph"}
+    ),
 }
 # (section, field) -> what a config written before the field existed was trained
 # with, for the fields whose default has changed since: a saved model, a run
@@ -209,6 +211,12 @@ def validate(config: Config) -> None:
             f"fewer than --epochs={t.epochs} (else the graph is never used and "
             "every graph is the isolated network)",
             t.adj_warmup_epochs,
+        )
+        _check(
+            not m.neighbour_label_filter or t.label_filter_warmup_epochs < t.epochs,
+            "label_filter_warmup_epochs",
+            f"fewer than --epochs={t.epochs} (else the filter never starts)",
+            t.label_filter_warmup_epochs,
         )
         _check(
             m.graph_backbone_grad or m.isolated_ce_weight > 0,

@@ -128,6 +128,12 @@ class TrainConfig:
         "must be below --epochs.",
         check=_NON_NEGATIVE_INT,
     )
+    label_filter_warmup_epochs: int = _f(
+        0,
+        "With --neighbour_label_filter, the epochs before the filter starts, counted "
+        "from the first (it also waits for the graph); must be below --epochs.",
+        check=_NON_NEGATIVE_INT,
+    )
     steps_per_epoch: int = _f(
         0, "Steps per epoch (0: one pass over the data).", check=_NON_NEGATIVE_INT
     )

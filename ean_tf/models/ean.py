@@ -115,6 +115,9 @@ class EAN(TrainStep, References, keras.Model):
             autocast=False,
             name="graph_enabled",
         )
+        # --label_filter_warmup_epochs as an optimizer step, set by training (a
+        # schedule, not saved): before it, --neighbour_label_filter keeps all.
+        self.label_filter_from_step = 0
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.adj_tracker = keras.metrics.Mean(name="adj_loss")

@@ -118,6 +118,10 @@ class TrainStep:
             own, mean, degree = self._neighbour_probs(cs, all_pooled, offset, b)
             if self.neighbour_label_filter:
                 keep = self._undisputed(labels, own, mean, degree)
+                start = self.label_filter_from_step
+                if start > 0:  # --label_filter_warmup_epochs: not yet, keep all
+                    waiting = self.optimizer.iterations < start
+                    keep = tf.where(waiting, tf.ones_like(keep), keep)
             if self.neighbour_target_weight > 0:
                 lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
                 targets = tf.cast(targets, tf.float32)
