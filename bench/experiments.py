@@ -120,7 +120,7 @@ def runs(experiment: str) -> dict[str, dict]:
                 **ean,
                 "neighbour_label_filter": True,
                 "neighbour_label_filter_confidence": 0.5,
-                "label_filter_warmup_epochs": 4,
+                "_label_filter_last_epochs": 2,  # ferplus48: warm-up epochs 4
             }
             # The graph's terms train the backbone too (the default until
             # 2026-12-02, the paper's), with the default's loss on each image alone.
@@ -297,14 +297,17 @@ def _plan(overrides: dict) -> tuple[dict, bool, int]:
     overrides = {**_parse_extra(FLAGS.extra), **overrides}
     with_generator = overrides.pop("_pretrain", False)
     replicas = overrides.pop("_replicas", 1)  # devices were split in main()
-    if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
-        del overrides["adj_warmup_epochs"]
+    last = overrides.pop("_label_filter_last_epochs", None)
+    if overrides.get("adj_warmup_epochs") == -1 or last is not None:
         from ean_tf.config import make_config
 
-        # the run's epochs, without building its config (its warm-up is not set)
+        # the run's epochs, without building its config (its warm-ups are not set)
         epochs = overrides.get("epochs", make_config(FLAGS.config).train.epochs)
+    if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
         # at least one epoch, and fewer than all of them
         overrides["adj_warmup_epochs"] = min(max(1, epochs // 2), epochs - 1)
+    if last is not None:  # the label filter in the run's last epochs only
+        overrides["label_filter_warmup_epochs"] = max(0, epochs - last)
     return overrides, with_generator, replicas
 
 
