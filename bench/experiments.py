@@ -298,17 +298,20 @@ def _plan(overrides: dict) -> tuple[dict, bool, int]:
     with_generator = overrides.pop("_pretrain", False)
     replicas = overrides.pop("_replicas", 1)  # devices were split in main()
     last = overrides.pop("_label_filter_last_epochs", None)
-    if overrides.get("adj_warmup_epochs") == -1 or last is not None:
-        from ean_tf.config import make_config
-
-        # the run's epochs, without building its config (its warm-ups are not set)
-        epochs = overrides.get("epochs", make_config(FLAGS.config).train.epochs)
     if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
+        epochs = _epochs(overrides)
         # at least one epoch, and fewer than all of them
         overrides["adj_warmup_epochs"] = min(max(1, epochs // 2), epochs - 1)
     if last is not None:  # the label filter in the run's last epochs only
-        overrides["label_filter_warmup_epochs"] = max(0, epochs - last)
+        overrides["label_filter_warmup_epochs"] = max(0, _epochs(overrides) - last)
     return overrides, with_generator, replicas
+
+
+def _epochs(overrides: dict) -> int:
+    """The run's epochs, without building its config (its warm-ups are not set)."""
+    from ean_tf.config import make_config
+
+    return overrides.get("epochs", make_config(FLAGS.config).train.epochs)
 
 
 def run_one(name: str, overrides: dict, out_path: str) -> dict:
