@@ -1,15 +1,18 @@
 """The nearest graph of a trained run, for several numbers of neighbours.
 
-    python bench/nearest.py --run_dir=runs/bench/clean/ean --ks=1,4,16
+    python bench/nearest.py --run_dir=runs/bench/clean/ean --ks=1,4,16 \
+        --label_weights=0,0.25
 
 Loads `<run_dir>/model.keras` and the run's `config.json`, builds the same network
 keeping every training image for the nearest graph (`--nearest_memory=0`), copies
 every trained weight, fills the stored graphs from the training split (as
 training does, so a model saved before the nearest graph existed gets one) and
-evaluates on the validation split the nearest graph with each k of `--ks`,
-beside the context graph and the network alone (isolated). Writes
-`<out_dir>/<name>.json` with accuracy and mean class accuracy per graph, and the
-share of validation images with 0 to k edges.
+evaluates on the validation split the nearest graph with each k of `--ks` and
+each label weight of `--label_weights` (`--nearest_label_weight`: 0, row
+`nearest_k<k>`; w > 0, row `nearest_k<k>_labels<w>`), beside the context graph
+and the network alone (isolated). Writes `<out_dir>/<name>.json` with accuracy
+and mean class accuracy per graph, and the share of validation images with 0 to
+k edges.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ks", ["1", "2", "4", "8", "16"], "Numbers of neighbours.")
+flags.DEFINE_list(
+    "label_weights", ["0"], "Weights of the neighbours' training labels (w)."
+)
 common.define_run_flags("nearest")
 
 
@@ -61,14 +67,16 @@ def main(argv):
     ks = sorted(int(k) for k in FLAGS.ks)
     cosines = top_cosines(model, splits.val, size, batch, ks[-1])
     for k in ks:
-        model.nearest_k = k
-        model.set_inference_graph("nearest")  # drops the traced functions
-        row = accuracy("nearest", os.path.join(out, f"k{k}"))
         # How many validation images have 0, 1, ..., k edges.
         edges = np.sum(cosines[:, :k] >= model.tau1, axis=1)
-        row["edges"] = np.bincount(edges, minlength=k + 1).tolist()
-        rows[f"nearest_k{k}"] = row
-        print(k, row, flush=True)
+        for w in FLAGS.label_weights:
+            name = f"nearest_k{k}" if float(w) == 0 else f"nearest_k{k}_labels{w}"
+            model.nearest_k, model.nearest_label_weight = k, float(w)
+            model.set_inference_graph("nearest")  # drops the traced functions
+            row = accuracy("nearest", os.path.join(out, name[len("nearest_") :]))
+            row["edges"] = np.bincount(edges, minlength=k + 1).tolist()
+            rows[name] = row
+            print(name, row, flush=True)
     common.write_result(
         FLAGS.name,
         {

@@ -81,7 +81,10 @@ def main(argv):
     model.build_context([rng.uniform(0, 255, (need, size, size, 3)).astype("float32")])
     if model.memory is not None:  # speed does not depend on what it holds
         n, e = FLAGS.memory_images, model.embedding_dim
-        model.memory.fill(rng.normal(size=(n, e)), rng.normal(size=(n, 7)))
+        labels = np.eye(7, dtype="float32")[rng.integers(0, 7, n)]
+        model.memory.fill(
+            rng.normal(size=(n, e)), rng.normal(size=(n, 7)), None, labels
+        )
     with tempfile.TemporaryDirectory() as tmp:
         loaded = tf.saved_model.load(export_model(model, tmp))
         one = tf.constant(x[:1], tf.float32)

@@ -343,5 +343,6 @@ def fill_references(model, splits, config, batch_size: int) -> dict:
         )
         subset = splits.train.select(pick)
         ds = make_dataset(subset, size, batch_size, training=False)
-        model.build_memory(images for images, _ in ds)
+        # The targets training learned from (a noisy run's noisy labels).
+        model.build_memory((images for images, _ in ds), subset.soft_targets())
     return counts

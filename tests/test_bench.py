@@ -310,11 +310,14 @@ def test_nearest_bench(tmp_path, tiny_run):
         "nearest.py",
         f"--run_dir={run}",
         "--ks=2,4",
+        "--label_weights=0,0.5",
         f"--out_dir={tmp_path / 'results'}",
     )
     result = json.load(open(tmp_path / "results" / "nearest.json"))
     rows = result["graphs"]
-    assert set(rows) == {"context", "isolated", "nearest_k2", "nearest_k4"}
+    assert set(rows) == {"context", "isolated"} | {
+        f"nearest_k{k}{w}" for k in (2, 4) for w in ("", "_labels0.5")
+    }
     # Rebuilt and refilled, the run's own graphs (k = 4, its default) repeat.
     own = json.load(open(run / "metrics.json"))["graphs"]
     for graph, row in (("context", "context"), ("nearest", "nearest_k4")):

@@ -212,6 +212,57 @@ def test_nearest_graph_averages_the_query_and_its_nearest_stored_images():
     )
 
 
+def test_nearest_graph_passes_on_its_neighbours_training_targets():
+    """--nearest_label_weight=w: the answer's softmax is (1 - w) the nearest
+    graph's probabilities and w the mean training target of the stored images
+    the query is joined to; a query with no edge keeps the graph's answer."""
+    model, memory = _nearest_model(tau1=0.45, nearest_k=3)
+    targets = np.eye(4, dtype=np.float32)[np.arange(len(memory)) % 4]
+    targets[1] = [0.5, 0.0, 0.25, 0.25]  # a label distribution (FERPlus's soft modes)
+    model.build_memory([memory[:5], memory[5:]], targets)
+    x = _images(8, seed=13)
+    graph = model(x, graph="nearest").numpy()  # w = 0: targets stored, not used
+    cs, idx = (t.numpy() for t in model.memory.neighbours(model.encode(x)[1], 3))
+    model.nearest_label_weight = 0.3
+    model.set_inference_graph("nearest")  # drops the traced functions
+    got = keras.ops.softmax(model(x, graph="nearest")).numpy()
+    want = keras.ops.softmax(graph).numpy()
+    for q in range(len(x)):
+        joined = idx[q][cs[q] >= 0.45]
+        if len(joined):
+            want[q] = 0.7 * want[q] + 0.3 * targets[joined].mean(axis=0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, keras.ops.softmax(graph).numpy(), atol=1e-3)
+    assert (cs[:, 0] < 0.45).any() and (
+        cs[:, 0] >= 0.45
+    ).any()  # queries with and without edges
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_model_saved_before_the_nearest_graph_stored_targets_loads(tmp_path):
+    """Its store has five weights, not six: it loads, and its neighbours pass on
+    no target, so with any label weight it answers as it did."""
+    import shutil
+    import zipfile
+
+    import h5py
+
+    model, _ = _nearest_model(tau1=0.2, nearest_label_weight=0.5)
+    path, old = str(tmp_path / "new.keras"), str(tmp_path / "old.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        z.extractall(tmp_path / "unzipped")
+    with h5py.File(tmp_path / "unzipped" / "model.weights.h5", "a") as f:
+        del f["layers/reference_memory/vars/5"]  # the targets, stored last
+    shutil.make_archive(old[: -len(".keras")], "zip", tmp_path / "unzipped")
+    os.rename(old[: -len(".keras")] + ".zip", old)
+    again = keras.models.load_model(old)
+    assert not again.memory.targets.numpy().any()
+    x = _images(3, seed=15)
+    np.testing.assert_allclose(again(x), model(x), atol=1e-5)  # none stored either
+    assert again.nearest_label_weight == 0.5
+
+
 def test_nearest_graph_is_isolated_without_edges_and_during_warmup():
     model, _ = _nearest_model(tau1=0.2)
     x = _images(4, seed=14)

@@ -72,6 +72,22 @@ def test_noise_file_has_exact_flip_count(trained):
     assert sum(r["clean_label"] != r["noisy_label"] for r in rows) == round(0.25 * n)
 
 
+def test_the_nearest_graph_stores_the_labels_training_learned_from(trained):
+    """Every training image, in file order, with its one-hot training label: the
+    noisy one where the run flipped it."""
+    import keras
+
+    config, _ = trained
+    run = config.train.run_dir
+    with open(os.path.join(run, "noisy_labels.csv")) as f:
+        noisy = np.array([int(r["noisy_label"]) for r in csv.DictReader(f)])
+    memory = keras.models.load_model(os.path.join(run, "model.keras")).memory
+    targets = memory.targets.numpy()
+    assert memory.valid.numpy().sum() == len(noisy) == len(targets)
+    np.testing.assert_array_equal(targets.argmax(axis=1), noisy)
+    np.testing.assert_array_equal(targets.sum(axis=1), 1.0)
+
+
 def test_metrics_json_is_consistent(trained):
     config, _ = trained
     with open(os.path.join(config.train.run_dir, "metrics.json")) as f:

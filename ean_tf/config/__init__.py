@@ -49,6 +49,7 @@ GRAPH_FIELDS = (
     "bank_per_class",
     "context_sets",
     "nearest_k",
+    "nearest_label_weight",
     "nearest_memory",
     "inference_graph",
 )

@@ -173,6 +173,13 @@ class ModelConfig:
         "training images (cosine in the graph's embedding, those >= tau1).",
         check=_AT_LEAST_1,
     )
+    nearest_label_weight: float = _f(
+        0.0,
+        "w: in the nearest graph a query's probabilities are (1 - w) its graph's "
+        "and w the mean training target of the stored images it is joined to "
+        "(label propagation; 0: the graph's alone).",
+        check=_FRACTION_BELOW_1,
+    )
     nearest_memory: int = _f(
         0,
         "Training images the nearest graph stores in the model (each one's "

@@ -61,6 +61,7 @@ class References:
             tau1=self.tau1,
             gate=self.graph_enabled,
             self_weight=self.self_weight,
+            label_weight=self.nearest_label_weight,
         )
 
     def _bank_full_graph(self, pooled, embeddings, training=False):
@@ -147,9 +148,11 @@ class References:
             raise ValueError(f"Expected {want} context images. Received: {len(feats)}")
         self.context.fill(feats, raws)
 
-    def build_memory(self, batches) -> None:
+    def build_memory(self, batches, targets=None) -> None:
         """Fills the nearest graph's memory from batches of training images (no
-        augmentation): their raw embeddings and isolated logits."""
+        augmentation): their raw embeddings and isolated logits, and their
+        training targets (N, C) (one-hot labels or label distributions, in the
+        batches' order; None: the neighbours pass on none)."""
         if self.memory is None:
             raise ValueError(
                 "This model stores no training images for the nearest graph "
@@ -162,5 +165,5 @@ class References:
             raws.append(raw.numpy())
             logits.append(np.asarray(self.classify(pooled, raw, "isolated")))
         self.memory.fill(
-            np.concatenate(raws), np.concatenate(logits), self.embedding_bn
+            np.concatenate(raws), np.concatenate(logits), self.embedding_bn, targets
         )

@@ -3,7 +3,8 @@
 Where the reference context (reference.py) gives a query a training batch's
 neighbourhood drawn at random, the nearest graph gives it the training images most
 like it: after training the model stores every training image's graph embedding
-and isolated logits, and each query is joined to its `nearest_k` most similar.
+and isolated logits (and the targets it was trained with), and each query is
+joined to its `nearest_k` most similar.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def memory_images(labels, size: int, seed: int = 0, num_classes=None) -> np.ndar
 
 class ReferenceMemory(keras.layers.Layer):
     """The nearest graph: `size` training images, each stored as its unit-length
-    graph embedding and its isolated logits, saved with the model.
+    graph embedding, its isolated logits and its training target (one-hot label
+    or label distribution), saved with the model.
 
     A query q is joined to its k most similar stored images (cosine in the graph's
     embedding, normalised as a training batch would be: with the statistics of the
@@ -38,8 +40,16 @@ class ReferenceMemory(keras.layers.Layer):
         logits_q = (l_q + sum_j a_qj l_j) / (1 + sum_j a_qj),  a_qj in {0, 1}
 
     (with a self-weight alpha: alpha l_q + (1 - alpha) that). A deeper head's
-    answer is the same mean of its isolated logits. Until `fill`, or with no edge,
-    the query is isolated. A query never sees another query.
+    answer is the same mean of its isolated logits. With a label weight w > 0
+    the neighbours also pass on their training targets y_j (one step of label
+    propagation, as in Correct and Smooth, Huang et al. 2021):
+
+        p_q = (1 - w) softmax(logits_q) + w (sum_j a_qj y_j) / (sum_j a_qj)
+
+    and the answer is log p_q, whose softmax is p_q. Until `fill`, or with no
+    edge, the query is isolated; a neighbour stored without a target (a model
+    saved before targets were stored) passes on none. A query never sees
+    another query.
     """
 
     def __init__(self, size: int, embedding_dim: int, num_classes: int, **kwargs):
@@ -55,10 +65,13 @@ class ReferenceMemory(keras.layers.Layer):
         # The embedding's normalisation: e = raw * scale + shift.
         self.scale = weight((int(embedding_dim),), "scale", "ones")
         self.shift = weight((int(embedding_dim),), "shift")
+        # Last, so that a model saved before it loads (see load_own_variables).
+        self.targets = weight((self.size, int(num_classes)), "targets")
 
-    def fill(self, raw, logits, bn=None) -> None:
-        """raw embeddings (N, E) and isolated logits (N, C) of N <= size training
-        images; `bn` the embedding's batch norm (None: no normalisation)."""
+    def fill(self, raw, logits, bn=None, targets=None) -> None:
+        """raw embeddings (N, E), isolated logits (N, C) and training targets
+        (N, C) (None: none stored) of N <= size training images; `bn` the
+        embedding's batch norm (None: no normalisation)."""
         raw = np.asarray(raw, np.float32)
         n = len(raw)
         if not 0 < n <= self.size:
@@ -75,6 +88,15 @@ class ReferenceMemory(keras.layers.Layer):
         self.embeddings.assign(np.pad(e, [(0, pad), (0, 0)]))
         self.logits.assign(np.pad(np.asarray(logits, np.float32), [(0, pad), (0, 0)]))
         self.valid.assign(np.pad(np.ones(n, np.float32), [(0, pad)]))
+        if targets is None:
+            targets = np.zeros_like(logits, np.float32)
+        targets = np.asarray(targets, np.float32)
+        if targets.shape != (n, self.targets.shape[1]):
+            raise ValueError(
+                f"Expected targets of shape {(n, self.targets.shape[1])}. "
+                f"Received: {targets.shape}"
+            )
+        self.targets.assign(np.pad(targets, [(0, pad), (0, 0)]))
         self.scale.assign(scale)
         self.shift.assign(shift)
 
@@ -87,7 +109,16 @@ class ReferenceMemory(keras.layers.Layer):
         cs = tf.where(self.valid[None, :] > 0, cs, -2.0)
         return tf.math.top_k(cs, k=min(int(k), self.size))
 
-    def call(self, logits, raw, k: int, tau1: float, gate=1.0, self_weight=0.0):
+    def call(
+        self,
+        logits,
+        raw,
+        k: int,
+        tau1: float,
+        gate=1.0,
+        self_weight=0.0,
+        label_weight=0.0,
+    ):
         """Nearest-graph logits (Q, C) of queries with isolated `logits` (Q, C)
         and raw embeddings (Q, E); edges times `gate` (0: isolated)."""
         cs, idx = self.neighbours(raw, k)
@@ -96,7 +127,32 @@ class ReferenceMemory(keras.layers.Layer):
         mixed = mixed / (1.0 + tf.reduce_sum(a, axis=1, keepdims=True))
         if self_weight:
             mixed = self_weight * logits + (1.0 - self_weight) * mixed
+        if label_weight:
+            mixed = self._with_targets(mixed, a, idx, label_weight)
         return mixed
+
+    def _with_targets(self, logits, a, idx, w: float):
+        """log((1 - w) softmax(logits) + w * the joined neighbours' mean target),
+        (Q, C); w is 0 for a query none of whose neighbours has a target."""
+        votes = tf.einsum("qk,qkc->qc", a, tf.gather(self.targets, idx))
+        count = tf.reduce_sum(votes, axis=1, keepdims=True)  # (Q, 1)
+        w = w * tf.cast(count > 0, logits.dtype)
+        share = tf.math.divide_no_nan(votes, count)
+        # In log space: a class no neighbour names adds log(0) = -inf, exactly.
+        own = tf.math.log1p(-w) + tf.nn.log_softmax(logits)
+        theirs = tf.math.log(w) + tf.math.log(share)
+        return tf.reduce_logsumexp(tf.stack([own, theirs]), axis=0)
+
+    def load_own_variables(self, store):
+        """Loads a model saved before the targets were stored (five weights, not
+        six): its neighbours pass on no target, so it answers as it did."""
+        own = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(own) - 1 and own[-1] is self.targets:
+            for i, v in enumerate(own[:-1]):
+                v.assign(store[f"{i}"])
+            self.targets.assign(tf.zeros_like(self.targets))
+            return
+        super().load_own_variables(store)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
