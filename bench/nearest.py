@@ -70,11 +70,12 @@ def main(argv):
         # How many validation images have 0, 1, ..., k edges.
         edges = np.sum(cosines[:, :k] >= model.tau1, axis=1)
         for w in FLAGS.label_weights:
-            name = f"nearest_k{k}" if float(w) == 0 else f"nearest_k{k}_labels{w}"
+            sub = f"k{k}" if float(w) == 0 else f"k{k}_labels{w}"
             model.nearest_k, model.nearest_label_weight = k, float(w)
             model.set_inference_graph("nearest")  # drops the traced functions
-            row = accuracy("nearest", os.path.join(out, name[len("nearest_") :]))
+            row = accuracy("nearest", os.path.join(out, sub))
             row["edges"] = np.bincount(edges, minlength=k + 1).tolist()
+            name = f"nearest_{sub}"
             rows[name] = row
             print(name, row, flush=True)
     common.write_result(

@@ -83,7 +83,7 @@ def main(argv):
         n, e = FLAGS.memory_images, model.embedding_dim
         labels = np.eye(7, dtype="float32")[rng.integers(0, 7, n)]
         model.memory.fill(
-            rng.normal(size=(n, e)), rng.normal(size=(n, 7)), None, labels
+            rng.normal(size=(n, e)), rng.normal(size=(n, 7)), targets=labels
         )
     with tempfile.TemporaryDirectory() as tmp:
         loaded = tf.saved_model.load(export_model(model, tmp))

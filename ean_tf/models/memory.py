@@ -147,7 +147,7 @@ class ReferenceMemory(keras.layers.Layer):
         """Loads a model saved before the targets were stored (five weights, not
         six): its neighbours pass on no target, so it answers as it did."""
         own = self._trainable_variables + self._non_trainable_variables
-        if len(store.keys()) == len(own) - 1 and own[-1] is self.targets:
+        if len(store.keys()) == len(own) - 1:  # the targets, created last
             for i, v in enumerate(own[:-1]):
                 v.assign(store[f"{i}"])
             self.targets.assign(tf.zeros_like(self.targets))
