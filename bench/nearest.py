@@ -71,8 +71,8 @@ def main(argv):
         edges = np.sum(cosines[:, :k] >= model.tau1, axis=1)
         for w in FLAGS.label_weights:
             sub = f"k{k}" if float(w) == 0 else f"k{k}_labels{w}"
-            model.nearest_k, model.nearest_label_weight = k, float(w)
-            model.set_inference_graph("nearest")  # drops the traced functions
+            model.nearest_k = k
+            model.set_nearest_label_weight(float(w))  # drops the traced functions
             row = accuracy("nearest", os.path.join(out, sub))
             row["edges"] = np.bincount(edges, minlength=k + 1).tolist()
             name = f"nearest_{sub}"

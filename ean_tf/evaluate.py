@@ -255,6 +255,8 @@ def evaluate_model(
             examples.labels, probs.argmax(1), examples.class_names
         )
         result["inference_graph"] = graph
+        if graph == "nearest":  # the weight of its neighbours' training labels
+            result["label_weight"] = float(model.nearest_label_weight)
         if graph == "batch":
             result.update(batch_size=batch_size, shuffle_seed=shuffle_seed)
         report["graphs"][graph] = result

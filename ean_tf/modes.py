@@ -54,13 +54,15 @@ def _model_and_splits(config: Config, checkpoint: str):
     the model's image size; the model is checked for the graph the run asks of
     it first, so that a graph it lacks stops the run before the data is read."""
     from ean_tf import data as data_lib
-    from ean_tf.predict import check_graph
+    from ean_tf.predict import check_graph, set_label_weight
     from ean_tf.runs import load_model
 
     path = default_checkpoint(config, checkpoint)
     model = load_model(path)
     graph = config.model.inference_graph
     check_graph(model, model.inference_graph if graph == "all" else graph, path)
+    if config.export.served_label_weight >= 0:
+        set_label_weight(model, config.export.served_label_weight, path, graph)
     d = config.data
     if model.image_size != d.image_size:
         d = type(d)(**{**d.__dict__, "image_size": model.image_size})
@@ -157,14 +159,18 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
     from export.serving import export_model
 
     path = default_checkpoint(config, checkpoint)
-    model = serving_model(load_model(path), config.export.served_graph, path)
     e = config.export
+    model = serving_model(load_model(path), e.served_graph, path, e.served_label_weight)
     final = export_model(
         model, e.export_dir, e.export_version, e.max_image_bytes, e.max_image_pixels
     )
     base = os.path.abspath(e.export_dir)
     graph = model.inference_graph if model.head_type == "ean" else "isolated"
-    print(f"Exported {path} to {final}, serving its {graph} graph")
+    if graph == "nearest" and model.nearest_label_weight:
+        graph += f" graph with label weight {model.nearest_label_weight:g}"
+    else:
+        graph += " graph"
+    print(f"Exported {path} to {final}, serving its {graph}")
     print("Serve it with TensorFlow Serving:")
     print(
         f"  docker run -p 8501:8501 -p 8500:8500 -v {base}:/models/ean "
@@ -185,6 +191,7 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
         config.export.annotate_dir,
         config.data.no_face,
         served_graph=config.export.served_graph,
+        label_weight=config.export.served_label_weight,
     )
     print(
         f"{len(result['faces'])} faces classified, {len(result['problems'])} "

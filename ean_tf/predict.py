@@ -53,14 +53,17 @@ def check_graph(model, graph: str, path: str, flag: str = "inference_graph"):
         )
 
 
-def serving_model(model, graph: str, path: str):
-    """`model` set to serve `graph` (empty: the graph it was saved with), with a
-    warning where that graph's stored training images are missing."""
-    if model.head_type != "ean":
-        return model
-    if graph:
+def serving_model(model, graph: str, path: str, label_weight: float = -1.0):
+    """`model` set to serve `graph` (empty: the graph it was saved with) with the
+    nearest graph's `label_weight` (-1: its own), with a warning where that
+    graph's stored training images or labels are missing."""
+    if model.head_type == "ean" and graph:
         check_graph(model, graph, path, "served_graph")
         model.set_inference_graph(graph)
+    if label_weight >= 0:
+        set_label_weight(model, label_weight, path, model.inference_graph)
+    if model.head_type != "ean":
+        return model
     served = model.inference_graph
     empty = {
         "context": not float(model.context.filled.numpy()),
@@ -76,12 +79,40 @@ def serving_model(model, graph: str, path: str):
     return model
 
 
+def set_label_weight(model, weight: float, path: str, graph: str) -> None:
+    """--served_label_weight: the nearest graph's label weight, for a model that
+    answers in its nearest graph (`graph`: nearest, or eval's all; a clear error
+    otherwise), with a warning where its store holds no training labels to pass
+    on (saved before they were stored)."""
+    flag = f"--served_label_weight={weight:g}"
+    if model.head_type != "ean" or model.memory is None:
+        raise ValueError(
+            f"{flag}: {path} has no nearest graph (a linear head, or saved before "
+            "the nearest graph existed); leave the flag out."
+        )
+    if graph not in ("nearest", "all"):
+        raise ValueError(
+            f"{flag} weighs the nearest graph's labels; {path} answers in its "
+            f"{graph} graph: add --served_graph=nearest (--inference_graph=nearest "
+            "in --mode=eval) or leave the flag out."
+        )
+    model.set_nearest_label_weight(weight)
+    if weight > 0 and not np.any(model.memory.targets.numpy()):
+        log.warning(
+            "%s stores no training labels for its nearest graph (saved before they "
+            "were stored): %s changes nothing; refill it with build_memory(batches, "
+            "targets) to use them",
+            path,
+            flag,
+        )
+
+
 class Classifier:
     """Wraps a `.keras` model or a SavedModel: (B, S, S, 3) 0..255 -> probs;
     `served_graph` the graph a `.keras` model serves (empty: its own). A
     SavedModel serves the graph it was exported with."""
 
-    def __init__(self, path: str, served_graph: str = ""):
+    def __init__(self, path: str, served_graph: str = "", label_weight: float = -1.0):
         import tensorflow as tf
 
         saved = os.path.join(path, "saved_model.pb")
@@ -95,6 +126,18 @@ class Classifier:
                     f"serves the graph it was exported with ({exported}); export "
                     f"the .keras model again with --served_graph={served_graph}."
                 )
+            weight = getattr(loaded, "nearest_label_weight", None)
+            weight = float(weight.numpy()) if weight is not None else None
+            if label_weight >= 0 and (
+                weight is None or abs(weight - label_weight) > 1e-6
+            ):
+                raise ValueError(
+                    f"--served_label_weight={label_weight:g}: {path} is a SavedModel, "
+                    "which answers with the label weight it was exported with "
+                    f"({'unrecorded' if weight is None else f'{weight:g}'}); export "
+                    "the .keras model again with "
+                    f"--served_label_weight={label_weight:g}."
+                )
             self._fn = loaded.signatures["predict_images"]
             self._loaded = loaded
             self.image_size = int(loaded.input_size.numpy())
@@ -103,7 +146,9 @@ class Classifier:
         else:
             from ean_tf.runs import load_model
 
-            self.model = serving_model(load_model(path), served_graph, path)
+            self.model = serving_model(
+                load_model(path), served_graph, path, label_weight
+            )
             self.image_size = self.model.image_size
             self.class_names = list(self.model.class_names)
             self.kind = "keras"
@@ -125,6 +170,7 @@ def predict(
     no_face: str = "center",
     progress: bool = True,
     served_graph: str = "",
+    label_weight: float = -1.0,
 ) -> dict:
     """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
     import cv2
@@ -132,7 +178,7 @@ def predict(
     from ean_tf.data.align import FaceAligner, center_crop
 
     files = list_images(images)
-    classifier = Classifier(model_path, served_graph)
+    classifier = Classifier(model_path, served_graph, label_weight)
     aligner = FaceAligner(classifier.image_size)
     rows, problems = [], []
     bar = None

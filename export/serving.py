@@ -88,6 +88,10 @@ class ServingModule(tf.Module):
         # The graph serving_default and predict_images answer in.
         self.graph = model.inference_graph
         self.served_graph = tf.Variable(self.graph, trainable=False)
+        # The nearest graph's label weight its answers use (0 in any other graph).
+        nearest = getattr(model, "head_type", "") == "ean" and self.graph == "nearest"
+        weight = float(model.nearest_label_weight) if nearest else 0.0
+        self.nearest_label_weight = tf.Variable(weight, trainable=False)
 
     def _decode_rows(self, image_bytes):
         """Request images -> (images (N, S, S, 3) float32 0..255, problem (N,)).

@@ -35,7 +35,7 @@ def exported(tmp_path_factory):
     x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
     model.build_bank([(x, np.eye(4, dtype=np.float32)[np.arange(32) % 4])])
     model.build_context([x[:7]])
-    model.build_memory([x[:20]])
+    model.build_memory([x[:20]], np.eye(4, dtype=np.float32)[np.arange(20) % 4])
     base = str(tmp_path_factory.mktemp("exports"))
     path = serving.export_model(model, base, max_image_bytes=20_000)
     return model, base, path, tf.saved_model.load(path)
@@ -60,6 +60,7 @@ def test_outputs_equal_the_keras_model(exported):
     bank = loaded.signatures["predict_images"](images=tf.constant(x))
     assert model.inference_graph == "nearest"  # the default
     assert loaded.served_graph.numpy().decode() == "nearest"
+    assert float(loaded.nearest_label_weight.numpy()) == 0.0  # the model's own
     np.testing.assert_allclose(
         bank["probabilities"], tf.nn.softmax(model(x, graph="nearest")), atol=1e-5
     )
@@ -305,8 +306,26 @@ def test_cli_export_serves_the_graph_asked_for(exported, tmp_path):
     assert "serving its context graph" in result.stdout
     loaded = tf.saved_model.load(str(tmp_path / "exports" / "1"))
     assert loaded.served_graph.numpy().decode() == "context"
+    assert float(loaded.nearest_label_weight.numpy()) == 0.0  # not the nearest
     x = np.random.default_rng(5).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
     out = loaded.signatures["predict_images"](images=tf.constant(x))
     np.testing.assert_allclose(
         out["probabilities"], tf.nn.softmax(model(x, graph="context")), atol=1e-5
     )
+
+
+def test_cli_export_serves_the_label_weight_asked_for(exported, tmp_path):
+    """--served_label_weight=w: the export answers in the nearest graph with its
+    neighbours' stored labels at weight w, and records w for clients."""
+    model, *_ = exported
+    result = _cli_export(model, tmp_path, "--served_label_weight=0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "serving its nearest graph with label weight 0.5" in result.stdout
+    loaded = tf.saved_model.load(str(tmp_path / "exports" / "1"))
+    assert float(loaded.nearest_label_weight.numpy()) == 0.5
+    x = np.random.default_rng(6).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    out = loaded.signatures["predict_images"](images=tf.constant(x))
+    again = keras.models.load_model(str(tmp_path / "model.keras"))
+    again.set_nearest_label_weight(0.5)
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(again(x)), atol=1e-5)
+    assert not np.allclose(out["probabilities"], tf.nn.softmax(model(x)), atol=1e-3)

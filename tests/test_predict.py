@@ -44,7 +44,7 @@ def models(tmp_path_factory):
     x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
     model.build_bank([(x, np.eye(4, dtype="float32")[np.arange(16) % 4])])
     model.build_context([x[:7]])
-    model.build_memory([x])
+    model.build_memory([x], np.eye(4, dtype="float32")[np.arange(16) % 4])
     model.save(str(tmp / "model.keras"))
     saved = serving.export_model(model, str(tmp / "exports"))
     photos = tmp / "photos"
@@ -123,6 +123,41 @@ def test_served_graph_picks_the_graph_a_keras_model_serves(models):
     assert not np.allclose(probs["nearest"], probs["isolated"], atol=1e-4)
     with pytest.raises(ValueError, match=r"SavedModel.*exported with \(nearest\)"):
         predict(saved, one, str(tmp / "s.json"), progress=False, served_graph="batch")
+
+
+def test_served_label_weight_sets_the_nearest_graphs_label_weight(models):
+    """A .keras model answers with the label weight asked for (its neighbours'
+    stored labels, at that weight); a SavedModel only with the one it was
+    exported with; a graph it does not apply to is a clear error."""
+    from ean_tf.predict import Classifier
+
+    model, keras_path, saved, photos, tmp = models
+    x = np.random.default_rng(4).uniform(0, 255, (6, 48, 48, 3)).astype("float32")
+    own = Classifier(keras_path)(x)
+    np.testing.assert_allclose(Classifier(keras_path, "", 0.0)(x), own, atol=1e-6)
+    half = Classifier(keras_path, "", 0.5)(x)
+    cs, idx = (t.numpy() for t in model.memory.neighbours(model.encode(x)[1], 4))
+    targets = model.memory.targets.numpy()
+    want = own.copy()
+    for q in range(len(x)):
+        joined = idx[q][cs[q] >= model.tau1]
+        if len(joined):
+            want[q] = 0.5 * own[q] + 0.5 * targets[joined].mean(axis=0)
+    np.testing.assert_allclose(half, want, atol=1e-5)
+    assert not np.allclose(half, own, atol=1e-3)
+    one = str(photos / "astronaut.jpg")
+    Classifier(saved, "", 0.0)  # exported with the model's own weight, 0
+    with pytest.raises(ValueError, match=r"SavedModel.*exported with \(0\)"):
+        predict(saved, one, str(tmp / "w.json"), progress=False, label_weight=0.5)
+    with pytest.raises(ValueError, match="answers in its context graph"):
+        predict(
+            keras_path,
+            one,
+            str(tmp / "w.json"),
+            progress=False,
+            served_graph="context",
+            label_weight=0.5,
+        )
 
 
 class _FakeServing(http.server.BaseHTTPRequestHandler):

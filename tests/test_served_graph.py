@@ -223,8 +223,7 @@ def test_nearest_graph_passes_on_its_neighbours_training_targets():
     x = _images(8, seed=13)
     graph = model(x, graph="nearest").numpy()  # w = 0: targets stored, not used
     cs, idx = (t.numpy() for t in model.memory.neighbours(model.encode(x)[1], 3))
-    model.nearest_label_weight = 0.3
-    model.set_inference_graph("nearest")  # drops the traced functions
+    model.set_nearest_label_weight(0.3)  # drops the traced functions
     got = keras.ops.softmax(model(x, graph="nearest")).numpy()
     want = keras.ops.softmax(graph).numpy()
     for q in range(len(x)):
@@ -237,6 +236,9 @@ def test_nearest_graph_passes_on_its_neighbours_training_targets():
         cs[:, 0] >= 0.45
     ).any()  # queries with and without edges
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="nearest_label_weight"):
+        model.set_nearest_label_weight(1.0)
+    assert model.nearest_label_weight == 0.3
 
 
 def test_a_model_saved_before_the_nearest_graph_stored_targets_loads(tmp_path):

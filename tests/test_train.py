@@ -88,6 +88,28 @@ def test_the_nearest_graph_stores_the_labels_training_learned_from(trained):
     np.testing.assert_array_equal(targets.sum(axis=1), 1.0)
 
 
+def test_eval_answers_with_the_label_weight_asked_for(trained, tmp_path):
+    """--served_label_weight in --mode=eval: the nearest graph passes on its
+    neighbours' stored (noisy) labels at that weight, metrics.json records it, and
+    a graph it does not apply to is a clear error before any data is read."""
+    from ean_tf.modes import run_eval
+
+    config, _ = trained
+    reports = {}
+    for weight in (-1.0, 0.5):
+        out = str(tmp_path / str(weight))
+        ask = replace(config, inference_graph="nearest", served_label_weight=weight)
+        run_eval(ask, output=out)
+        with open(os.path.join(out, "metrics.json")) as f:
+            reports[weight] = json.load(f)["graphs"]["nearest"]
+    assert reports[-1.0]["label_weight"] == 0.0  # the model's own
+    assert reports[0.5]["label_weight"] == 0.5
+    assert reports[0.5]["confusion_matrix"] != reports[-1.0]["confusion_matrix"]
+    ask = replace(config, inference_graph="context", served_label_weight=0.5)
+    with pytest.raises(ValueError, match="answers in its context graph"):
+        run_eval(ask, output=str(tmp_path / "context"))
+
+
 def test_metrics_json_is_consistent(trained):
     config, _ = trained
     with open(os.path.join(config.train.run_dir, "metrics.json")) as f:

@@ -188,6 +188,13 @@ class ExportConfig:
         "(empty: the one the model was saved with, its --inference_graph).",
         ("", "nearest", "context", "bank", "batch", "isolated"),
     )
+    served_label_weight: float = _f(
+        -1.0,
+        "--mode=eval, --mode=export and --mode=predict with a .keras model: the "
+        "nearest graph's label weight to answer with (-1: the one the model was "
+        "saved with, its --nearest_label_weight).",
+        check=(lambda v: v == -1.0 or 0.0 <= v < 1.0, "-1 or a float in [0, 1)"),
+    )
     images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
     annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
 
