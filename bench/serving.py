@@ -7,7 +7,8 @@ Exports a model of the preset (weights as initialised; speed does not depend on
 them) with a full reference context and bank, reloads it with
 `tf.saved_model.load`, and times `predict_images` (the served graph, `nearest` by
 default, with `--memory_images` stored training images; `--inference_graph=context`:
-each query completes a training batch) and `predict_isolated` (A = I): latency
+each query completes a training batch; `--nearest_label_weight=w`: the nearest
+graph passes on its neighbours' labels) and `predict_isolated` (A = I): latency
 p50/p99 over `--calls` single-image requests, and images/s at batch 32. Also the
 `serving_default` bytes path (PNG decode included) at batch 1.
 """
@@ -27,6 +28,11 @@ flags.DEFINE_integer("batches", 20, "Batches of 32 timed per signature.")
 flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where the JSON goes.")
 flags.DEFINE_string("name", "", "Result file name (default: serving_<config>).")
 flags.DEFINE_string("inference_graph", "", "The served graph (default: the preset's).")
+flags.DEFINE_float(
+    "nearest_label_weight",
+    -1.0,
+    "The nearest graph's label weight (-1: the preset's).",
+)
 flags.DEFINE_integer(
     "memory_images",
     25045,
@@ -63,6 +69,8 @@ def main(argv):
     overrides = (
         {"inference_graph": FLAGS.inference_graph} if FLAGS.inference_graph else {}
     )
+    if FLAGS.nearest_label_weight >= 0:
+        overrides["nearest_label_weight"] = FLAGS.nearest_label_weight
     config = make_config(FLAGS.config, **overrides)
     size = config.data.image_size
     model = build_model(
@@ -93,6 +101,7 @@ def main(argv):
             "config": FLAGS.config,
             "image_size": size,
             "served_graph": model.inference_graph,
+            "label_weight": float(loaded.nearest_label_weight.numpy()),
             "context_nodes": model.context_size + 1,
             "context_sets": model.context_sets,
             "bank_size": int(model.bank.valid.numpy().sum()),

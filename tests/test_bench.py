@@ -77,6 +77,7 @@ def test_serving_bench(tmp_path):
     _bench(
         "serving.py",
         "--config=tiny",
+        "--nearest_label_weight=0.25",
         "--calls=3",
         "--batches=1",
         f"--out_dir={tmp_path}",
@@ -86,6 +87,7 @@ def test_serving_bench(tmp_path):
         assert result["signatures"][name]["p50_ms"] > 0
     assert "served_overhead_batch1_p50" in result
     assert result["served_graph"] == "nearest" and result["memory_images"] == 25045
+    assert result["label_weight"] == 0.25  # what the export answers with
 
 
 def test_serving_bench_times_another_graph(tmp_path):
