@@ -221,6 +221,7 @@ def test_nearest_graph_passes_on_its_neighbours_training_targets():
     targets[1] = [0.5, 0.0, 0.25, 0.25]  # a label distribution (FERPlus's soft modes)
     model.build_memory([memory[:5], memory[5:]], targets)
     x = _images(8, seed=13)
+    model.set_nearest_label_weight(0.0)
     graph = model(x, graph="nearest").numpy()  # w = 0: targets stored, not used
     cs, idx = (t.numpy() for t in model.memory.neighbours(model.encode(x)[1], 3))
     model.set_nearest_label_weight(0.3)  # drops the traced functions
@@ -236,6 +237,11 @@ def test_nearest_graph_passes_on_its_neighbours_training_targets():
         cs[:, 0] >= 0.45
     ).any()  # queries with and without edges
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    # A query with no edge answers with the graph's own logits, not only its
+    # probabilities: there the nearest graph is exactly the network alone.
+    alone = cs[:, 0] < 0.45
+    got_logits = model(x, graph="nearest").numpy()
+    np.testing.assert_allclose(got_logits[alone], graph[alone], atol=1e-6)
     with pytest.raises(ValueError, match="nearest_label_weight"):
         model.set_nearest_label_weight(1.0)
     assert model.nearest_label_weight == 0.3
@@ -266,7 +272,11 @@ def test_a_model_saved_before_the_nearest_graph_stored_targets_loads(tmp_path):
 
 
 def test_nearest_graph_is_isolated_without_edges_and_during_warmup():
-    model, _ = _nearest_model(tau1=0.2)
+    """Its logits equal the network alone's during the warm-up, labels stored
+    and weighed or not, and in a store never filled."""
+    model, memory = _nearest_model(tau1=0.2)
+    model.set_nearest_label_weight(0.25)
+    model.build_memory([memory], np.eye(4, dtype="float32")[np.arange(10) % 4])
     x = _images(4, seed=14)
     model.graph_enabled.assign(0.0)
     np.testing.assert_allclose(

@@ -133,15 +133,19 @@ class ReferenceMemory(keras.layers.Layer):
 
     def _with_targets(self, logits, a, idx, w: float):
         """log((1 - w) softmax(logits) + w * the joined neighbours' mean target),
-        (Q, C); w is 0 for a query none of whose neighbours has a target."""
+        (Q, C), for a query joined to a neighbour with a target; `logits`
+        unchanged for any other (no edge, the warm-up, or a store without
+        targets), so that there the graph stays exactly the network alone."""
         votes = tf.einsum("qk,qkc->qc", a, tf.gather(self.targets, idx))
         count = tf.reduce_sum(votes, axis=1, keepdims=True)  # (Q, 1)
-        w = w * tf.cast(count > 0, logits.dtype)
+        labelled = count > 0
+        w = w * tf.cast(labelled, logits.dtype)
         share = tf.math.divide_no_nan(votes, count)
         # In log space: a class no neighbour names adds log(0) = -inf, exactly.
         own = tf.math.log1p(-w) + tf.nn.log_softmax(logits)
         theirs = tf.math.log(w) + tf.math.log(share)
-        return tf.reduce_logsumexp(tf.stack([own, theirs]), axis=0)
+        mixed = tf.reduce_logsumexp(tf.stack([own, theirs]), axis=0)
+        return tf.where(labelled, mixed, logits)
 
     def load_own_variables(self, store):
         """Loads a model saved before the targets were stored (five weights, not
