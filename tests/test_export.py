@@ -60,7 +60,7 @@ def test_outputs_equal_the_keras_model(exported):
     bank = loaded.signatures["predict_images"](images=tf.constant(x))
     assert model.inference_graph == "nearest"  # the default
     assert loaded.served_graph.numpy().decode() == "nearest"
-    assert float(loaded.nearest_label_weight.numpy()) == 0.0  # the model's own
+    assert float(loaded.nearest_label_weight.numpy()) == 0.25  # the default
     np.testing.assert_allclose(
         bank["probabilities"], tf.nn.softmax(model(x, graph="nearest")), atol=1e-5
     )

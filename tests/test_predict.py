@@ -133,21 +133,24 @@ def test_served_label_weight_sets_the_nearest_graphs_label_weight(models):
 
     model, keras_path, saved, photos, tmp = models
     x = np.random.default_rng(4).uniform(0, 255, (6, 48, 48, 3)).astype("float32")
+    assert model.nearest_label_weight == 0.25  # the default
     own = Classifier(keras_path)(x)
-    np.testing.assert_allclose(Classifier(keras_path, "", 0.0)(x), own, atol=1e-6)
+    np.testing.assert_allclose(Classifier(keras_path, "", 0.25)(x), own, atol=1e-6)
+    none = Classifier(keras_path, "", 0.0)(x)
     half = Classifier(keras_path, "", 0.5)(x)
     cs, idx = (t.numpy() for t in model.memory.neighbours(model.encode(x)[1], 4))
     targets = model.memory.targets.numpy()
-    want = own.copy()
+    want = {0.25: none.copy(), 0.5: none.copy()}
     for q in range(len(x)):
         joined = idx[q][cs[q] >= model.tau1]
-        if len(joined):
-            want[q] = 0.5 * own[q] + 0.5 * targets[joined].mean(axis=0)
-    np.testing.assert_allclose(half, want, atol=1e-5)
-    assert not np.allclose(half, own, atol=1e-3)
+        for w in want if len(joined) else ():
+            want[w][q] = (1 - w) * none[q] + w * targets[joined].mean(axis=0)
+    np.testing.assert_allclose(half, want[0.5], atol=1e-5)
+    np.testing.assert_allclose(own, want[0.25], atol=1e-5)
+    assert not np.allclose(half, none, atol=1e-3)
     one = str(photos / "astronaut.jpg")
-    Classifier(saved, "", 0.0)  # exported with the model's own weight, 0
-    with pytest.raises(ValueError, match=r"SavedModel.*exported with \(0\)"):
+    Classifier(saved, "", 0.25)  # exported with the model's own weight
+    with pytest.raises(ValueError, match=r"SavedModel.*exported with \(0.25\)"):
         predict(saved, one, str(tmp / "w.json"), progress=False, label_weight=0.5)
     with pytest.raises(ValueError, match="answers in its context graph"):
         predict(

@@ -67,6 +67,7 @@ LINEAR_IGNORED = {
 FIRST_DEFAULTS = {
     ("model", "isolated_ce_weight"): 0.0,  # until 2026-12-01
     ("model", "graph_backbone_grad"): True,  # until 2026-12-02
+    ("model", "nearest_label_weight"): 0.0,  # until 2026-12-05
 }
 
 

@@ -174,10 +174,10 @@ class ModelConfig:
         check=_AT_LEAST_1,
     )
     nearest_label_weight: float = _f(
-        0.0,
+        0.25,
         "w: in the nearest graph a query's probabilities are (1 - w) its graph's "
         "and w the mean training target of the stored images it is joined to "
-        "(label propagation; 0: the graph's alone).",
+        "(label propagation; 0: the graph's alone, the default until 2026-12-05).",
         check=_FRACTION_BELOW_1,
     )
     nearest_memory: int = _f(
