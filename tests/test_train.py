@@ -192,8 +192,9 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
 
 
 def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
-    """isolated_ce_weight was 0 (the paper's loss) until 2026-12-01 and
-    graph_backbone_grad True until 2026-12-02: a run folder or a saved model
+    """isolated_ce_weight was 0 (the paper's loss) until 2026-12-01,
+    graph_backbone_grad True until 2026-12-02 and nearest_label_weight 0 until
+    2026-12-05: a run folder or a saved model
     without the fields was trained so, and is resumed, compared and rebuilt so,
     not with today's defaults."""
     from ean_tf import EAN
@@ -224,6 +225,9 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
     model = EAN.from_config(saved)
     assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, False)
+    assert model.nearest_label_weight == 0.25
+    del saved["nearest_label_weight"]  # saved before the field (0 until 2026-12-05)
+    assert EAN.from_config(saved).nearest_label_weight == 0.0
     del saved["graph_backbone_grad"]  # saved between the two changes
     model = EAN.from_config(saved)
     assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, True)
