@@ -19,9 +19,8 @@ Signatures (see README "Serving"):
 
 In the nearest graph each image is joined only to training images stored in the
 model (in the context graph, to the stored reference context; in the bank graph,
-to the reference bank), so TF Serving's batching
-(which merges clients' requests and pads a batch by repeating rows) never changes
-one client's answer.
+to the reference bank), so TF Serving's batching (which merges clients' requests
+and pads a batch by repeating rows) never changes one client's answer.
 """
 
 from __future__ import annotations
@@ -85,10 +84,10 @@ class ServingModule(tf.Module):
         # Variables, so that they travel in the SavedModel for clients to read.
         self.class_names = tf.Variable(list(model.class_names), trainable=False)
         self.input_size = tf.Variable(self.image_size, trainable=False)
-        # The graph serving_default and predict_images answer in.
+        # The graph serving_default and predict_images answer in, and the nearest
+        # graph's label weight its answers use (0 in any other graph).
         self.graph = model.inference_graph
         self.served_graph = tf.Variable(self.graph, trainable=False)
-        # The nearest graph's label weight its answers use (0 in any other graph).
         nearest = getattr(model, "head_type", "") == "ean" and self.graph == "nearest"
         weight = float(model.nearest_label_weight) if nearest else 0.0
         self.nearest_label_weight = tf.Variable(weight, trainable=False)

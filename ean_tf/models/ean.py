@@ -287,14 +287,6 @@ class EAN(TrainStep, References, keras.Model):
         self.predict_function = None
         self.test_function = None
 
-    def set_nearest_label_weight(self, weight: float) -> None:
-        """The nearest graph's label weight w (`--nearest_label_weight`), checked as
-        the flag is; saved with the model. Takes effect in every later call."""
-        hp = Config(model=ModelConfig(nearest_label_weight=float(weight))).model
-        self.nearest_label_weight = hp.nearest_label_weight
-        self.predict_function = None
-        self.test_function = None
-
     # ---------------------------------------------------------- serialisation ---
     def get_config(self):
         config = {

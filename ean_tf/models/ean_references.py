@@ -64,6 +64,16 @@ class References:
             label_weight=self.nearest_label_weight,
         )
 
+    def set_nearest_label_weight(self, weight: float) -> None:
+        """The nearest graph's label weight w (`--nearest_label_weight`), checked as
+        the flag is; saved with the model. Takes effect in every later call."""
+        from ean_tf.config import Config, ModelConfig
+
+        hp = Config(model=ModelConfig(nearest_label_weight=float(weight))).model
+        self.nearest_label_weight = hp.nearest_label_weight
+        self.predict_function = None
+        self.test_function = None
+
     def _bank_full_graph(self, pooled, embeddings, training=False):
         """Bank-graph logits by running the GCN on the whole (K+Q)-node graph."""
         bank_e = self.bank.embeddings
