@@ -96,15 +96,15 @@ def test_eval_answers_with_the_label_weight_asked_for(trained, tmp_path):
 
     config, _ = trained
     reports = {}
-    for weight in (-1.0, 0.5):
+    for weight in (-1.0, 0.0, 0.5):
         out = str(tmp_path / str(weight))
         ask = replace(config, inference_graph="nearest", served_label_weight=weight)
         run_eval(ask, output=out)
         with open(os.path.join(out, "metrics.json")) as f:
             reports[weight] = json.load(f)["graphs"]["nearest"]
-    assert reports[-1.0]["label_weight"] == 0.0  # the model's own
-    assert reports[0.5]["label_weight"] == 0.5
-    assert reports[0.5]["confusion_matrix"] != reports[-1.0]["confusion_matrix"]
+    assert reports[-1.0]["label_weight"] == 0.25  # the model's own, the default
+    assert (reports[0.0]["label_weight"], reports[0.5]["label_weight"]) == (0.0, 0.5)
+    assert reports[0.5]["confusion_matrix"] != reports[0.0]["confusion_matrix"]
     ask = replace(config, inference_graph="context", served_label_weight=0.5)
     with pytest.raises(ValueError, match="answers in its context graph"):
         run_eval(ask, output=str(tmp_path / "context"))
