@@ -239,6 +239,8 @@ RESUMABLE_FIELDS = frozenset(
         "cache",
         "jit_compile",
         "inference_graph",
+        "nearest_k",
+        "nearest_label_weight",
         "strategy",
     }
 )

@@ -222,6 +222,8 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     assert "graph_backbone_grad=True there, False here" in str(error.value)
     paper = replace(config, isolated_ce_weight=0.0, graph_backbone_grad=True)
     check_run_dir(paper, run)  # resumes
+    # What the nearest graph answers with is evaluation, not training: resumes.
+    check_run_dir(replace(paper, nearest_label_weight=0.5, nearest_k=8), run)
     saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
     model = EAN.from_config(saved)
     assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, False)
