@@ -166,11 +166,9 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
     )
     base = os.path.abspath(e.export_dir)
     graph = model.inference_graph if model.head_type == "ean" else "isolated"
-    if graph == "nearest" and model.nearest_label_weight:
-        graph += f" graph with label weight {model.nearest_label_weight:g}"
-    else:
-        graph += " graph"
-    print(f"Exported {path} to {final}, serving its {graph}")
+    weight = model.nearest_label_weight if graph == "nearest" else 0.0
+    labels = f" with label weight {weight:g}" if weight else ""
+    print(f"Exported {path} to {final}, serving its {graph} graph{labels}")
     print("Serve it with TensorFlow Serving:")
     print(
         f"  docker run -p 8501:8501 -p 8500:8500 -v {base}:/models/ean "
