@@ -76,6 +76,10 @@ flags.DEFINE_list(
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
 
+# Fields that choose what a trained model answers with, not what is trained: a
+# JSON that differs in them is the same run (its table row names them).
+EVALUATION_FIELDS = {"model": ("inference_graph", "nearest_k", "nearest_label_weight")}
+
 
 def runs(experiment: str) -> dict[str, dict]:
     """Run name -> config overrides."""
@@ -431,12 +435,19 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ean_tf.config import with_first_defaults
+
     table = []
     for name, r in results.items():
+        model = with_first_defaults(r["config"])["model"]
+        nearest = "nearest" in r["accuracy"]  # at the k and label weight it ran
         table.append(
             {
                 "run": name,
                 **{f"acc_{g}": round(a, 4) for g, a in r["accuracy"].items()},
+                **(
+                    {f: model[f] for f in EVALUATION_FIELDS["model"]} if nearest else {}
+                ),
                 **{
                     f"mca_{g}": round(a, 4) for g, a in r["mean_class_accuracy"].items()
                 },
@@ -559,8 +570,8 @@ def _expected(name: str) -> tuple[dict, dict, dict] | None:
 
 def _differences(name: str, result: dict) -> list[str]:
     """Where a finished run's JSON was trained otherwise than the run `name` means
-    now (folders and the data's location aside), as `section.field: JSON value,
-    now value`; empty when it is the same run."""
+    now (folders, the data's location and `EVALUATION_FIELDS` aside), as
+    `section.field: JSON value, now value`; empty when it is the same run."""
     if (expected := _expected(name)) is None:
         return []
     from ean_tf.config import with_first_defaults
@@ -570,8 +581,9 @@ def _differences(name: str, result: dict) -> list[str]:
     got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []
     for section, fields in want.items():
+        skip = {*ignored.get(section, ()), *EVALUATION_FIELDS.get(section, ())}
         for key, value in fields.items():
-            if key in ignored.get(section, ()):
+            if key in skip:
                 continue
             # A field added since: its default is what was done before it.
             before = preset[section][key]

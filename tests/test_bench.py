@@ -128,6 +128,21 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # A second call finds every run done and trains nothing.
     again = _bench("experiments.py", "--experiment=clean", *common)
     assert again.stdout.count("done before") == 2
+    # What a model answers with is not what is trained: a JSON from before the
+    # neighbours' labels (answered with weight 0), with another k and served
+    # graph, is still the run, and the table names what its nearest graph ran at.
+    path = tmp_path / "results" / "clean" / "ean.json"
+    old = json.load(open(path))
+    del old["config"]["model"]["nearest_label_weight"]
+    old["config"]["model"].update(nearest_k=2, inference_graph="context")
+    path.write_text(json.dumps(old))
+    again = _bench("experiments.py", "--experiment=clean", "--only=ean", *common)
+    assert "ean: done before" in again.stdout
+    table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
+    row = {r["run"]: r for r in table}["ean"]
+    assert (row["nearest_label_weight"], row["nearest_k"]) == (0.0, 2)
+    assert row["inference_graph"] == "context"
+    assert "nearest_k" not in {r["run"]: r for r in table}["linear"]
     _bench(
         "experiments.py", "--experiment=noise", "--only=ean_noise0,ean_noise20", *common
     )
