@@ -21,7 +21,9 @@ list value's items are separated by ':', e.g. `gcn_units=512:256`; `gcn_units=`
 for none). A run whose configuration (folders aside) matches a finished run's JSON
 anywhere under `--reuse_from` (default bench/results) or `--out_dir` is not trained
 again: its JSON is copied, with `same_run_as` naming the original (noise 0% is the
-clean runs).
+clean runs). What a model answers with (`EVALUATION_FIELDS`: the served graph,
+`nearest_k`, `nearest_label_weight`) does not make another run; the table names
+the k and label weight each row's nearest graph was evaluated with.
 
 On a GPU, `--config=ferplus48_gpu` runs the full protocol (stride-1 stem, the
 paper's 70 epochs, images cached in memory, mixed precision and XLA); its
