@@ -84,13 +84,13 @@ class ServingModule(tf.Module):
         # Variables, so that they travel in the SavedModel for clients to read.
         self.class_names = tf.Variable(list(model.class_names), trainable=False)
         self.input_size = tf.Variable(self.image_size, trainable=False)
-        # The graph serving_default and predict_images answer in, and the nearest
-        # graph's label weight its answers use (0 in any other graph).
-        self.graph = model.inference_graph
+        # The graph serving_default and predict_images answer in (a linear head:
+        # the network alone), and the nearest graph's label weight (else 0).
+        ean = getattr(model, "head_type", "") == "ean"
+        self.graph = model.inference_graph if ean else "isolated"
         self.served_graph = tf.Variable(self.graph, trainable=False)
-        nearest = getattr(model, "head_type", "") == "ean" and self.graph == "nearest"
-        weight = float(model.nearest_label_weight) if nearest else 0.0
-        self.nearest_label_weight = tf.Variable(weight, trainable=False)
+        weight = model.nearest_label_weight if self.graph == "nearest" else 0.0
+        self.nearest_label_weight = tf.Variable(float(weight), trainable=False)
 
     def _decode_rows(self, image_bytes):
         """Request images -> (images (N, S, S, 3) float32 0..255, problem (N,)).

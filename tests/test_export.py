@@ -41,6 +41,18 @@ def exported(tmp_path_factory):
     return model, base, path, tf.saved_model.load(path)
 
 
+def test_a_linear_head_says_it_serves_the_network_alone(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = EAN(3, image_size=SIZE, width=8, head="linear", class_names="abc")
+    assert model.inference_graph == "nearest"  # the config's, never read
+    loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path)))
+    assert loaded.served_graph.numpy().decode() == "isolated"
+    assert float(loaded.nearest_label_weight.numpy()) == 0.0
+    x = np.random.default_rng(2).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
+    out = loaded.signatures["predict_images"](images=tf.constant(x))
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(model(x)), atol=1e-5)
+
+
 def _png(seed, size=40):
     image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)
     return cv2.imencode(".png", image)[1].tobytes()
