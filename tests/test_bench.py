@@ -345,6 +345,27 @@ def test_nearest_bench(tmp_path, tiny_run):
     assert result["memory_images"] > 0
 
 
+def test_label_vote_bench(tmp_path, tiny_run):
+    run = tiny_run
+    _bench(
+        "label_vote.py",
+        f"--run_dir={run}",
+        "--ks=4",
+        "--label_ks=4,16",
+        "--label_weights=0.25,0.5",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    rows = json.load(open(tmp_path / "results" / "label_vote.json"))["accuracy"]
+    assert set(rows) == {"k4"} | {
+        f"k4_labels{k}_w{w}" for k in (4, 16) for w in ("0.25", "0.5")
+    }
+    # The graph's own k and the run's label weight are the served nearest graph.
+    config = json.load(open(run / "config.json"))["model"]
+    assert (config["nearest_k"], config["nearest_label_weight"]) == (4, 0.25)
+    own = json.load(open(run / "metrics.json"))["graphs"]["nearest"]["accuracy"]
+    assert rows["k4_labels4_w0.25"] == pytest.approx(own, abs=1e-9)
+
+
 def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     def run(folder, name, head, noise, accuracy, overrides=None, beta=1.0, **model):
         path = tmp_path / folder / f"{name}.json"
