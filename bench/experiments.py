@@ -21,9 +21,9 @@ list value's items are separated by ':', e.g. `gcn_units=512:256`; `gcn_units=`
 for none). A run whose configuration (folders aside) matches a finished run's JSON
 anywhere under `--reuse_from` (default bench/results) or `--out_dir` is not trained
 again: its JSON is copied, with `same_run_as` naming the original (noise 0% is the
-clean runs). What a model answers with (`EVALUATION_FIELDS`: the served graph,
-`nearest_k`, `nearest_label_weight`) does not make another run; the table names
-the k and label weight each row's nearest graph was evaluated with.
+clean runs). What a model answers with (the model's `EVALUATION_FIELDS`: the
+served graph, `nearest_k`, `nearest_label_weight`) does not make another run; the
+table names the k and label weight each row's nearest graph was evaluated with.
 
 On a GPU, `--config=ferplus48_gpu` runs the full protocol (stride-1 stem, the
 paper's 70 epochs, images cached in memory, mixed precision and XLA); its
@@ -77,10 +77,6 @@ flags.DEFINE_list(
 )
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
-
-# Fields that choose what a trained model answers with, not what is trained: a
-# JSON that differs in them is the same run (its table row names them).
-EVALUATION_FIELDS = {"model": ("inference_graph", "nearest_k", "nearest_label_weight")}
 
 
 def runs(experiment: str) -> dict[str, dict]:
@@ -437,7 +433,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ean_tf.config import with_first_defaults
+    from ean_tf.config import EVALUATION_FIELDS, with_first_defaults
 
     table = []
     for name, r in results.items():
@@ -447,9 +443,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             {
                 "run": name,
                 **{f"acc_{g}": round(a, 4) for g, a in r["accuracy"].items()},
-                **(
-                    {f: model[f] for f in EVALUATION_FIELDS["model"]} if nearest else {}
-                ),
+                **({f: model[f] for f in sorted(EVALUATION_FIELDS)} if nearest else {}),
                 **{
                     f"mca_{g}": round(a, 4) for g, a in r["mean_class_accuracy"].items()
                 },
@@ -572,18 +566,20 @@ def _expected(name: str) -> tuple[dict, dict, dict] | None:
 
 def _differences(name: str, result: dict) -> list[str]:
     """Where a finished run's JSON was trained otherwise than the run `name` means
-    now (folders, the data's location and `EVALUATION_FIELDS` aside), as
+    now (folders, the data's location and the model's `EVALUATION_FIELDS`
+    aside), as
     `section.field: JSON value, now value`; empty when it is the same run."""
     if (expected := _expected(name)) is None:
         return []
-    from ean_tf.config import with_first_defaults
+    from ean_tf.config import EVALUATION_FIELDS, with_first_defaults
 
     want, preset, ignored = expected
     got = with_first_defaults(_comparable(result["config"]))
     got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []
     for section, fields in want.items():
-        skip = {*ignored.get(section, ()), *EVALUATION_FIELDS.get(section, ())}
+        evaluated = EVALUATION_FIELDS if section == "model" else frozenset()
+        skip = evaluated | ignored.get(section, frozenset())
         for key, value in fields.items():
             if key in skip:
                 continue

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import LINEAR_IGNORED, Config, with_first_defaults
+from ean_tf.config import EVALUATION_FIELDS, LINEAR_IGNORED, Config, with_first_defaults
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.memory import memory_images
 from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
@@ -228,7 +228,7 @@ def truncate_log(path: str, epochs_done: int) -> None:
 # Fields that may differ between a run folder and the command that resumes it:
 # a longer schedule, where the run is, and what is logged, checked or evaluated.
 # Any other difference (model, data, schedule) is another run.
-RESUMABLE_FIELDS = frozenset(
+RESUMABLE_FIELDS = EVALUATION_FIELDS | frozenset(
     {
         "epochs",
         "run_dir",
@@ -238,9 +238,6 @@ RESUMABLE_FIELDS = frozenset(
         "skip_bad_images",
         "cache",
         "jit_compile",
-        "inference_graph",
-        "nearest_k",
-        "nearest_label_weight",
         "strategy",
     }
 )

@@ -61,6 +61,10 @@ LINEAR_IGNORED = {
         {"adj_warmup_epochs", "label_filter_warmup_epochs", "cross_replica_graph"}
     ),
 }
+# Model fields that choose what a trained model answers with, not what is
+# trained: a run resumes with other values, and a result evaluated with other
+# values is the same run.
+EVALUATION_FIELDS = frozenset({"inference_graph", "nearest_k", "nearest_label_weight"})
 # (section, field) -> what a config written before the field existed was trained
 # with, for the fields whose default has changed since: a saved model, a run
 # folder or a result file without the field means this value, not today's default.
@@ -83,6 +87,7 @@ def with_first_defaults(config: dict) -> dict:
 __all__ = [
     "BACKBONES",
     "DATASETS",
+    "EVALUATION_FIELDS",
     "FIRST_DEFAULTS",
     "GRAPH_FIELDS",
     "INPUT_NORMS",
