@@ -398,7 +398,7 @@ def _robustness(config, run_dir: str) -> dict:
 
     model = load_model(os.path.join(run_dir, "model.keras"))
     splits = data_lib.load(config.data, seed=config.train.seed)
-    graph = model.inference_graph if model.head_type == "ean" else "isolated"
+    graph, _ = model.answers_with()
     return robustness(
         model,
         splits.val,

@@ -165,8 +165,7 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
         model, e.export_dir, e.export_version, e.max_image_bytes, e.max_image_pixels
     )
     base = os.path.abspath(e.export_dir)
-    graph = model.inference_graph if model.head_type == "ean" else "isolated"
-    weight = model.nearest_label_weight if graph == "nearest" else 0.0
+    graph, weight = model.answers_with()
     labels = f" with label weight {weight:g}" if weight else ""
     print(f"Exported {path} to {final}, serving its {graph} graph{labels}")
     print("Serve it with TensorFlow Serving:")

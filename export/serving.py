@@ -84,12 +84,10 @@ class ServingModule(tf.Module):
         # Variables, so that they travel in the SavedModel for clients to read.
         self.class_names = tf.Variable(list(model.class_names), trainable=False)
         self.input_size = tf.Variable(self.image_size, trainable=False)
-        # The graph serving_default and predict_images answer in (a linear head:
-        # the network alone), and the nearest graph's label weight (else 0).
-        ean = getattr(model, "head_type", "") == "ean"
-        self.graph = model.inference_graph if ean else "isolated"
+        # The graph serving_default and predict_images answer in, and the nearest
+        # graph's label weight (0 in any other).
+        self.graph, weight = model.answers_with()
         self.served_graph = tf.Variable(self.graph, trainable=False)
-        weight = model.nearest_label_weight if self.graph == "nearest" else 0.0
         self.nearest_label_weight = tf.Variable(float(weight), trainable=False)
 
     def _decode_rows(self, image_bytes):

@@ -64,6 +64,13 @@ class References:
             label_weight=self.nearest_label_weight,
         )
 
+    def answers_with(self) -> tuple[str, float]:
+        """(graph, label weight) a plain call answers with: the served graph (the
+        network alone for a linear head) and, in the nearest graph, its
+        neighbours' label weight (0 in any other)."""
+        graph = self.inference_graph if self.head_type == "ean" else "isolated"
+        return graph, self.nearest_label_weight if graph == "nearest" else 0.0
+
     def set_nearest_label_weight(self, weight: float) -> None:
         """The nearest graph's label weight w (`--nearest_label_weight`), checked as
         the flag is; saved with the model. Takes effect in every later call."""
