@@ -52,13 +52,11 @@ def neighbours(model, examples, image_size: int, batch_size: int, k: int):
 
 def main(argv):
     del argv
-    from ean_tf.runs import load_model
-
-    config, _, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
-    model = load_model(f"{FLAGS.run_dir}/model.keras")
+    config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
     if model.head_type != "ean" or model.memory is None:
         raise app.UsageError(f"{FLAGS.run_dir}: its model stores no training images")
     ks, label_ks = ([int(k) for k in f] for f in (FLAGS.ks, FLAGS.label_ks))
+    weights = [float(w) for w in FLAGS.label_weights]
     alone, cosines, index, labels = neighbours(
         model,
         splits.val,
@@ -81,7 +79,7 @@ def main(argv):
             )
             count = votes.sum(1, keepdims=True)
             share = np.divide(votes, count, out=np.zeros_like(votes), where=count > 0)
-            for w in (float(w) for w in FLAGS.label_weights):
+            for w in weights:
                 answer = np.where(count > 0, (1 - w) * probs + w * share, probs)
                 name = f"k{k}_labels{label_k}_w{w:g}"
                 rows[name] = float(np.mean(answer.argmax(-1) == labels))
