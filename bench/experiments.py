@@ -140,6 +140,13 @@ def runs(experiment: str) -> dict[str, dict]:
                 **in_backbone,
                 "neighbour_target_weight": 0.5,
             }
+            # The graph cross-entropy's target mixed from the neighbours'
+            # labels as its features are (Â Y), the graph's terms in the
+            # backbone, so that the backbone learns the graph's mixed labels:
+            out[f"ean_target_mixing_noise{pct}"] = {
+                **in_backbone,
+                "graph_target_mixing": True,
+            }
             # The graph cross-entropy trains each node's own features only, so
             # a wrong label does not pull its neighbours' features:
             out[f"ean_own_feature_grad_noise{pct}"] = {
@@ -210,6 +217,9 @@ def runs(experiment: str) -> dict[str, dict]:
             "neighbour_feature_grad": False,
             "graph_backbone_grad": True,
         },
+        # The graph cross-entropy's target mixed from the neighbours' labels
+        # as its features are (Â Y), the graph's terms in the backbone.
+        "target_mixing": {"graph_target_mixing": True, "graph_backbone_grad": True},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph. Measured on the graph-in-backbone EAN.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ean_tf.models import backbones
+from ean_tf.models import adjacency, backbones
 from ean_tf.models.ean import EAN, AdjacencyWarmup
 from ean_tf.models.gcn import GCNHead
 
@@ -198,6 +198,50 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         )
     with pytest.raises(ValueError, match="neighbour_target_weight"):
         EAN(4, neighbour_target_weight=1.0, **TINY)
+
+
+def test_graph_target_mixing_mixes_the_labels_as_the_features_are_mixed():
+    """--graph_target_mixing: the graph cross-entropy's target for node i is
+    sum_j Â_ij y_j / sum_j Â_ij (Â the normalised adjacency its features are
+    mixed with); the cross-entropy on each image alone keeps y. While the
+    warm-up lasts (Â = I) the loss is the default's. (Hard edges on the plain
+    embedding, so that the loss's graph is the batch graph.)"""
+    keras.utils.set_random_seed(0)
+    x, y = _data()
+    y[0] = [0.5, 0.5, 0.0, 0.0]  # a label distribution mixes as a label does
+    kw = dict(embedding_norm="none", straight_through=False, **TINY)
+    probe = EAN(4, **kw)
+    _, raw, _ = probe.encode(x, training=False)
+    cs = adjacency.cosine_similarity(probe.graph_embeddings(raw)).numpy()
+    tau1 = float(np.median(cs[~np.eye(len(x), dtype=bool)]))  # half the pairs
+    plain = EAN(4, tau1=tau1, **kw)
+    mixing = EAN(4, tau1=tau1, graph_target_mixing=True, **kw)
+    for model in (plain, mixing):
+        model.set_weights(probe.get_weights())
+    for model in (plain, mixing):
+        model.graph_enabled.assign(0.0)
+    np.testing.assert_allclose(_ce_of(mixing, x, y), _ce_of(plain, x, y), rtol=1e-6)
+    for model in (plain, mixing):
+        model.graph_enabled.assign(1.0)
+    _, raw, _ = mixing.encode(x, training=False)
+    a, _ = mixing.batch_graph(mixing.graph_embeddings(raw))
+    a_hat = mixing.normalize(a).numpy()
+    degree = a.numpy().sum(axis=1) - np.diag(a.numpy())
+    assert 0 < degree.min() and degree.mean() < len(x) - 1  # a partial graph
+    target = (a_hat @ y) / a_hat.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(target, y, atol=0.05)
+
+    def ce(t, logits):
+        return keras.losses.categorical_crossentropy(t, logits, from_logits=True)
+
+    expected = (
+        ce(target, mixing(x, graph="batch")) + ce(y, mixing(x, graph="isolated"))
+    ) / 2
+    np.testing.assert_allclose(_ce_of(mixing, x, y), expected, rtol=1e-5)
+    assert not np.allclose(_ce_of(plain, x, y), expected, rtol=1e-3)
+    with pytest.raises(ValueError, match="graph_target_mixing"):
+        EAN(4, graph_target_mixing=True, signed_edges=True, tau2=-0.3, **TINY)
 
 
 def test_label_filter_leaves_out_the_labels_the_graph_disputes():

@@ -44,6 +44,7 @@ GRAPH_FIELDS = (
     "neighbour_label_filter_confidence",
     "neighbour_label_filter_share",
     "neighbour_feature_grad",
+    "graph_target_mixing",
     "graph_backbone_grad",
     "self_weight",
     "bank_per_class",
@@ -224,6 +225,13 @@ def validate(config: Config) -> None:
             "label_filter_warmup_epochs",
             f"fewer than --epochs={t.epochs} (else the filter never starts)",
             t.label_filter_warmup_epochs,
+        )
+        _check(
+            not (m.graph_target_mixing and m.signed_edges),
+            "graph_target_mixing",
+            "false with --signed_edges (a negative edge would mix in a negative "
+            "share of a label)",
+            m.graph_target_mixing,
         )
         _check(
             m.graph_backbone_grad or m.isolated_ce_weight > 0,

@@ -139,6 +139,15 @@ class ModelConfig:
         "paper). False: each node's graph logits train its own features only "
         "(its neighbours' enter as constants; the edges still learn).",
     )
+    graph_target_mixing: bool = _f(
+        False,
+        "The graph cross-entropy's target for each node is its neighbours' "
+        "labels mixed by the same normalised adjacency that mixes their "
+        "features (its row of Â times the targets, summed to 1), not its own "
+        "label alone, so that a wrong label reaches training only through the "
+        "graph. The cross-entropy on each image alone keeps its own label. "
+        "Needs unsigned edges.",
+    )
     graph_backbone_grad: bool = _f(
         False,
         "True: the graph's cross-entropy and Adj_loss train the backbone (the "

@@ -69,13 +69,15 @@ class TrainStep:
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
         isolated logits' ce; with `neighbour_target_weight`, against targets
-        mixed with the neighbours' predictions; with `neighbour_label_filter`,
+        mixed with the neighbours' predictions; with `graph_target_mixing`, the
+        graph logits' ce against the labels mixed by Â; with `neighbour_label_filter`,
         zero for the images whose label the graph disputes), alpha * Adj_loss
         scalar, logits (B, C), stats {"edges_per_node", "graph_nodes"}). With
         `cross_replica_graph` under a multi-replica strategy the graph spans
         every replica's batch.
         """
         labels = tf.argmax(targets, axis=-1)
+        mixed = None  # --graph_target_mixing: the graph ce's targets (B, C)
         # --graph_backbone_grad=false: the graph's terms see the backbone's
         # features as constants; only the isolated cross-entropy trains it.
         detach = self.head_type == "ean" and not self.graph_backbone_grad
@@ -88,13 +90,15 @@ class TrainStep:
         else:
             # One all_gather for all three, so replicas issue the same collective.
             graph_pooled = tf.stop_gradient(pooled) if detach else pooled
+            c = self.num_classes
             packed = tf.concat(
-                [graph_pooled, embeddings, tf.cast(labels, tf.float32)[:, None]], axis=1
-            )  # (B, Fd + E + 1)
-            packed, offset = self._gather(packed)  # (N, Fd + E + 1)
+                [graph_pooled, embeddings, tf.cast(targets, tf.float32)], axis=1
+            )  # (B, Fd + E + C)
+            packed, offset = self._gather(packed)  # (N, Fd + E + C)
             all_pooled = packed[:, : self.feature_dim]
-            all_emb = packed[:, self.feature_dim : -1]
-            all_labels = tf.cast(tf.round(packed[:, -1]), tf.int64)
+            all_emb = packed[:, self.feature_dim : -c]
+            all_targets = packed[:, -c:]
+            all_labels = tf.argmax(all_targets, axis=-1)
             a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
             a_hat = self.normalize(a)
             logits_all = self.head(
@@ -103,6 +107,14 @@ class TrainStep:
                 neighbour_grad=self.neighbour_feature_grad,
             )
             logits = logits_all[offset : offset + b]
+            if self.graph_target_mixing:
+                # Â's rows of this replica's nodes, constants: the labels follow
+                # the features' mixing, they do not train the edges.
+                rows = tf.stop_gradient(a_hat[offset : offset + b])  # (B, N)
+                mixed = tf.math.divide_no_nan(
+                    tf.matmul(rows, all_targets),
+                    tf.reduce_sum(rows, axis=-1, keepdims=True),
+                )
             soft = adj.relaxed_adjacency(
                 cs, self.tau1, self.tau2, self.temperature, similar_only=True
             )
@@ -126,7 +138,7 @@ class TrainStep:
                 lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
                 targets = tf.cast(targets, tf.float32)
                 targets = (1.0 - lam) * targets + lam * mean
-        ce = self._ce(targets, logits)
+        ce = self._ce(targets if mixed is None else mixed, logits)
         beta = self.isolated_ce_weight
         if self.head_type == "ean" and beta > 0:
             # --isolated_ce_weight: the same head on the node alone (A = I), so
