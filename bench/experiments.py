@@ -141,9 +141,11 @@ def runs(experiment: str) -> dict[str, dict]:
                 "neighbour_target_weight": 0.5,
             }
             # The graph cross-entropy's target mixed from the neighbours'
-            # labels as its features are (Â Y), the graph's terms in the
-            # backbone, so that the backbone learns the graph's mixed labels:
-            out[f"ean_target_mixing_noise{pct}"] = {
+            # labels as its features are (Â Y), on the default (so it trains
+            # the head and the embedding on consistent targets) and with the
+            # graph's terms in the backbone (so the backbone learns them too):
+            out[f"ean_target_mixing_noise{pct}"] = {**ean, "graph_target_mixing": True}
+            out[f"ean_target_mixing_in_backbone_noise{pct}"] = {
                 **in_backbone,
                 "graph_target_mixing": True,
             }
@@ -218,8 +220,8 @@ def runs(experiment: str) -> dict[str, dict]:
             "graph_backbone_grad": True,
         },
         # The graph cross-entropy's target mixed from the neighbours' labels
-        # as its features are (Â Y), the graph's terms in the backbone.
-        "target_mixing": {"graph_target_mixing": True, "graph_backbone_grad": True},
+        # as its features are (Â Y).
+        "target_mixing": {"graph_target_mixing": True},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph. Measured on the graph-in-backbone EAN.
