@@ -140,6 +140,9 @@ def runs(experiment: str) -> dict[str, dict]:
                 **in_backbone,
                 "neighbour_target_weight": 0.5,
             }
+            # The graph's cross-entropy trains the edges (the embedding) only:
+            # the head and the backbone learn as the linear twin's do.
+            out[f"ean_edges_only_noise{pct}"] = {**ean, "graph_head_grad": False}
             # The graph cross-entropy's target mixed from the neighbours'
             # labels as its features are (Â Y), on the default (so it trains
             # the head and the embedding on consistent targets) and with the
@@ -219,6 +222,9 @@ def runs(experiment: str) -> dict[str, dict]:
             "neighbour_feature_grad": False,
             "graph_backbone_grad": True,
         },
+        # The graph's cross-entropy trains the edges (the embedding) only: the
+        # head and the backbone learn from CE_isolated alone, as the twin's.
+        "edges_only": {"graph_head_grad": False},
         # The graph cross-entropy's target mixed from the neighbours' labels
         # as its features are (Â Y).
         "target_mixing": {"graph_target_mixing": True},

@@ -470,6 +470,61 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
         EAN(4, isolated_ce_weight=0.0, **TINY)
 
 
+def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone():
+    """--graph_head_grad=false: the head's logits are the same, the graph's
+    cross-entropy gives its kernel and bias no gradient, and in the model the
+    loss is the default's while the head and the backbone get the gradient of
+    CE_isolated alone, at full weight, as a linear twin's; the graph's terms
+    still train the embedding (through the straight-through edges). With the
+    graph's terms in the backbone: an error."""
+    rng = np.random.default_rng(0)
+    head = GCNHead((), 3)
+    head.build([(None, 5), (None, None)])
+    x = tf.constant(rng.normal(size=(6, 5)), tf.float32)
+    a = tf.constant(rng.random((6, 6)).astype(np.float32))
+    out = {}
+    for flag in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch([x, a])
+            logits = head([x, a], weight_grad=flag)
+            loss = tf.reduce_sum(logits * rng.normal(size=(6, 3)).astype(np.float32))
+        out[flag] = logits, tape.gradient(loss, head.convs[0].kernel)
+    np.testing.assert_array_equal(out[False][0], out[True][0])
+    assert out[False][1] is None and np.abs(out[True][1]).max() > 0
+
+    keras.utils.set_random_seed(0)
+    x, y = _data()
+    kw = dict(tau1=0.0, isolated_ce_weight=2.0, **TINY)  # some edges
+    default = EAN(4, **kw)
+    edges_only = EAN(4, graph_head_grad=False, **kw)
+    edges_only.set_weights(default.get_weights())
+    for model in (default, edges_only):
+        model.graph_enabled.assign(1.0)
+    np.testing.assert_allclose(_ce_of(edges_only, x, y), _ce_of(default, x, y))
+
+    def isolated_ce(model):  # the same head on each image alone, full weight
+        logits = model.head([model.features(x)[0], tf.eye(len(x))])
+        return tf.reduce_mean(model._ce(y, logits))
+
+    with tf.GradientTape(persistent=True) as tape:
+        got = tf.reduce_mean(_ce_of(edges_only, x, y))
+        alone = isolated_ce(edges_only)
+    v = edges_only.trainable_variables
+    got, alone = tape.gradient(got, v), tape.gradient(alone, v)
+    default_grads = _grads(default, x, y)
+    twin_like = {id(w) for w in edges_only.backbone.trainable_variables}
+    twin_like |= {id(w) for w in edges_only.head.trainable_variables}
+    for w, g, g_alone, g_default in zip(v, got, alone, default_grads, strict=True):
+        if id(w) in twin_like:
+            np.testing.assert_allclose(g, g_alone, rtol=1e-4, atol=1e-6)
+            if id(w) in {id(u) for u in edges_only.head.trainable_variables}:
+                assert not np.allclose(g, g_default, rtol=1e-4, atol=1e-6), w.path
+    embedding = got[[id(w) for w in v].index(id(edges_only.embedding.kernel))]
+    assert np.abs(embedding).max() > 0  # the graph's cross-entropy still trains it
+    with pytest.raises(ValueError, match="graph_head_grad"):
+        EAN(4, graph_head_grad=False, graph_backbone_grad=True, **TINY)
+
+
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
     """--self_weight=alpha: Â -> alpha I + (1 - alpha) Â. With one GCN layer the
     logits are alpha * isolated + (1 - alpha) * graph, in the training loss as in

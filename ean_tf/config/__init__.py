@@ -46,6 +46,7 @@ GRAPH_FIELDS = (
     "neighbour_feature_grad",
     "graph_target_mixing",
     "graph_backbone_grad",
+    "graph_head_grad",
     "self_weight",
     "bank_per_class",
     "context_sets",
@@ -225,6 +226,13 @@ def validate(config: Config) -> None:
             "label_filter_warmup_epochs",
             f"fewer than --epochs={t.epochs} (else the filter never starts)",
             t.label_filter_warmup_epochs,
+        )
+        _check(
+            m.graph_head_grad or not m.graph_backbone_grad,
+            "graph_head_grad",
+            "true with --graph_backbone_grad=true (the graph's terms would train "
+            "the backbone through a head they do not train)",
+            m.graph_head_grad,
         )
         _check(
             not (m.graph_target_mixing and m.signed_edges),

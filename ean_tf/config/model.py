@@ -156,6 +156,13 @@ class ModelConfig:
         "unchanged). The paper's loss is --isolated_ce_weight=0 "
         "--graph_backbone_grad=true.",
     )
+    graph_head_grad: bool = _f(
+        True,
+        "True: the graph's cross-entropy trains the head (the paper). False: it "
+        "trains the edges (the embedding) only, and the head and the backbone "
+        "learn from CE_isolated alone, at full weight, as the linear twin's do "
+        "(the loss's value is unchanged). Needs --graph_backbone_grad=false.",
+    )
     self_weight: float = _f(
         0.0,
         "alpha: each node keeps alpha of its own row, Â becomes alpha I + "

@@ -105,6 +105,7 @@ class TrainStep:
                 [all_pooled, a_hat],
                 training=training,
                 neighbour_grad=self.neighbour_feature_grad,
+                weight_grad=self.graph_head_grad,
             )
             logits = logits_all[offset : offset + b]
             if self.graph_target_mixing:
@@ -146,9 +147,11 @@ class TrainStep:
             # the warm-up lasts (A = I) both terms are the same and the mixed ce
             # is unchanged.
             own = pooled
-            if detach:  # the backbone's only gradient, so at full weight
-                own = _scale_gradient(pooled, (1.0 + beta) / beta)
+            if detach and self.graph_head_grad:  # the backbone's only gradient,
+                own = _scale_gradient(pooled, (1.0 + beta) / beta)  # at full weight
             isolated = self.head([own, tf.eye(b)], training=training)
+            if not self.graph_head_grad:  # the head's and backbone's only one
+                isolated = _scale_gradient(isolated, (1.0 + beta) / beta)
             ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
         if keep is not None:
             # The kept images' mean, so the batch's loss keeps its scale.

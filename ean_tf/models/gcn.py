@@ -30,7 +30,9 @@ class GCNHead(keras.layers.Layer):
     Inputs: features (N, F) and normalised adjacency Â (N, N). Output: logits
     (N, num_classes), float32. `neighbour_grad=False` (--neighbour_feature_grad)
     gives the same logits, with each node's gradient reaching its own features
-    only: its neighbours' enter every layer as constants.
+    only: its neighbours' enter every layer as constants. `weight_grad=False`
+    (--graph_head_grad) gives the same logits, with no gradient to the layers'
+    kernels and biases (the features and the edges still get theirs).
     """
 
     def __init__(self, units, num_classes: int, dropout: float = 0.0, **kwargs):
@@ -61,23 +63,32 @@ class GCNHead(keras.layers.Layer):
             dim = conv.channels
         self.built = True
 
-    def call(self, inputs, training=None, neighbour_grad=True):
+    def call(self, inputs, training=None, neighbour_grad=True, weight_grad=True):
         x, a_hat = inputs
         for drop, conv in zip(self.drops, self.convs, strict=True):
             x = drop(x, training=training)
-            if neighbour_grad:
+            if neighbour_grad and weight_grad:
                 x = conv([x, a_hat])  # (N, units)
                 continue
-            # Â sg(X) W + diag(Â) (X - sg(X)) W: the value of Â X W, computed in
-            # GCNConv's order (the same floats), with the gradient of node i's
-            # row reaching X_i alone (W and the edges Â still get all of theirs).
-            fixed = keras.ops.stop_gradient(x)
-            own = keras.ops.expand_dims(keras.ops.diagonal(a_hat), -1)
+            # Â X W + b in GCNConv's order (the same floats), W and b constants
+            # for the gradient without `weight_grad`.
             kernel = keras.ops.cast(conv.kernel, x.dtype)
-            h = keras.ops.matmul(a_hat, keras.ops.matmul(fixed, kernel))
-            h = h + own * keras.ops.matmul(x - fixed, kernel)
-            if conv.use_bias:  # bias_add, as GCNConv: the same bias gradient
-                h = tf.nn.bias_add(h, keras.ops.cast(conv.bias, h.dtype))
+            bias = keras.ops.cast(conv.bias, x.dtype) if conv.use_bias else None
+            if not weight_grad:
+                kernel = keras.ops.stop_gradient(kernel)
+                bias = None if bias is None else keras.ops.stop_gradient(bias)
+            if neighbour_grad:
+                h = keras.ops.matmul(a_hat, keras.ops.matmul(x, kernel))
+            else:
+                # Â sg(X) W + diag(Â) (X - sg(X)) W: the value of Â X W, with
+                # the gradient of node i's row reaching X_i alone (W and the
+                # edges Â still get all of theirs).
+                fixed = keras.ops.stop_gradient(x)
+                own = keras.ops.expand_dims(keras.ops.diagonal(a_hat), -1)
+                h = keras.ops.matmul(a_hat, keras.ops.matmul(fixed, kernel))
+                h = h + own * keras.ops.matmul(x - fixed, kernel)
+            if bias is not None:  # bias_add, as GCNConv: the same bias gradient
+                h = tf.nn.bias_add(h, bias)
             x = conv.activation(h)
         return keras.ops.cast(x, "float32")  # (N, C)
 
