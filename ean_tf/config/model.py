@@ -144,8 +144,8 @@ class ModelConfig:
         "The graph cross-entropy's target for each node is its neighbours' "
         "labels mixed by the same normalised adjacency that mixes their "
         "features (its row of Â times the targets, summed to 1), not its own "
-        "label alone, so that a wrong label reaches training only through the "
-        "graph. The cross-entropy on each image alone keeps its own label. "
+        "label alone: the head learns each mixed feature with the labels it "
+        "mixes. The cross-entropy on each image alone keeps its own label. "
         "Needs unsigned edges.",
     )
     graph_backbone_grad: bool = _f(
