@@ -585,8 +585,8 @@ def _expected(name: str) -> tuple[dict, dict, dict] | None:
 def _differences(name: str, result: dict) -> list[str]:
     """Where a finished run's JSON was trained otherwise than the run `name` means
     now (folders, the data's location and the model's `EVALUATION_FIELDS`
-    aside), as
-    `section.field: JSON value, now value`; empty when it is the same run."""
+    aside), as `section.field: JSON value, now value`; empty when it is the same
+    run."""
     if (expected := _expected(name)) is None:
         return []
     from ean_tf.config import EVALUATION_FIELDS, with_first_defaults

@@ -146,12 +146,15 @@ class TrainStep:
             # each image's own features get a classifier's full gradient. While
             # the warm-up lasts (A = I) both terms are the same and the mixed ce
             # is unchanged.
+            # At full weight where it is the only gradient: the backbone's with
+            # the graph detached, also the head's with --graph_head_grad=false.
+            full = (1.0 + beta) / beta
             own = pooled
-            if detach and self.graph_head_grad:  # the backbone's only gradient,
-                own = _scale_gradient(pooled, (1.0 + beta) / beta)  # at full weight
+            if detach and self.graph_head_grad:
+                own = _scale_gradient(pooled, full)
             isolated = self.head([own, tf.eye(b)], training=training)
-            if not self.graph_head_grad:  # the head's and backbone's only one
-                isolated = _scale_gradient(isolated, (1.0 + beta) / beta)
+            if not self.graph_head_grad:
+                isolated = _scale_gradient(isolated, full)
             ce = (ce + beta * self._ce(targets, isolated)) / (1.0 + beta)
         if keep is not None:
             # The kept images' mean, so the batch's loss keeps its scale.
