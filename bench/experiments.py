@@ -91,11 +91,12 @@ def runs(experiment: str) -> dict[str, dict]:
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
             ean = {"head": "ean", "noise_rate": rate}
             # The graph's terms train the embedding and head only (the default
-            # since 2026-12-02), spelled out; the backbone learns from the
+            # from 2026-12-02 to 2026-12-05); the backbone learns from the
             # isolated cross-entropy alone, at full weight.
             out[f"ean_graph_detached_noise{pct}"] = {
                 **ean,
                 "graph_backbone_grad": False,
+                "graph_head_grad": True,
             }
             # Labels the graph disputes left out of the loss (its own and its
             # neighbours' predictions both name another class), on the default:
@@ -124,9 +125,10 @@ def runs(experiment: str) -> dict[str, dict]:
                 "neighbour_label_filter_confidence": 0.5,
                 "_label_filter_last_epochs": 2,  # ferplus48: warm-up epochs 4
             }
-            # The graph's terms train the backbone too (the default until
-            # 2026-12-02, the paper's), with the default's loss on each image alone.
-            in_backbone = {**ean, "graph_backbone_grad": True}
+            # The graph's terms train the backbone and the head too (the default
+            # until 2026-12-02, the paper's), with the default's loss on each
+            # image alone.
+            in_backbone = {**ean, "graph_backbone_grad": True, "graph_head_grad": True}
             out[f"ean_graph_in_backbone_noise{pct}"] = in_backbone
             # The paper's EAN: its loss (no loss on each image alone, the default
             # until 2026-12-01), the graph's terms in the backbone.
@@ -141,13 +143,20 @@ def runs(experiment: str) -> dict[str, dict]:
                 "neighbour_target_weight": 0.5,
             }
             # The graph's cross-entropy trains the edges (the embedding) only:
-            # the head and the backbone learn as the linear twin's do.
+            # the head and the backbone learn as the linear twin's do (the
+            # default since 2026-12-05, spelled out); and the head too (the
+            # default from 2026-12-02 to 2026-12-05).
             out[f"ean_edges_only_noise{pct}"] = {**ean, "graph_head_grad": False}
+            out[f"ean_graph_in_head_noise{pct}"] = {**ean, "graph_head_grad": True}
             # The graph cross-entropy's target mixed from the neighbours'
             # labels as its features are (Â Y), on the default (so it trains
             # the head and the embedding on consistent targets) and with the
             # graph's terms in the backbone (so the backbone learns them too):
-            out[f"ean_target_mixing_noise{pct}"] = {**ean, "graph_target_mixing": True}
+            out[f"ean_target_mixing_noise{pct}"] = {
+                **ean,
+                "graph_head_grad": True,
+                "graph_target_mixing": True,
+            }
             out[f"ean_target_mixing_in_backbone_noise{pct}"] = {
                 **in_backbone,
                 "graph_target_mixing": True,
@@ -184,13 +193,18 @@ def runs(experiment: str) -> dict[str, dict]:
         # the graph logits' alone (beta = 0), which needs the graph's terms in
         # the backbone (else nothing trains it).
         "isolated_ce": {"isolated_ce_weight": 1.0},
-        "paper_loss": {"isolated_ce_weight": 0.0, "graph_backbone_grad": True},
+        "paper_loss": {
+            "isolated_ce_weight": 0.0,
+            "graph_backbone_grad": True,
+            "graph_head_grad": True,
+        },
         # The graph's cross-entropy and Adj_loss never reach the backbone, which
         # learns from CE_isolated alone at full weight, as its linear twin does
-        # (the default since 2026-12-02, spelled out); the paper's way, and the
-        # default until then, lets them train it.
-        "graph_detached": {"graph_backbone_grad": False},
-        "graph_in_backbone": {"graph_backbone_grad": True},
+        # (the default from 2026-12-02 to 2026-12-05); the paper's way, and the
+        # default until then, lets them train it (both with the graph's
+        # cross-entropy in the head).
+        "graph_detached": {"graph_backbone_grad": False, "graph_head_grad": True},
+        "graph_in_backbone": {"graph_backbone_grad": True, "graph_head_grad": True},
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
@@ -200,6 +214,7 @@ def runs(experiment: str) -> dict[str, dict]:
         "neighbour_target": {
             "neighbour_target_weight": 0.5,
             "graph_backbone_grad": True,
+            "graph_head_grad": True,
         },
         # Each image whose label its graph disputes (its own isolated prediction
         # and its similar batch neighbours' both name another class) left out of
@@ -221,17 +236,24 @@ def runs(experiment: str) -> dict[str, dict]:
         "own_feature_grad": {
             "neighbour_feature_grad": False,
             "graph_backbone_grad": True,
+            "graph_head_grad": True,
         },
         # The graph's cross-entropy trains the edges (the embedding) only: the
-        # head and the backbone learn from CE_isolated alone, as the twin's.
+        # head and the backbone learn from CE_isolated alone, as the twin's (the
+        # default since 2026-12-05, spelled out); and the head too (before).
         "edges_only": {"graph_head_grad": False},
+        "graph_in_head": {"graph_head_grad": True},
         # The graph cross-entropy's target mixed from the neighbours' labels
-        # as its features are (Â Y).
-        "target_mixing": {"graph_target_mixing": True},
+        # as its features are (Â Y), the graph's cross-entropy in the head.
+        "target_mixing": {"graph_target_mixing": True, "graph_head_grad": True},
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph. Measured on the graph-in-backbone EAN.
-        "grouped": {"group_size": 4, "graph_backbone_grad": True},
+        "grouped": {
+            "group_size": 4,
+            "graph_backbone_grad": True,
+            "graph_head_grad": True,
+        },
         "linear_grouped": {"head": "linear", "group_size": 4},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from

@@ -65,24 +65,24 @@ def pairs(results_dir: str) -> list[dict]:
         twin = linear.get((r["_seed"], noise))
         if twin is None:
             continue
-        # The loss and the backbone's gradient are named from the config: their
+        # The loss and the graph's gradients are named from the config: their
         # defaults changed, and a JSON without a field was trained with its
         # first default.
         model = with_first_defaults(r["config"])["model"]
         beta = model["isolated_ce_weight"]
         loss = "paper loss" if beta == 0 else f"isolated_ce_weight={beta:g}"
-        backbone = f"graph_backbone_grad={model['graph_backbone_grad']}"
+        named = ("graph_backbone_grad", "graph_head_grad")
+        grads = [f"{k}={model[k]}" for k in named]
         extra = [
             f"{k}={v}"
             for k, v in r["overrides"].items()
-            if k
-            not in ("head", "noise_rate", "isolated_ce_weight", "graph_backbone_grad")
+            if k not in ("head", "noise_rate", "isolated_ce_weight", *named)
         ]
         out.append(
             {
                 "noise": noise,
                 "seed": r["_seed"],
-                "variant": "\n".join([loss, backbone, *extra]),  # a setting a line
+                "variant": "\n".join([loss, *grads, *extra]),  # a setting a line
                 "preset": r["preset"],
                 "linear": twin["accuracy"]["isolated"],
                 "served": model.get("inference_graph"),  # what the run served

@@ -390,7 +390,8 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     run("seed0/clean", "ean", "ean", 0.0, graphs, {"isolated_ce_weight": 0.0}, 0.0)
     run("seed1/clean", "linear", "linear", 0.0, {"isolated": 0.82})
     nearest = {**graphs, "nearest": 0.83}  # a run of after the nearest graph
-    run("seed1/clean", "ean", "ean", 0.0, nearest, graph_backbone_grad=False)
+    today = dict(graph_backbone_grad=False, graph_head_grad=False)
+    run("seed1/clean", "ean", "ean", 0.0, nearest, **today)
     copy = json.loads((tmp_path / "seed0" / "clean" / "ean.json").read_text())
     copy["same_run_as"] = "seed0/clean/ean.json"  # a copy of the same run
     (tmp_path / "seed0" / "ablations").mkdir()
@@ -406,14 +407,17 @@ def test_served_figure_pairs_each_ean_run_with_its_linear_twin(tmp_path):
     result = _bench("served_figure.py", f"--results_dir={tmp_path}", f"--out={out}")
     # seed 1's 20% run has no linear twin at 20%, so it is not drawn (its panel
     # stays empty in the seeds-by-noise grid); a run's label names its loss and
-    # the backbone's gradient (from its config; a JSON without the field was
+    # the graph's gradients (from its config; a JSON without a field was
     # trained with its first default, True) and its other overrides.
     assert "3 pair(s)" in result.stdout
-    clean = "'0% noise, seed 0\\npaper loss\\ngraph_backbone_grad=True'"
+    clean = "'0% noise, seed 0\\npaper loss\\ngraph_backbone_grad=True\\n"
+    clean += "graph_head_grad=True'"
     assert f"{clean}: linear 0.8100" in result.stdout
-    noisy = "isolated_ce_weight=1\\ngraph_backbone_grad=False\\ngroup_size=4"
+    noisy = "isolated_ce_weight=1\\ngraph_backbone_grad=False\\n"
+    noisy += "graph_head_grad=True\\ngroup_size=4"
     assert f"'20% noise, seed 0\\n{noisy}': linear 0.7600" in result.stdout
-    assert "'0% noise, seed 1\\nisolated_ce_weight=1\\n" in result.stdout
+    seed1 = "'0% noise, seed 1\\nisolated_ce_weight=1\\ngraph_backbone_grad=False"
+    assert f"{seed1}\\ngraph_head_grad=False'" in result.stdout
     assert "context 0.8000, nearest 0.8300, bank 0.7000" in result.stdout
     assert "linear 0.8100, context 0.8000, bank 0.7000" in result.stdout
     assert out.stat().st_size > 10_000

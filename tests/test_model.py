@@ -107,7 +107,7 @@ def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     (1 + beta); while the warm-up lasts the two are the same logits, so the loss
     is the paper's."""
     x, y = _data()
-    paper = dict(tau1=-1.0, graph_backbone_grad=True, **TINY)
+    paper = dict(tau1=-1.0, graph_backbone_grad=True, graph_head_grad=True, **TINY)
     plain = EAN(4, isolated_ce_weight=0.0, **paper)  # the paper's loss
     mixed = EAN(4, isolated_ce_weight=3.0, **paper)
     mixed.set_weights(plain.get_weights())
@@ -145,6 +145,7 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         embedding_norm="none",
         straight_through=False,
         graph_backbone_grad=True,
+        graph_head_grad=True,
         **TINY,
     )
     plain = EAN(4, tau1=-1.0, **kw)  # every other node is a neighbour
@@ -387,7 +388,8 @@ def test_own_feature_grad_keeps_the_logits_and_drops_the_neighbours_gradient():
     np.testing.assert_allclose(out[False][2], out[True][2], rtol=1e-4, atol=1e-5)
 
     x, y = _data()
-    kw = dict(tau1=-1.0, graph_backbone_grad=True, **TINY)  # every pair an edge
+    # every pair an edge; the graph's terms in the backbone and the head
+    kw = dict(tau1=-1.0, graph_backbone_grad=True, graph_head_grad=True, **TINY)
     plain = EAN(4, **kw)
     own_only = EAN(4, neighbour_feature_grad=False, **kw)
     own_only.set_weights(plain.get_weights())
@@ -422,7 +424,8 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
     two sum the same terms in another order). Without a weight on CE_isolated
     nothing would train the backbone: an error."""
     x, y = _data()
-    kw = dict(tau1=0.0, **TINY)  # some edges, and Adj_loss's sigmoids not flat
+    # some edges, and Adj_loss's sigmoids not flat; the graph's terms in the head
+    kw = dict(tau1=0.0, graph_head_grad=True, **TINY)
     coupled = EAN(4, isolated_ce_weight=2.0, graph_backbone_grad=True, **kw)
     detached = EAN(4, isolated_ce_weight=2.0, **kw)
     assert not detached.graph_backbone_grad  # the default
@@ -471,12 +474,12 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
 
 
 def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone():
-    """--graph_head_grad=false: the head's logits are the same, the graph's
-    cross-entropy gives its kernel and bias no gradient, and in the model the
-    loss is the default's while the head and the backbone get the gradient of
-    CE_isolated alone, at full weight, as a linear twin's; the graph's terms
-    still train the embedding (through the straight-through edges). With the
-    graph's terms in the backbone: an error."""
+    """--graph_head_grad=false (the default since 2026-12-05): the head's logits
+    are the same, the graph's cross-entropy gives its kernel and bias no
+    gradient, and in the model the loss is the paper's way's (true) while the
+    head and the backbone get the gradient of CE_isolated alone, at full weight,
+    as a linear twin's; the graph's terms still train the embedding (through the
+    straight-through edges). With the graph's terms in the backbone: an error."""
     rng = np.random.default_rng(0)
     head = GCNHead((), 3)
     head.build([(None, 5), (None, None)])
@@ -495,12 +498,13 @@ def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone()
     keras.utils.set_random_seed(0)
     x, y = _data()
     kw = dict(tau1=0.0, isolated_ce_weight=2.0, **TINY)  # some edges
-    default = EAN(4, **kw)
-    edges_only = EAN(4, graph_head_grad=False, **kw)
-    edges_only.set_weights(default.get_weights())
-    for model in (default, edges_only):
+    in_head = EAN(4, graph_head_grad=True, **kw)  # the paper's way
+    edges_only = EAN(4, **kw)
+    assert not edges_only.graph_head_grad  # the default
+    edges_only.set_weights(in_head.get_weights())
+    for model in (in_head, edges_only):
         model.graph_enabled.assign(1.0)
-    np.testing.assert_allclose(_ce_of(edges_only, x, y), _ce_of(default, x, y))
+    np.testing.assert_allclose(_ce_of(edges_only, x, y), _ce_of(in_head, x, y))
 
     def isolated_ce(model):  # the same head on each image alone, full weight
         logits = model.head([model.features(x)[0], tf.eye(len(x))])
@@ -511,14 +515,14 @@ def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone()
         alone = isolated_ce(edges_only)
     v = edges_only.trainable_variables
     got, alone = tape.gradient(got, v), tape.gradient(alone, v)
-    default_grads = _grads(default, x, y)
+    in_head_grads = _grads(in_head, x, y)
     twin_like = {id(w) for w in edges_only.backbone.trainable_variables}
     twin_like |= {id(w) for w in edges_only.head.trainable_variables}
-    for w, g, g_alone, g_default in zip(v, got, alone, default_grads, strict=True):
+    for w, g, g_alone, g_in_head in zip(v, got, alone, in_head_grads, strict=True):
         if id(w) in twin_like:
             np.testing.assert_allclose(g, g_alone, rtol=1e-4, atol=1e-6)
             if id(w) in {id(u) for u in edges_only.head.trainable_variables}:
-                assert not np.allclose(g, g_default, rtol=1e-4, atol=1e-6), w.path
+                assert not np.allclose(g, g_in_head, rtol=1e-4, atol=1e-6), w.path
     embedding = got[[id(w) for w in v].index(id(edges_only.embedding.kernel))]
     assert np.abs(embedding).max() > 0  # the graph's cross-entropy still trains it
     with pytest.raises(ValueError, match="graph_head_grad"):
@@ -537,6 +541,7 @@ def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving
         embedding_norm="none",
         isolated_ce_weight=0.0,  # the loss on the graph logits alone
         graph_backbone_grad=True,
+        graph_head_grad=True,
         **TINY,
     )
     plain = EAN(4, **kw)

@@ -143,7 +143,7 @@ def test_constructor_defaults_are_the_config_defaults():
     assert config["straight_through"] is True and config["adj_reduction"] == "mean"
     assert config["inference_graph"] == "nearest"
     assert config["isolated_ce_weight"] == 1.0
-    assert config["graph_backbone_grad"] is False
+    assert config["graph_backbone_grad"] is config["graph_head_grad"] is False
 
 
 def test_default_path_gradient_reaches_the_embedding_through_the_graph():

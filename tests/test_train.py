@@ -193,8 +193,8 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
 
 def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     """isolated_ce_weight was 0 (the paper's loss) until 2026-12-01,
-    graph_backbone_grad True until 2026-12-02 and nearest_label_weight 0 until
-    2026-12-05: a run folder or a saved model
+    graph_backbone_grad True until 2026-12-02, nearest_label_weight 0 and
+    graph_head_grad True until 2026-12-05: a run folder or a saved model
     without the fields was trained so, and is resumed, compared and rebuilt so,
     not with today's defaults."""
     from ean_tf import EAN
@@ -205,9 +205,10 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
     os.makedirs(run)
     config = make_config("tiny", run_dir=run)
     assert config.model.isolated_ce_weight == 1.0  # today's defaults
-    assert config.model.graph_backbone_grad is False
+    assert config.model.graph_backbone_grad is config.model.graph_head_grad is False
     old = json.loads(json.dumps(config.to_dict(), default=str))
-    del old["model"]["isolated_ce_weight"], old["model"]["graph_backbone_grad"]
+    for name in ("isolated_ce_weight", "graph_backbone_grad", "graph_head_grad"):
+        del old["model"][name]
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(old, f)
     filled = with_first_defaults(old)  # a copy: what every reader of a config does
@@ -220,16 +221,21 @@ def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
         check_run_dir(config, run)
     assert "isolated_ce_weight=0.0 there, 1.0 here" in str(error.value)
     assert "graph_backbone_grad=True there, False here" in str(error.value)
-    paper = replace(config, isolated_ce_weight=0.0, graph_backbone_grad=True)
+    assert "graph_head_grad=True there, False here" in str(error.value)
+    paper = replace(
+        config, isolated_ce_weight=0.0, graph_backbone_grad=True, graph_head_grad=True
+    )
     check_run_dir(paper, run)  # resumes
     # What the nearest graph answers with is evaluation, not training: resumes.
     check_run_dir(replace(paper, nearest_label_weight=0.5, nearest_k=8), run)
     saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
     model = EAN.from_config(saved)
     assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, False)
-    assert model.nearest_label_weight == 0.25
+    assert (model.nearest_label_weight, model.graph_head_grad) == (0.25, False)
     del saved["nearest_label_weight"]  # saved before the field (0 until 2026-12-05)
     assert EAN.from_config(saved).nearest_label_weight == 0.0
+    del saved["graph_head_grad"]  # saved before the field (True until 2026-12-05)
+    assert EAN.from_config(saved).graph_head_grad is True
     del saved["graph_backbone_grad"]  # saved between the two changes
     model = EAN.from_config(saved)
     assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, True)

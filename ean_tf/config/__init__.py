@@ -74,6 +74,7 @@ FIRST_DEFAULTS = {
     ("model", "isolated_ce_weight"): 0.0,  # until 2026-12-01
     ("model", "graph_backbone_grad"): True,  # until 2026-12-02
     ("model", "nearest_label_weight"): 0.0,  # until 2026-12-05
+    ("model", "graph_head_grad"): True,  # until 2026-12-05
 }
 
 
@@ -231,7 +232,8 @@ def validate(config: Config) -> None:
             m.graph_head_grad or not m.graph_backbone_grad,
             "graph_head_grad",
             "true with --graph_backbone_grad=true (the graph's terms would train "
-            "the backbone through a head they do not train)",
+            "the backbone through a head they do not train; the paper's way is "
+            "--graph_backbone_grad=true --graph_head_grad=true)",
             m.graph_head_grad,
         )
         _check(
@@ -246,6 +248,7 @@ def validate(config: Config) -> None:
             "isolated_ce_weight",
             "a weight above 0 with --graph_backbone_grad=false, the default "
             "(else nothing trains the backbone; the paper's loss is "
-            "--isolated_ce_weight=0 --graph_backbone_grad=true)",
+            "--isolated_ce_weight=0 --graph_backbone_grad=true "
+            "--graph_head_grad=true)",
             m.isolated_ce_weight,
         )

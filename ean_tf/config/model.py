@@ -151,17 +151,19 @@ class ModelConfig:
     graph_backbone_grad: bool = _f(
         False,
         "True: the graph's cross-entropy and Adj_loss train the backbone (the "
-        "paper). False: they train the embedding and head only; the backbone "
+        "paper). False: they do not reach the backbone, which "
         "learns from CE_isolated alone, at full weight (the loss's value is "
         "unchanged). The paper's loss is --isolated_ce_weight=0 "
-        "--graph_backbone_grad=true.",
+        "--graph_backbone_grad=true --graph_head_grad=true.",
     )
     graph_head_grad: bool = _f(
-        True,
+        False,
         "True: the graph's cross-entropy trains the head (the paper). False: it "
         "trains the edges (the embedding) only, and the head and the backbone "
         "learn from CE_isolated alone, at full weight, as the linear twin's do "
-        "(the loss's value is unchanged). Needs --graph_backbone_grad=false.",
+        "(the loss's value is unchanged). False needs "
+        "--graph_backbone_grad=false; the paper's loss is --isolated_ce_weight=0 "
+        "--graph_backbone_grad=true --graph_head_grad=true.",
     )
     self_weight: float = _f(
         0.0,

@@ -310,7 +310,8 @@ class EAN(TrainStep, References, keras.Model):
         # A model saved before a field existed was trained with its first
         # default, not today's (FIRST_DEFAULTS: the paper's loss until
         # 2026-12-01, the graph's terms in the backbone until 2026-12-02, the
-        # nearest graph without its neighbours' labels until 2026-12-05).
+        # nearest graph without its neighbours' labels and the graph's
+        # cross-entropy in the head until 2026-12-05).
         return cls(**with_first_defaults({"model": config})["model"])
 
 
