@@ -529,6 +529,27 @@ def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone()
         EAN(4, graph_head_grad=False, graph_backbone_grad=True, **TINY)
 
 
+def test_gcn_head_gradient_paths_under_mixed_precision():
+    """Under the mixed_float16 policy (--mixed_precision), in a float32 head as
+    EAN builds it, the head's own paths (`weight_grad=False`, the default's
+    graph cross-entropy, and `neighbour_grad=False`) compute in GCNConv's dtype
+    and give its logits."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        rng = np.random.default_rng(0)
+        head = GCNHead((8,), 3, dtype="float32")  # its dropouts: mixed_float16
+        head.build([(None, 5), (None, None)])
+        x = tf.constant(rng.normal(size=(6, 5)), tf.float32)
+        a = tf.constant(rng.random((6, 6)) / 6, tf.float32)
+        want = head([x, a])
+        for kw in (dict(weight_grad=False), dict(neighbour_grad=False)):
+            got = head([x, a], **kw)
+            assert got.dtype == tf.float32
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_self_weight_mixes_the_isolated_and_graph_logits_in_training_and_serving():
     """--self_weight=alpha: Â -> alpha I + (1 - alpha) Â. With one GCN layer the
     logits are alpha * isolated + (1 - alpha) * graph, in the training loss as in

@@ -70,22 +70,25 @@ class GCNHead(keras.layers.Layer):
             if neighbour_grad and weight_grad:
                 x = conv([x, a_hat])  # (N, units)
                 continue
-            # Â X W + b in GCNConv's order (the same floats), W and b constants
-            # for the gradient without `weight_grad`.
-            kernel = keras.ops.cast(conv.kernel, x.dtype)
-            bias = keras.ops.cast(conv.bias, x.dtype) if conv.use_bias else None
+            # Â X W + b in GCNConv's order and dtype (the same floats; under
+            # mixed precision GCNConv casts its inputs to float16, as here), W
+            # and b constants for the gradient without `weight_grad`.
+            dtype = conv.compute_dtype
+            x, a = keras.ops.cast(x, dtype), keras.ops.cast(a_hat, dtype)
+            kernel = keras.ops.cast(conv.kernel, dtype)
+            bias = keras.ops.cast(conv.bias, dtype) if conv.use_bias else None
             if not weight_grad:
                 kernel = keras.ops.stop_gradient(kernel)
                 bias = None if bias is None else keras.ops.stop_gradient(bias)
             if neighbour_grad:
-                h = keras.ops.matmul(a_hat, keras.ops.matmul(x, kernel))
+                h = keras.ops.matmul(a, keras.ops.matmul(x, kernel))
             else:
                 # Â sg(X) W + diag(Â) (X - sg(X)) W: the value of Â X W, with
                 # the gradient of node i's row reaching X_i alone (W and the
                 # edges Â still get all of theirs).
                 fixed = keras.ops.stop_gradient(x)
-                own = keras.ops.expand_dims(keras.ops.diagonal(a_hat), -1)
-                h = keras.ops.matmul(a_hat, keras.ops.matmul(fixed, kernel))
+                own = keras.ops.expand_dims(keras.ops.diagonal(a), -1)
+                h = keras.ops.matmul(a, keras.ops.matmul(fixed, kernel))
                 h = h + own * keras.ops.matmul(x - fixed, kernel)
             if bias is not None:  # bias_add, as GCNConv: the same bias gradient
                 h = tf.nn.bias_add(h, bias)
