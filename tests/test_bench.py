@@ -153,14 +153,14 @@ def test_experiment_scripts_on_tiny(tmp_path):
     run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
     assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
     # The table holds every run done so far: linear 0% is the clean linear run,
-    # and the default spelled out (graph_detached) is each EAN run again.
+    # and the default spelled out (edges_only) is each EAN run again.
     table = json.load(open(tmp_path / "results" / "noise" / "noise.json"))["table"]
     assert [r["run"] for r in table] == [
         "linear_noise0",
         "ean_noise0",
-        "ean_graph_detached_noise0",
+        "ean_edges_only_noise0",
         "ean_noise20",
-        "ean_graph_detached_noise20",
+        "ean_edges_only_noise20",
     ]
     assert table[3]["flipped_predicted_clean"] is not None
     assert os.path.isfile(tmp_path / "results" / "noise" / "noise.png")
@@ -237,7 +237,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert [r["run"] for r in table] == [
         "linear_noise0",
         "ean_noise0",
-        "ean_graph_detached_noise0",
+        "ean_edges_only_noise0",
     ]
     linear = json.load(open(tmp_path / "one" / "noise" / "linear_noise0.json"))
     assert linear["same_run_as"] == str(tmp_path / "results" / "clean" / "linear.json")
