@@ -70,8 +70,9 @@ class GCNHead(keras.layers.Layer):
             if neighbour_grad and weight_grad:
                 x = conv([x, a_hat])  # (N, units)
                 continue
-            # Â X W + b in GCNConv's order and dtype (the same floats; under
-            # mixed precision GCNConv casts its inputs to float16, as here), W
+            # Â X W + b in GCNConv's order and dtype (the same floats: GCNConv
+            # casts its inputs to its compute dtype, as here; under mixed
+            # precision EAN's float32 head gets float16 from its dropouts), W
             # and b constants for the gradient without `weight_grad`.
             dtype = conv.compute_dtype
             x, a = keras.ops.cast(x, dtype), keras.ops.cast(a_hat, dtype)
