@@ -77,6 +77,9 @@ flags.DEFINE_list(
 )
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
+# The graph's terms in the backbone, and so in the head (which that needs): the
+# paper's way, and the default until 2026-12-02.
+IN_BACKBONE = {"graph_backbone_grad": True, "graph_head_grad": True}
 
 
 def runs(experiment: str) -> dict[str, dict]:
@@ -128,7 +131,7 @@ def runs(experiment: str) -> dict[str, dict]:
             # The graph's terms train the backbone and the head too (the default
             # until 2026-12-02, the paper's), with the default's loss on each
             # image alone.
-            in_backbone = {**ean, "graph_backbone_grad": True, "graph_head_grad": True}
+            in_backbone = {**ean, **IN_BACKBONE}
             out[f"ean_graph_in_backbone_noise{pct}"] = in_backbone
             # The paper's EAN: its loss (no loss on each image alone, the default
             # until 2026-12-01), the graph's terms in the backbone.
@@ -193,29 +196,21 @@ def runs(experiment: str) -> dict[str, dict]:
         # the graph logits' alone (beta = 0), which needs the graph's terms in
         # the backbone (else nothing trains it).
         "isolated_ce": {"isolated_ce_weight": 1.0},
-        "paper_loss": {
-            "isolated_ce_weight": 0.0,
-            "graph_backbone_grad": True,
-            "graph_head_grad": True,
-        },
+        "paper_loss": {"isolated_ce_weight": 0.0, **IN_BACKBONE},
         # The graph's cross-entropy and Adj_loss never reach the backbone, which
         # learns from CE_isolated alone at full weight, as its linear twin does
         # (the default from 2026-12-02 to 2026-12-05); the paper's way, and the
         # default until then, lets them train it (both with the graph's
         # cross-entropy in the head).
         "graph_detached": {"graph_backbone_grad": False, "graph_head_grad": True},
-        "graph_in_backbone": {"graph_backbone_grad": True, "graph_head_grad": True},
+        "graph_in_backbone": dict(IN_BACKBONE),
         # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
         # training and serving.
         "self_weight": {"self_weight": 0.5},
         # Each image's target mixed half and half with the mean prediction of its
         # similar batch neighbours (their isolated softmax, no gradient), on the
         # graph-in-backbone EAN, as at 20% noise.
-        "neighbour_target": {
-            "neighbour_target_weight": 0.5,
-            "graph_backbone_grad": True,
-            "graph_head_grad": True,
-        },
+        "neighbour_target": {"neighbour_target_weight": 0.5, **IN_BACKBONE},
         # Each image whose label its graph disputes (its own isolated prediction
         # and its similar batch neighbours' both name another class) left out of
         # the loss, on the default EAN.
@@ -233,11 +228,7 @@ def runs(experiment: str) -> dict[str, dict]:
         # The graph cross-entropy's gradient reaches each node's own features
         # only; its neighbours' features enter its logits as constants (on the
         # graph-in-backbone EAN, as at 20% noise).
-        "own_feature_grad": {
-            "neighbour_feature_grad": False,
-            "graph_backbone_grad": True,
-            "graph_head_grad": True,
-        },
+        "own_feature_grad": {"neighbour_feature_grad": False, **IN_BACKBONE},
         # The graph's cross-entropy trains the edges (the embedding) only: the
         # head and the backbone learn from CE_isolated alone, as the twin's (the
         # default since 2026-12-05, spelled out); and the head too (before).
@@ -249,11 +240,7 @@ def runs(experiment: str) -> dict[str, dict]:
         # Grouped batches: 16 groups of 4 images of one training label, so each
         # image has 3 same-label batch mates; its linear twin separates the sampler
         # from the graph. Measured on the graph-in-backbone EAN.
-        "grouped": {
-            "group_size": 4,
-            "graph_backbone_grad": True,
-            "graph_head_grad": True,
-        },
+        "grouped": {"group_size": 4, **IN_BACKBONE},
         "linear_grouped": {"head": "linear", "group_size": 4},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
