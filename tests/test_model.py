@@ -96,6 +96,12 @@ def _ce_of(model, x, y):
     return model.compute_losses(x, y, training=False)[0]
 
 
+def _isolated_ce(model, x, y):
+    """The mean cross-entropy of the same head on each image alone (A = I)."""
+    logits = model.head([model.features(x)[0], tf.eye(len(x))])
+    return tf.reduce_mean(model._ce(y, logits))
+
+
 def _grads(model, x, y):
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(_ce_of(model, x, y))
@@ -445,16 +451,12 @@ def test_graph_backbone_grad_off_trains_the_backbone_on_the_isolated_ce_alone():
         ce, adj_value, _, _ = model.compute_losses(x, y, training=False)
         return tf.reduce_mean(ce) + adj_value
 
-    def isolated_ce(model):  # the same head on each image alone
-        logits = model.head([model.features(x)[0], tf.eye(len(x))])
-        return tf.reduce_mean(model._ce(y, logits))
-
     for model in (coupled, detached):
         model.graph_enabled.assign(1.0)
     np.testing.assert_allclose(_ce_of(detached, x, y), _ce_of(coupled, x, y), rtol=1e-6)
     got, alone, by_coupled = (
         grads(detached, total),
-        grads(detached, isolated_ce),
+        grads(detached, lambda model: _isolated_ce(model, x, y)),
         grads(coupled, total),
     )
     backbone = {id(v) for v in detached.backbone.trainable_variables}
@@ -506,13 +508,9 @@ def test_graph_head_grad_off_trains_head_and_backbone_on_the_isolated_ce_alone()
         model.graph_enabled.assign(1.0)
     np.testing.assert_allclose(_ce_of(edges_only, x, y), _ce_of(in_head, x, y))
 
-    def isolated_ce(model):  # the same head on each image alone, full weight
-        logits = model.head([model.features(x)[0], tf.eye(len(x))])
-        return tf.reduce_mean(model._ce(y, logits))
-
     with tf.GradientTape(persistent=True) as tape:
         got = tf.reduce_mean(_ce_of(edges_only, x, y))
-        alone = isolated_ce(edges_only)
+        alone = _isolated_ce(edges_only, x, y)  # at full weight
     v = edges_only.trainable_variables
     got, alone = tape.gradient(got, v), tape.gradient(alone, v)
     in_head_grads = _grads(in_head, x, y)
