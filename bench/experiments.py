@@ -145,6 +145,14 @@ def runs(experiment: str) -> dict[str, dict]:
                 **in_backbone,
                 "neighbour_target_weight": 0.5,
             }
+            # ... and on the default, on the cross-entropy on each image alone
+            # only (the head's and the backbone's); the graph's keeps the
+            # stored labels, so its edges still learn from them:
+            out[f"ean_neighbour_target_isolated_noise{pct}"] = {
+                **ean,
+                "neighbour_target_weight": 0.5,
+                "neighbour_target_scope": "isolated",
+            }
             # The graph's cross-entropy trains the edges (the embedding) only:
             # the head and the backbone learn as the linear twin's do (the
             # default since 2026-12-05, spelled out); and the head too (the
@@ -211,6 +219,12 @@ def runs(experiment: str) -> dict[str, dict]:
         # similar batch neighbours (their isolated softmax, no gradient), on the
         # graph-in-backbone EAN, as at 20% noise.
         "neighbour_target": {"neighbour_target_weight": 0.5, **IN_BACKBONE},
+        # ... on the default, on the cross-entropy on each image alone only
+        # (the graph's keeps the stored labels).
+        "neighbour_target_isolated": {
+            "neighbour_target_weight": 0.5,
+            "neighbour_target_scope": "isolated",
+        },
         # Each image whose label its graph disputes (its own isolated prediction
         # and its similar batch neighbours' both name another class) left out of
         # the loss, on the default EAN.

@@ -207,6 +207,62 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         EAN(4, neighbour_target_weight=1.0, **TINY)
 
 
+def _scoped(tau1, x, y):
+    """A default EAN and two with neighbour targets (lambda 0.4), scopes
+    isolated and both, with its weights and the graph on."""
+    plain = EAN(4, tau1=tau1, **TINY)
+    models = {
+        scope: EAN(
+            4,
+            tau1=tau1,
+            neighbour_target_weight=0.4,
+            neighbour_target_scope=scope,
+            **TINY,
+        )
+        for scope in ("isolated", "both")
+    }
+    for model in models.values():
+        model.set_weights(plain.get_weights())
+    for model in (plain, *models.values()):
+        model.graph_enabled.assign(1.0)
+    return plain, models
+
+
+def test_neighbour_target_scope_isolated_keeps_the_stored_labels_in_the_graph():
+    """--neighbour_target_scope=isolated: only the cross-entropy on each image
+    alone learns from the mixed targets; the graph's keeps the stored labels, so
+    the edges (the embedding, which only the graph's terms train) get the same
+    gradient as without neighbour targets, where `both` changes it."""
+    x, y = _data()
+    plain, models = _scoped(-1.0, x, y)  # tau1 = -1: every graph is the full one
+    probs = tf.nn.softmax(plain(x, graph="isolated")).numpy()
+    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
+    target = tf.constant(0.6 * y + 0.4 * others)
+
+    def ce(targets, graph):
+        logits = plain(x, graph=graph)
+        return keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+
+    expected = (ce(y, "batch") + ce(target, "isolated")) / 2
+    np.testing.assert_allclose(_ce_of(models["isolated"], x, y), expected, rtol=1e-5)
+
+    def embedding_grads(model):
+        weights = model.embedding.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(_ce_of(model, x, y))
+        return [g.numpy() for g in tape.gradient(loss, weights)]
+
+    plain, models = _scoped(0.0, x, y)  # edges whose relaxation has a gradient
+    reference = embedding_grads(plain)
+    assert np.abs(reference[0]).max() > 0  # the graph's ce trains the edges
+    for g, g_ref in zip(embedding_grads(models["isolated"]), reference, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * np.abs(g_ref).max())
+    both = embedding_grads(models["both"])[0]
+    assert np.abs(both - reference[0]).max() > 0.1 * np.abs(reference[0]).max()
+    with pytest.raises(ValueError, match="neighbour_target_scope"):
+        EAN(4, neighbour_target_scope="graph", **TINY)
+
+
 def test_graph_target_mixing_mixes_the_labels_as_the_features_are_mixed():
     """--graph_target_mixing: the graph cross-entropy's target for node i is
     sum_j Â_ij y_j / sum_j Â_ij (Â the normalised adjacency its features are

@@ -40,6 +40,7 @@ GRAPH_FIELDS = (
     "adj_reduction",
     "isolated_ce_weight",
     "neighbour_target_weight",
+    "neighbour_target_scope",
     "neighbour_label_filter",
     "neighbour_label_filter_confidence",
     "neighbour_label_filter_share",

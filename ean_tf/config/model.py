@@ -111,6 +111,14 @@ class ModelConfig:
         "neighbour keeps its label. 0: the label alone.",
         check=_FRACTION_BELOW_1,
     )
+    neighbour_target_scope: str = _f(
+        "both",
+        "Which cross-entropies --neighbour_target_weight mixes the targets of: "
+        "both (the graph's and the one on each image alone), or isolated (the "
+        "one on each image alone: the graph's keeps the stored labels, so "
+        "that its edges still learn from them).",
+        ("both", "isolated"),
+    )
     neighbour_label_filter: bool = _f(
         False,
         "Once the graph is on, leave out of the loss each image whose label its "

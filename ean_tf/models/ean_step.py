@@ -69,7 +69,8 @@ class TrainStep:
 
         Returns (ce per example (B,) (with `isolated_ce_weight`, mixed with the
         isolated logits' ce; with `neighbour_target_weight`, against targets
-        mixed with the neighbours' predictions; with `graph_target_mixing`, the
+        mixed with the neighbours' predictions (with `neighbour_target_scope`
+        isolated, the isolated logits' ce only); with `graph_target_mixing`, the
         graph logits' ce against the labels mixed by Â; with `neighbour_label_filter`,
         zero for the images whose label the graph disputes), alpha * Adj_loss
         scalar, logits (B, C), stats {"edges_per_node", "graph_nodes"}). With
@@ -138,6 +139,8 @@ class TrainStep:
             if self.neighbour_target_weight > 0:
                 lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
                 targets = tf.cast(targets, tf.float32)
+                if self.neighbour_target_scope == "isolated" and mixed is None:
+                    mixed = targets  # the graph's ce keeps the stored labels
                 targets = (1.0 - lam) * targets + lam * mean
         ce = self._ce(targets if mixed is None else mixed, logits)
         beta = self.isolated_ce_weight
