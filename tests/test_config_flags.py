@@ -111,6 +111,15 @@ def test_a_label_filter_that_would_never_start_names_its_flag():
     assert config.train.label_filter_warmup_epochs == epochs - 1
 
 
+def test_neighbour_targets_on_a_cross_entropy_that_is_off_name_the_flag():
+    paper = dict(isolated_ce_weight=0.0, graph_backbone_grad=True, graph_head_grad=True)
+    scoped = dict(neighbour_target_weight=0.5, neighbour_target_scope="isolated")
+    make_config("default", neighbour_target_weight=0.5, **paper)  # both: the graph's
+    with pytest.raises(ConfigError, match="neighbour_target_scope"):
+        make_config("default", **scoped, **paper)
+    assert make_config("default", **scoped).model.neighbour_target_scope == "isolated"
+
+
 def test_bad_list_value_names_the_flag(parse):
     with pytest.raises(ConfigError, match="--gcn_units"):
         parse("--gcn_units=a,b")

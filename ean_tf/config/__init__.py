@@ -238,6 +238,13 @@ def validate(config: Config) -> None:
             m.graph_head_grad,
         )
         _check(
+            m.neighbour_target_scope == "both" or m.isolated_ce_weight > 0,
+            "neighbour_target_scope",
+            "both with --isolated_ce_weight=0 (isolated mixes the targets of the "
+            "cross-entropy on each image alone, which is then off)",
+            m.neighbour_target_scope,
+        )
+        _check(
             not (m.graph_target_mixing and m.signed_edges),
             "graph_target_mixing",
             "false with --signed_edges (a negative edge would mix in a negative "
