@@ -155,10 +155,9 @@ def runs(experiment: str) -> dict[str, dict]:
             }
             # The graph's cross-entropy trains the edges (the embedding) only:
             # the head and the backbone learn as the linear twin's do (the
-            # default since 2026-12-05, spelled out); and the head too (the
-            # default from 2026-12-02 to 2026-12-05).
+            # default since 2026-12-05, spelled out; with the head too, the
+            # default before, is ean_graph_detached_noise<pct>).
             out[f"ean_edges_only_noise{pct}"] = {**ean, "graph_head_grad": False}
-            out[f"ean_graph_in_head_noise{pct}"] = {**ean, "graph_head_grad": True}
             # The graph cross-entropy's target mixed from the neighbours'
             # labels as its features are (Â Y), on the default (so it trains
             # the head and the embedding on consistent targets) and with the
@@ -245,9 +244,9 @@ def runs(experiment: str) -> dict[str, dict]:
         "own_feature_grad": {"neighbour_feature_grad": False, **IN_BACKBONE},
         # The graph's cross-entropy trains the edges (the embedding) only: the
         # head and the backbone learn from CE_isolated alone, as the twin's (the
-        # default since 2026-12-05, spelled out); and the head too (before).
+        # default since 2026-12-05, spelled out; with the head too, the default
+        # before, is graph_detached).
         "edges_only": {"graph_head_grad": False},
-        "graph_in_head": {"graph_head_grad": True},
         # The graph cross-entropy's target mixed from the neighbours' labels
         # as its features are (Â Y), the graph's cross-entropy in the head.
         "target_mixing": {"graph_target_mixing": True, "graph_head_grad": True},
