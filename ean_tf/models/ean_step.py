@@ -78,7 +78,9 @@ class TrainStep:
         every replica's batch.
         """
         labels = tf.argmax(targets, axis=-1)
-        mixed = None  # --graph_target_mixing: the graph ce's targets (B, C)
+        # The graph ce's targets (B, C) where they are not the isolated ce's:
+        # --graph_target_mixing, or --neighbour_target_scope=isolated.
+        graph_targets = None
         # --graph_backbone_grad=false: the graph's terms see the backbone's
         # features as constants; only the isolated cross-entropy trains it.
         detach = self.head_type == "ean" and not self.graph_backbone_grad
@@ -113,7 +115,7 @@ class TrainStep:
                 # Â's rows of this replica's nodes, constants: the labels follow
                 # the features' mixing, they do not train the edges.
                 rows = tf.stop_gradient(a_hat[offset : offset + b])  # (B, N)
-                mixed = tf.math.divide_no_nan(
+                graph_targets = tf.math.divide_no_nan(
                     tf.matmul(rows, all_targets),
                     tf.reduce_sum(rows, axis=-1, keepdims=True),
                 )
@@ -139,10 +141,10 @@ class TrainStep:
             if self.neighbour_target_weight > 0:
                 lam = self.neighbour_target_weight * tf.cast(degree > 0, tf.float32)
                 targets = tf.cast(targets, tf.float32)
-                if self.neighbour_target_scope == "isolated" and mixed is None:
-                    mixed = targets  # the graph's ce keeps the stored labels
+                if self.neighbour_target_scope == "isolated" and graph_targets is None:
+                    graph_targets = targets  # the stored labels
                 targets = (1.0 - lam) * targets + lam * mean
-        ce = self._ce(targets if mixed is None else mixed, logits)
+        ce = self._ce(targets if graph_targets is None else graph_targets, logits)
         beta = self.isolated_ce_weight
         if self.head_type == "ean" and beta > 0:
             # --isolated_ce_weight: the same head on the node alone (A = I), so
