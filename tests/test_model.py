@@ -108,6 +108,14 @@ def _grads(model, x, y):
     return tape.gradient(loss, model.trainable_variables)
 
 
+def _neighbour_target(model, x, y, lam):
+    """(1 - lam) y + lam * the mean isolated softmax of every other image: the
+    neighbour target where every pair is an edge (tau1 = -1)."""
+    probs = tf.nn.softmax(model(x, graph="isolated")).numpy()
+    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
+    return tf.constant((1 - lam) * y + lam * others)
+
+
 def test_isolated_ce_mixes_the_graph_and_isolated_losses():
     """--isolated_ce_weight=beta: ce = (CE(graph logits) + beta CE(A = I logits)) /
     (1 + beta); while the warm-up lasts the two are the same logits, so the loss
@@ -170,9 +178,7 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
     np.testing.assert_allclose(  # no neighbour: the label alone
         _ce_of(lonely, x, y), _ce_of(graph_plain, x, y), rtol=1e-6
     )
-    probs = tf.nn.softmax(mixed(x, graph="isolated")).numpy()
-    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
-    target = tf.constant(0.6 * y + 0.4 * others)
+    target = _neighbour_target(mixed, x, y, 0.4)
 
     def expected():
         def ce(logits):
@@ -207,7 +213,7 @@ def test_neighbour_targets_mix_the_label_with_the_neighbours_predictions():
         EAN(4, neighbour_target_weight=1.0, **TINY)
 
 
-def _scoped(tau1, x, y):
+def _scoped(tau1):
     """A default EAN and two with neighbour targets (lambda 0.4), scopes
     isolated and both, with its weights and the graph on."""
     plain = EAN(4, tau1=tau1, **TINY)
@@ -234,10 +240,8 @@ def test_neighbour_target_scope_isolated_keeps_the_stored_labels_in_the_graph():
     the edges (the embedding, which only the graph's terms train) get the same
     gradient as without neighbour targets, where `both` changes it."""
     x, y = _data()
-    plain, models = _scoped(-1.0, x, y)  # tau1 = -1: every graph is the full one
-    probs = tf.nn.softmax(plain(x, graph="isolated")).numpy()
-    others = (probs.sum(axis=0, keepdims=True) - probs) / (len(x) - 1)
-    target = tf.constant(0.6 * y + 0.4 * others)
+    plain, models = _scoped(-1.0)  # tau1 = -1: every graph is the full one
+    target = _neighbour_target(plain, x, y, 0.4)
 
     def ce(targets, graph):
         logits = plain(x, graph=graph)
@@ -252,7 +256,7 @@ def test_neighbour_target_scope_isolated_keeps_the_stored_labels_in_the_graph():
             loss = tf.reduce_mean(_ce_of(model, x, y))
         return [g.numpy() for g in tape.gradient(loss, weights)]
 
-    plain, models = _scoped(0.0, x, y)  # edges whose relaxation has a gradient
+    plain, models = _scoped(0.0)  # edges whose relaxation has a gradient
     reference = embedding_grads(plain)
     assert np.abs(reference[0]).max() > 0  # the graph's ce trains the edges
     for g, g_ref in zip(embedding_grads(models["isolated"]), reference, strict=True):
