@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: machine description, result files, and
-a trained run rebuilt with other served-graph settings."""
+a finished run loaded back."""
 
 from __future__ import annotations
 
@@ -92,51 +92,22 @@ def define_run_flags(name: str) -> None:
 
 def load_run(run_dir: str, data_dir: str = ""):
     """A finished run's (config, trained model, data splits): `<run_dir>/config.json`
-    and `model.keras`, with the data read from `data_dir` (default the run's)."""
-    import keras
+    and `model.keras`, with the data read from `data_dir` (default the run's). A
+    run written by another version of the configuration stops with one line."""
+    from absl import app
 
     from ean_tf import data as data_lib
-    from ean_tf.config import Config, DataConfig, ModelConfig, TrainConfig, replace
+    from ean_tf.config import ConfigError, make_config
+    from ean_tf.runs import TrainingError, load_model
 
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)
-    config = Config(
-        data=DataConfig(**saved["data"]),
-        model=ModelConfig(**saved["model"]),
-        train=TrainConfig(**saved["train"]),
-    )
+    fields = {k: v for section in saved.values() for k, v in section.items()}
     if data_dir:
-        config = replace(config, data_dir=data_dir)
-    trained = keras.models.load_model(os.path.join(run_dir, "model.keras"))
-    return config, trained, data_lib.load(config.data, seed=config.train.seed)
-
-
-def rebuilt(trained, config, splits, **overrides):
-    """The trained network built again with `ModelConfig` overrides (served-graph
-    settings such as context_sets or self_weight), every trained weight copied and
-    the stored graphs filled from the training split, as training fills them."""
-    from ean_tf.config import replace
-    from ean_tf.models.ean import build_model
-    from ean_tf.runs import fill_references
-
-    model = build_model(
-        replace(config, **overrides).model,
-        config.data,
-        trained.num_classes,
-        trained.class_names,
-        graph_nodes=trained.context_size + 1,
-        train_images=len(splits.train.labels),
-    )
-
-    # The stored graphs are filled below (a model saved before the nearest graph
-    # existed has no memory to copy); every other weight is copied in order.
-    def kept(m):
-        skip = {id(v) for v in m.context.weights}
-        if m.memory is not None:
-            skip |= {id(v) for v in m.memory.weights}
-        return [v for v in m.weights if id(v) not in skip]
-
-    for mine, theirs in zip(kept(model), kept(trained), strict=True):
-        mine.assign(theirs)
-    fill_references(model, splits, config, config.train.batch_size)
-    return model
+        fields["data_dir"] = data_dir
+    try:
+        config = make_config("default", **fields)
+        model = load_model(os.path.join(run_dir, "model.keras"))
+    except (ConfigError, TrainingError) as error:
+        raise app.UsageError(f"--run_dir={run_dir}: {error}") from None
+    return config, model, data_lib.load(config.data, seed=config.train.seed)

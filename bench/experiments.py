@@ -1,20 +1,21 @@
 """The paper's experiments on real data, one command each.
 
-    python bench/experiments.py --experiment=clean      # linear baseline vs EAN
+    python bench/experiments.py --experiment=clean      # linear twin vs EAN
     python bench/experiments.py --experiment=noise      # 0/10/20/30% label noise
     python bench/experiments.py --experiment=ablations  # EAN's own choices
     python bench/experiments.py --experiment=generator  # table 5: with/without
                                                         # the invariant generator
 
 Each run trains with `--config` (default `ferplus48`, the CPU protocol: FERPlus
-majority labels, 48 px, ResNet-18 from scratch) plus the run's overrides, then
-writes `<out_dir>/<experiment>/<run>.json` (final accuracy and mean class accuracy
-in each inference graph, the best validation accuracy, validation accuracy per
-epoch, the flipped-label report on noisy runs, time, command, machine, date). A run
-whose JSON exists is skipped, so an interrupted experiment continues where it
+majority labels, 48 px, ResNet-18 from scratch) plus the run's overrides (none:
+the default; `objective="paper"`: the paper's objective), then writes
+`<out_dir>/<experiment>/<run>.json` (final accuracy and mean class accuracy in
+each inference graph, the best validation accuracy, validation accuracy per
+epoch, the flipped-label report on noisy runs, time, command, machine, date). A
+run whose JSON exists is skipped, so an interrupted experiment continues where it
 stopped; commit the JSONs. `<experiment>.json` (the table) and `<experiment>.png`
-(validation accuracy over epochs, one panel per noise level) are written beside them
-after each call, from every run done so far.
+(validation accuracy over epochs, one panel per noise level) are written beside
+them after each call, from every run done so far.
 
 `--extra=flag=value,...` applies to every run, under the run's own overrides (a
 list value's items are separated by ':', e.g. `gcn_units=512:256`; `gcn_units=`
@@ -23,7 +24,9 @@ anywhere under `--reuse_from` (default bench/results) or `--out_dir` is not trai
 again: its JSON is copied, with `same_run_as` naming the original (noise 0% is the
 clean runs). What a model answers with (the model's `EVALUATION_FIELDS`: the
 served graph, `nearest_k`, `nearest_label_weight`) does not make another run; the
-table names the k and label weight each row's nearest graph was evaluated with.
+table names the k and label weight each row's nearest graph was evaluated with. A
+JSON written by another version of the configuration is never taken for a run
+of this one (the call names the fields that differ).
 
 On a GPU, `--config=ferplus48_gpu` runs the full protocol (stride-1 stem, the
 paper's 70 epochs, images cached in memory, mixed precision and XLA); its
@@ -77,13 +80,10 @@ flags.DEFINE_list(
 )
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
-# The graph's terms in the backbone, and so in the head (which that needs): the
-# paper's way, and the default until 2026-12-02.
-IN_BACKBONE = {"graph_backbone_grad": True, "graph_head_grad": True}
 
 
 def runs(experiment: str) -> dict[str, dict]:
-    """Run name -> config overrides."""
+    """Run name -> config overrides (none: the default)."""
     if experiment == "clean":
         return {"linear": {"head": "linear"}, "ean": {}}
     if experiment == "noise":
@@ -92,90 +92,12 @@ def runs(experiment: str) -> dict[str, dict]:
             pct = round(rate * 100)
             for head in ("linear", "ean"):
                 out[f"{head}_noise{pct}"] = {"head": head, "noise_rate": rate}
-            ean = {"head": "ean", "noise_rate": rate}
-            # The graph's terms train the embedding and head only (the default
-            # from 2026-12-02 to 2026-12-05); the backbone learns from the
-            # isolated cross-entropy alone, at full weight.
-            out[f"ean_graph_detached_noise{pct}"] = {
-                **ean,
-                "graph_backbone_grad": False,
-                "graph_head_grad": True,
-            }
-            # Labels the graph disputes left out of the loss (its own and its
-            # neighbours' predictions both name another class), on the default:
-            out[f"ean_label_filter_noise{pct}"] = {
-                **ean,
-                "neighbour_label_filter": True,
-            }
-            # ... only where both name their class with probability >= 0.5:
-            out[f"ean_label_filter_sure_noise{pct}"] = {
-                **ean,
-                "neighbour_label_filter": True,
-                "neighbour_label_filter_confidence": 0.5,
-            }
-            # ... at most a fifth of each label's images in a batch, the least
-            # likely labels first (a bound that does not grow with the network):
-            out[f"ean_label_filter_share_noise{pct}"] = {
-                **ean,
-                "neighbour_label_filter": True,
-                "neighbour_label_filter_share": 0.2,
-            }
-            # ... with probability >= 0.5, in the last two epochs of ferplus48's
-            # six only, when the network is at its surest:
-            out[f"ean_label_filter_late_noise{pct}"] = {
-                **ean,
-                "neighbour_label_filter": True,
-                "neighbour_label_filter_confidence": 0.5,
-                "_label_filter_last_epochs": 2,  # ferplus48: warm-up epochs 4
-            }
-            # The graph's terms train the backbone and the head too (the default
-            # until 2026-12-02, the paper's), with the default's loss on each
-            # image alone.
-            in_backbone = {**ean, **IN_BACKBONE}
-            out[f"ean_graph_in_backbone_noise{pct}"] = in_backbone
-            # The paper's EAN: its loss (no loss on each image alone, the default
-            # until 2026-12-01), the graph's terms in the backbone.
-            out[f"ean_paper_loss_noise{pct}"] = {
-                **in_backbone,
-                "isolated_ce_weight": 0.0,
-            }
-            # Measured on the graph-in-backbone EAN, which they modify. Targets
-            # mixed with the graph neighbours' predictions (lambda = 0.5):
-            out[f"ean_neighbour_target_noise{pct}"] = {
-                **in_backbone,
-                "neighbour_target_weight": 0.5,
-            }
-            # ... and on the default, on the cross-entropy on each image alone
-            # only (the head's and the backbone's); the graph's keeps the
-            # stored labels, so its edges still learn from them:
-            out[f"ean_neighbour_target_isolated_noise{pct}"] = {
-                **ean,
-                "neighbour_target_weight": 0.5,
-                "neighbour_target_scope": "isolated",
-            }
-            # The graph's cross-entropy trains the edges (the embedding) only:
-            # the head and the backbone learn as the linear twin's do (the
-            # default since 2026-12-05, spelled out; with the head too, the
-            # default before, is ean_graph_detached_noise<pct>).
-            out[f"ean_edges_only_noise{pct}"] = {**ean, "graph_head_grad": False}
-            # The graph cross-entropy's target mixed from the neighbours'
-            # labels as its features are (Â Y), on the default (so it trains
-            # the head and the embedding on consistent targets) and with the
-            # graph's terms in the backbone (so the backbone learns them too):
-            out[f"ean_target_mixing_noise{pct}"] = {
-                **ean,
-                "graph_head_grad": True,
-                "graph_target_mixing": True,
-            }
-            out[f"ean_target_mixing_in_backbone_noise{pct}"] = {
-                **in_backbone,
-                "graph_target_mixing": True,
-            }
-            # The graph cross-entropy trains each node's own features only, so
-            # a wrong label does not pull its neighbours' features:
-            out[f"ean_own_feature_grad_noise{pct}"] = {
-                **in_backbone,
-                "neighbour_feature_grad": False,
+            # The paper's objective (eq. 6: CE_graph + alpha Adj_loss, training
+            # every variable).
+            out[f"ean_paper_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "objective": "paper",
             }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
@@ -188,6 +110,8 @@ def runs(experiment: str) -> dict[str, dict]:
         }
     return {
         "ean_default": {},
+        # The paper's objective.
+        "paper": {"objective": "paper"},
         "single_threshold": {"tau2": float("-inf")},
         "two_thresholds": {"tau2": -0.3},
         "adj_sum": {"adj_reduction": "sum"},
@@ -195,74 +119,14 @@ def runs(experiment: str) -> dict[str, dict]:
         "adj_off": {"adj_loss_weight": 0.0},
         "no_straight_through": {"straight_through": False},
         "no_embedding_norm": {"embedding_norm": "none"},
-        "signed_edges": {"tau2": -0.3, "signed_edges": True},
         "warmup_0": {"adj_warmup_epochs": 0},
         "warmup_half": {"adj_warmup_epochs": -1},  # half of the epochs
-        # The loss. The default mixes in a cross-entropy on the isolated logits
-        # (A = I) with beta = 1 (`isolated_ce`, spelled out); the paper's loss is
-        # the graph logits' alone (beta = 0), which needs the graph's terms in
-        # the backbone (else nothing trains it).
-        "isolated_ce": {"isolated_ce_weight": 1.0},
-        "paper_loss": {"isolated_ce_weight": 0.0, **IN_BACKBONE},
-        # The graph's cross-entropy and Adj_loss never reach the backbone, which
-        # learns from CE_isolated alone at full weight, as its linear twin does
-        # (the default from 2026-12-02 to 2026-12-05); the paper's way, and the
-        # default until then, lets them train it (both with the graph's
-        # cross-entropy in the head).
-        "graph_detached": {"graph_backbone_grad": False, "graph_head_grad": True},
-        "graph_in_backbone": dict(IN_BACKBONE),
-        # A self-weight: each node keeps half of its own row (Â -> I/2 + Â/2), in
-        # training and serving.
-        "self_weight": {"self_weight": 0.5},
-        # Each image's target mixed half and half with the mean prediction of its
-        # similar batch neighbours (their isolated softmax, no gradient), on the
-        # graph-in-backbone EAN, as at 20% noise.
-        "neighbour_target": {"neighbour_target_weight": 0.5, **IN_BACKBONE},
-        # ... on the default, on the cross-entropy on each image alone only
-        # (the graph's keeps the stored labels).
-        "neighbour_target_isolated": {
-            "neighbour_target_weight": 0.5,
-            "neighbour_target_scope": "isolated",
-        },
-        # Each image whose label its graph disputes (its own isolated prediction
-        # and its similar batch neighbours' both name another class) left out of
-        # the loss, on the default EAN.
-        "label_filter": {"neighbour_label_filter": True},
-        # ... only where both name their class with probability >= 0.5.
-        "label_filter_sure": {
-            "neighbour_label_filter": True,
-            "neighbour_label_filter_confidence": 0.5,
-        },
-        # ... at most a fifth of each label's images in a batch.
-        "label_filter_share": {
-            "neighbour_label_filter": True,
-            "neighbour_label_filter_share": 0.2,
-        },
-        # The graph cross-entropy's gradient reaches each node's own features
-        # only; its neighbours' features enter its logits as constants (on the
-        # graph-in-backbone EAN, as at 20% noise).
-        "own_feature_grad": {"neighbour_feature_grad": False, **IN_BACKBONE},
-        # The graph's cross-entropy trains the edges (the embedding) only: the
-        # head and the backbone learn from CE_isolated alone, as the twin's (the
-        # default since 2026-12-05, spelled out; with the head too, the default
-        # before, is graph_detached).
-        "edges_only": {"graph_head_grad": False},
-        # The graph cross-entropy's target mixed from the neighbours' labels
-        # as its features are (Â Y), the graph's cross-entropy in the head.
-        "target_mixing": {"graph_target_mixing": True, "graph_head_grad": True},
-        # Grouped batches: 16 groups of 4 images of one training label, so each
-        # image has 3 same-label batch mates; its linear twin separates the sampler
-        # from the graph. Measured on the graph-in-backbone EAN.
-        "grouped": {"group_size": 4, **IN_BACKBONE},
-        "linear_grouped": {"head": "linear", "group_size": 4},
         # The head itself. One GCN layer without dropout (the default) is exactly
         # the linear baseline's head while A = I, so it separates the graph from
         # the head; two layers with dropout were the first head.
         "one_gcn_layer": {"gcn_units": (), "gcn_dropout": 0.0},
         "two_gcn_layers": {"gcn_units": (256,), "gcn_dropout": 0.3},
         "gcn_dropout_0": {"gcn_dropout": 0.0},
-        # The served graph's reference context: several contexts averaged.
-        "context_sets_4": {"context_sets": 4},
         # The graph on each replica's batch or on the global batch, with 2 replicas
         # (2 logical CPU devices where there is no GPU; with one GPU there is one
         # replica and the two are the same run).
@@ -339,13 +203,10 @@ def _plan(overrides: dict) -> tuple[dict, bool, int]:
     overrides = {**_parse_extra(FLAGS.extra), **overrides}
     with_generator = overrides.pop("_pretrain", False)
     replicas = overrides.pop("_replicas", 1)  # devices were split in main()
-    last = overrides.pop("_label_filter_last_epochs", None)
     if overrides.get("adj_warmup_epochs") == -1:  # half of the epochs
         epochs = _epochs(overrides)
         # at least one epoch, and fewer than all of them
         overrides["adj_warmup_epochs"] = min(max(1, epochs // 2), epochs - 1)
-    if last is not None:  # the label filter in the run's last epochs only
-        overrides["label_filter_warmup_epochs"] = max(0, _epochs(overrides) - last)
     return overrides, with_generator, replicas
 
 
@@ -445,7 +306,7 @@ def _robustness(config, run_dir: str) -> dict:
         config.data.image_size,
         config.train.batch_size,
         graph,
-        config.generator.robustness_seed,
+        config.evaluation.robustness_seed,
     )
 
 
@@ -473,17 +334,21 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ean_tf.config import EVALUATION_FIELDS, with_first_defaults
+    from ean_tf.config import EVALUATION_FIELDS
 
     table = []
     for name, r in results.items():
-        model = with_first_defaults(r["config"])["model"]
+        model = r["config"]["model"]
         nearest = "nearest" in r["accuracy"]  # at the k and label weight it ran
         table.append(
             {
                 "run": name,
                 **{f"acc_{g}": round(a, 4) for g, a in r["accuracy"].items()},
-                **({f: model[f] for f in sorted(EVALUATION_FIELDS)} if nearest else {}),
+                **(
+                    {f: model.get(f) for f in sorted(EVALUATION_FIELDS)}
+                    if nearest
+                    else {}
+                ),
                 **{
                     f"mca_{g}": round(a, 4) for g, a in r["mean_class_accuracy"].items()
                 },
@@ -587,46 +452,46 @@ def _finished_runs() -> list[tuple[str, dict]]:
 
 
 @functools.cache
-def _expected(name: str) -> tuple[dict, dict, dict] | None:
+def _expected(name: str) -> tuple[dict, dict] | None:
     """What run `name` means now, computed once (the flags are fixed for the
-    process): its config and the preset's as JSON holds them, and the fields
-    that do not tell its runs apart; None when it starts from a pre-trained G."""
+    process): its config as JSON holds it, and the fields that do not tell its
+    runs apart; None when it starts from a pre-trained G."""
     overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
     if with_generator:  # its config names a checkpoint made by this experiment
         return None
-    from ean_tf.config import LINEAR_IGNORED, make_config
+    from ean_tf.config import LINEAR_IGNORED
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
-    preset = _comparable(
-        make_config(FLAGS.config, data_dir=FLAGS.data_dir, seed=FLAGS.seed).to_dict()
-    )
     ignored = LINEAR_IGNORED if want["model"]["head"] == "linear" else {}
-    return want, preset, ignored
+    return want, ignored
 
 
 def _differences(name: str, result: dict) -> list[str]:
     """Where a finished run's JSON was trained otherwise than the run `name` means
     now (folders, the data's location and the model's `EVALUATION_FIELDS`
     aside), as `section.field: JSON value, now value`; empty when it is the same
-    run."""
+    run. A JSON written by another version of the configuration (a field that
+    is not one now, or a field it lacks) is never this run: it names those
+    fields."""
     if (expected := _expected(name)) is None:
         return []
-    from ean_tf.config import EVALUATION_FIELDS, with_first_defaults
+    from ean_tf.config import EVALUATION_FIELDS
 
-    want, preset, ignored = expected
-    got = with_first_defaults(_comparable(result["config"]))
+    want, ignored = expected
+    got = _comparable(result["config"])
     got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []
     for section, fields in want.items():
-        evaluated = EVALUATION_FIELDS if section == "model" else frozenset()
-        skip = evaluated | ignored.get(section, frozenset())
+        theirs = got.get(section, {})
+        retired, missing = theirs.keys() - fields.keys(), fields.keys() - theirs.keys()
+        out += [f"{section}.{k}: not a field now" for k in sorted(retired)]
+        out += [f"{section}.{k}: missing" for k in sorted(missing)]
+        skip = (EVALUATION_FIELDS if section == "model" else frozenset()) | (
+            ignored.get(section, frozenset())
+        )
         for key, value in fields.items():
-            if key in skip:
-                continue
-            # A field added since: its default is what was done before it.
-            before = preset[section][key]
-            if (got_value := got.get(section, {}).get(key, before)) != value:
-                out.append(f"{section}.{key}: {got_value!r}, now {value!r}")
+            if key not in skip and key in theirs and theirs[key] != value:
+                out.append(f"{section}.{key}: {theirs[key]!r}, now {value!r}")
     return out
 
 

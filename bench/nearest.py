@@ -1,18 +1,17 @@
-"""The nearest graph of a trained run, for several numbers of neighbours.
+"""The nearest graph of a trained run, for several numbers of neighbours and label
+weights.
 
     python bench/nearest.py --run_dir=runs/bench/clean/ean --ks=1,4,16 \
         --label_weights=0,0.25
 
-Loads `<run_dir>/model.keras` and the run's `config.json`, builds the same network
-keeping every training image for the nearest graph (`--nearest_memory=0`), copies
-every trained weight, fills the stored graphs from the training split (as
-training does, so a model saved before the nearest graph existed gets one) and
-evaluates on the validation split the nearest graph with each k of `--ks` and
-each label weight of `--label_weights` (`--nearest_label_weight`: 0, row
-`nearest_k<k>`; w > 0, row `nearest_k<k>_labels<w>`), beside the context graph
-and the network alone (isolated). Writes `<out_dir>/<name>.json` with accuracy
-and mean class accuracy per graph, and the share of validation images with 0 to
-k edges.
+Loads `<run_dir>/model.keras` (its nearest graph's store as training filled it)
+and the run's data, and evaluates on the validation split the nearest graph with
+each k of `--ks` and each label weight of `--label_weights`
+(`--nearest_label_weight`: row `nearest_k<k>` for w = 0, `nearest_k<k>_labels<w>`
+otherwise), beside the network alone (`isolated`). The run's own k and label
+weight repeat its own evaluation. Writes `<out_dir>/<name>.json` with accuracy
+and mean class accuracy per row, and the share of validation images with 0 to k
+edges.
 """
 
 from __future__ import annotations
@@ -47,8 +46,9 @@ def main(argv):
     del argv
     from ean_tf import evaluate
 
-    config, trained, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
-    model = common.rebuilt(trained, config, splits, nearest_memory=0)
+    config, model, splits = common.load_run(FLAGS.run_dir, FLAGS.data_dir)
+    if model.memory is None:
+        raise app.UsageError(f"{FLAGS.run_dir}: its model stores no training images")
     size, batch = config.data.image_size, config.train.batch_size
 
     def accuracy(graph: str, out: str) -> dict:
@@ -62,7 +62,7 @@ def main(argv):
         }
 
     out = os.path.join(FLAGS.run_dir, "nearest")
-    rows = {g: accuracy(g, os.path.join(out, g)) for g in ("context", "isolated")}
+    rows = {"isolated": accuracy("isolated", os.path.join(out, "isolated"))}
     print(rows, flush=True)
     ks = sorted(int(k) for k in FLAGS.ks)
     cosines = top_cosines(model, splits.val, size, batch, ks[-1])

@@ -3,13 +3,13 @@
     python bench/serving.py                    # the default preset's network
     python bench/serving.py --config=ferplus48 # the full-width ResNet-18 at 48 px
 
-Exports a model of the preset (weights as initialised; speed does not depend on
-them) with a full reference context and bank, reloads it with
-`tf.saved_model.load`, and times `predict_images` (the served graph, `nearest` by
-default, with `--memory_images` stored training images; `--inference_graph=context`:
-each query completes a training batch; `--nearest_label_weight=w`: the nearest
-graph passes on its neighbours' labels) and `predict_isolated` (A = I): latency
-p50/p99 over `--calls` single-image requests, and images/s at batch 32. Also the
+Exports a model of the preset (weights as initialised, the graph switched on, the
+nearest graph's store filled with `--memory_images` random entries: speed does
+not depend on what they hold), reloads it with `tf.saved_model.load`, and times
+`predict_images` (the served graph: `nearest` by default, `--inference_graph` to
+time another; `--nearest_label_weight=w`: the nearest graph passes on its
+neighbours' labels) and `predict_isolated` (A = I): latency p50/p99 over
+`--calls` single-image requests, and images/s at batch 32. Also the
 `serving_default` bytes path (PNG decode included) at batch 1.
 """
 
@@ -27,7 +27,12 @@ flags.DEFINE_integer("calls", 200, "Single-image requests timed per signature.")
 flags.DEFINE_integer("batches", 20, "Batches of 32 timed per signature.")
 flags.DEFINE_string("out_dir", common.RESULTS_DIR, "Where the JSON goes.")
 flags.DEFINE_string("name", "", "Result file name (default: serving_<config>).")
-flags.DEFINE_string("inference_graph", "", "The served graph (default: the preset's).")
+flags.DEFINE_enum(
+    "inference_graph",
+    "",
+    ["", "nearest", "batch", "isolated"],
+    "The served graph (empty: the preset's).",
+)
 flags.DEFINE_float(
     "nearest_label_weight",
     -1.0,
@@ -62,8 +67,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from ean_tf.config import make_config
-    from ean_tf.models.ean import build_model
+    from ean_tf import build_model, make_config
     from export.serving import export_model
 
     overrides = (
@@ -72,26 +76,16 @@ def main(argv):
     if FLAGS.nearest_label_weight >= 0:
         overrides["nearest_label_weight"] = FLAGS.nearest_label_weight
     config = make_config(FLAGS.config, **overrides)
-    size = config.data.image_size
-    model = build_model(
-        config.model,
-        config.data,
-        7,
-        graph_nodes=config.train.batch_size,
-        train_images=FLAGS.memory_images,
-    )
+    size, classes = config.data.image_size, 7
+    model = build_model(config, classes, train_images=FLAGS.memory_images)
     model.graph_enabled.assign(1.0)
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (7 * config.model.bank_per_class, size, size, 3))
-    y = np.eye(7)[np.arange(len(x)) % 7]
-    model.build_bank([(x.astype("float32"), y.astype("float32"))])
-    need = model.context_sets * model.context_size
-    model.build_context([rng.uniform(0, 255, (need, size, size, 3)).astype("float32")])
+    x = rng.uniform(0, 255, (1, size, size, 3))
     if model.memory is not None:  # speed does not depend on what it holds
         n, e = FLAGS.memory_images, model.embedding_dim
-        labels = np.eye(7, dtype="float32")[rng.integers(0, 7, n)]
+        labels = np.eye(classes, dtype="float32")[rng.integers(0, classes, n)]
         model.memory.fill(
-            rng.normal(size=(n, e)), rng.normal(size=(n, 7)), targets=labels
+            rng.normal(size=(n, e)), rng.normal(size=(n, classes)), targets=labels
         )
     with tempfile.TemporaryDirectory() as tmp:
         loaded = tf.saved_model.load(export_model(model, tmp))
@@ -102,9 +96,6 @@ def main(argv):
             "image_size": size,
             "served_graph": model.inference_graph,
             "label_weight": float(loaded.nearest_label_weight.numpy()),
-            "context_nodes": model.context_size + 1,
-            "context_sets": model.context_sets,
-            "bank_size": int(model.bank.valid.numpy().sum()),
             "memory_images": model.memory_size,
             "signatures": {},
         }

@@ -13,8 +13,9 @@ import os
 # TensorFlow; set the variable to 0 to opt out.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+from ean_tf.build import build_model  # noqa: E402
 from ean_tf.config import Config, make_config  # noqa: E402
-from ean_tf.models.ean import EAN, AdjacencyWarmup, build_model  # noqa: E402
+from ean_tf.models.ean import EAN, AdjacencyWarmup  # noqa: E402
 from ean_tf.models.gcn import GCNConv, GCNHead  # noqa: E402
 from ean_tf.schedules import LearningRate  # noqa: E402
 

@@ -232,7 +232,7 @@ def evaluate_model(
     image_size: int,
     batch_size: int,
     out_dir: str,
-    graphs=("bank",),
+    graphs=("isolated",),
     checkpoint: str = "",
     shuffle_seed: int = 0,
     noisy_labels: str | None = None,

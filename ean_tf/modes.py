@@ -37,7 +37,7 @@ def print_summary(summary: dict) -> None:
         f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s.",
         "Validation accuracy: "
         + ", ".join(f"{g} graph {a:.4f}" for g, a in acc.items()),
-        f"  model (references):  {summary['model']}",
+        f"  model:               {summary['model']}",
         f"  best checkpoint:     {summary['best_model']}",
         f"  metrics:             {summary['metrics']}",
         f"  confusion matrix:    {summary['confusion']}",
@@ -54,8 +54,8 @@ def _model_and_splits(config: Config, checkpoint: str):
     the model's image size; the model is checked for the graph the run asks of
     it first, so that a graph it lacks stops the run before the data is read."""
     from ean_tf import data as data_lib
-    from ean_tf.predict import check_graph, set_label_weight
     from ean_tf.runs import load_model
+    from ean_tf.served import check_graph, set_label_weight
 
     path = default_checkpoint(config, checkpoint)
     model = load_model(path)
@@ -154,8 +154,8 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
 
 
 def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
-    from ean_tf.predict import serving_model
     from ean_tf.runs import load_model
+    from ean_tf.served import serving_model
     from export.serving import export_model
 
     path = default_checkpoint(config, checkpoint)
@@ -178,15 +178,15 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
 def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf.predict import predict
 
-    if not config.export.images:
+    if not config.predict.images:
         raise ValueError("--mode=predict needs --images=PATH|GLOB|DIR")
     output = output or os.path.join(config.train.run_dir, "predictions.csv")
     result = predict(
         default_checkpoint(config, checkpoint),
-        config.export.images,
+        config.predict.images,
         output,
-        config.export.annotate_dir,
-        config.data.no_face,
+        config.predict.annotate_dir,
+        config.prepare.no_face,
         served_graph=config.export.served_graph,
         label_weight=config.export.served_label_weight,
     )
@@ -241,12 +241,12 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
         model.image_size,
         config.train.batch_size,
         graph,
-        config.generator.robustness_seed,
+        config.evaluation.robustness_seed,
     )
     report = {
         "checkpoint": path,
         "graph": graph,
-        "seed": config.generator.robustness_seed,
+        "seed": config.evaluation.robustness_seed,
         "results": result,
     }
     out = output or os.path.join(config.train.run_dir, "robustness.json")
@@ -265,7 +265,7 @@ def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf.data import prepare
 
     out = output or os.path.join(config.data.data_dir or ".", "prepared")
-    manifest = prepare.prepare(config.data, out, config.data.no_face)
+    manifest = prepare.prepare(config.data, out, config.prepare.no_face)
     print(
         f"Wrote {out}/manifest.json ({manifest['images_per_second']} images/s). "
         f"Train with --dataset=tfrecord --data_dir={out}"

@@ -222,7 +222,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             d.image_size,
             view_kinds(config),
             figure,
-            g.robustness_seed,
+            config.evaluation.robustness_seed,
         )
         summary["figure"] = figure
         with open(os.path.join(run_dir, "summary.json"), "w") as f:

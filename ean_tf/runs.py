@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import EVALUATION_FIELDS, LINEAR_IGNORED, Config, with_first_defaults
+from ean_tf.config import EVALUATION_FIELDS, LINEAR_IGNORED, Config
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.models.ean import ModelFormatError, check_format
 from ean_tf.models.memory import memory_images
-from ean_tf.models.reference import BANK_CANDIDATES, bank_candidates, select_context
 from ean_tf.schedules import LearningRate
 
 log = logging.getLogger("ean_tf")
@@ -269,8 +270,8 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:  # a field it lacks: trained before the field existed
-        previous = with_first_defaults(json.load(f))
+    with open(path) as f:
+        previous = json.load(f)
     current = json.loads(json.dumps(config.to_dict(), default=str))
     heads = (current["model"]["head"], previous.get("model", {}).get("head"))
     ignored = LINEAR_IGNORED if heads == ("linear", "linear") else {}
@@ -301,47 +302,35 @@ def check_run_dir(config: Config, run_dir: str) -> None:
 
 
 def load_model(path: str) -> keras.Model:
-    """Loads a `.keras` model written by `train` (custom objects registered)."""
+    """Loads a `.keras` model written by `train` (custom objects registered); a
+    model of another format is refused in one line, before Keras reads it."""
     if not os.path.isfile(path):
         raise TrainingError(f"--checkpoint={path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise TrainingError(f"{path}: not a .keras model ({error})") from None
+    if saved.get("class_name") == "EAN":
+        try:
+            check_format(saved.get("config", {}), path)
+        except ModelFormatError as error:
+            raise TrainingError(str(error)) from None
     return keras.models.load_model(path)
 
 
-def fill_references(model, splits, config, batch_size: int) -> dict:
-    """The reference bank, the reference context and the nearest graph's memory of
-    the served graphs, from the training split without augmentation; returns the
-    bank's per-class counts.
-
-    The bank's candidates are the first `BANK_CANDIDATES` images of each class in
-    file order, so only those are read and embedded (not the whole split when a
-    class has fewer)."""
-    size = config.data.image_size
-    candidates = bank_candidates(splits.train.labels, BANK_CANDIDATES)
-    counts = model.build_bank(
-        make_dataset(splits.train.select(candidates), size, batch_size, training=False),
-        max_per_class=BANK_CANDIDATES,
-        seed=config.train.seed,
+def fill_memory(model, splits, config, batch_size: int) -> None:
+    """The nearest graph's store, from the training split without augmentation:
+    `model.memory_size` images (all, or drawn with the class prior) and the
+    targets training learned from (a noisy run's noisy labels)."""
+    if model.memory is None:
+        return
+    pick = memory_images(
+        splits.train.labels,
+        model.memory_size,
+        config.train.seed,
+        splits.train.num_classes,
     )
-    if model.head_type == "ean":
-        pick = select_context(
-            splits.train.labels,
-            model.context_size,
-            model.context_sets,
-            config.train.seed,
-            splits.train.num_classes,
-        )
-        subset = splits.train.select(pick.reshape(-1))
-        ds = make_dataset(subset, size, batch_size, training=False)
-        model.build_context(images for images, _ in ds)
-    if model.memory is not None:
-        pick = memory_images(
-            splits.train.labels,
-            model.memory_size,
-            config.train.seed,
-            splits.train.num_classes,
-        )
-        subset = splits.train.select(pick)
-        ds = make_dataset(subset, size, batch_size, training=False)
-        # The targets training learned from (a noisy run's noisy labels).
-        model.build_memory((images for images, _ in ds), subset.soft_targets())
-    return counts
+    subset = splits.train.select(pick)
+    ds = make_dataset(subset, config.data.image_size, batch_size, training=False)
+    model.build_memory((images for images, _ in ds), subset.soft_targets())

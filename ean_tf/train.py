@@ -6,7 +6,7 @@
     last.keras           model + optimizer after the last finished epoch (resume)
     state.json           epochs finished, steps done, best validation accuracy
     best.keras           the best model by validation accuracy
-    model.keras          the final model, reference context and bank filled
+    model.keras          the final model, its nearest graph's store filled
     log.csv, tb/         every metric per epoch; TensorBoard logs
     metrics.json, confusion_<graph>.png   the final evaluation (see evaluate.py)
     noisy_labels.csv     with --noise_rate > 0: path, clean_label, noisy_label
@@ -27,18 +27,19 @@ import keras
 import tensorflow as tf
 
 from ean_tf import data as data_lib
+from ean_tf.build import build_model
 from ean_tf.config import Config
 from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.models.backbones import load_backbone_weights
-from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup, build_model
+from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup
 from ean_tf.runs import (
     RestoreEpochMetrics,
     RunCheckpoint,
     TrainingError,
     atomic_save,
     check_run_dir,
-    fill_references,
+    fill_memory,
     make_optimizer,
     make_strategy,
     read_state,
@@ -157,13 +158,9 @@ def _build_or_resume(run: _Run) -> tuple[EAN, dict, bool]:
         else:
             state = {"epochs_done": 0, "steps_done": 0, "best_val_accuracy": None}
             model = build_model(
-                c.model,
-                c.data,
+                c,
                 run.splits.train.num_classes,
                 run.splits.class_names,
-                c.train.label_smoothing,
-                c.train.cross_replica_graph,
-                graph_nodes=run.graph_nodes,
                 train_images=len(run.splits.train.labels),
             )
             if c.model.backbone_weights:
@@ -174,8 +171,6 @@ def _build_or_resume(run: _Run) -> tuple[EAN, dict, bool]:
                 optimizer=make_optimizer(c, run.steps), jit_compile=c.train.jit_compile
             )
     model.set_inference_graph("batch" if c.model.head == "ean" else "isolated")
-    # --label_filter_warmup_epochs, as the optimizer step the filter starts at.
-    model.label_filter_from_step = c.train.label_filter_warmup_epochs * run.steps
     return model, state, resume
 
 
@@ -234,7 +229,6 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
             cache=d.cache,
             deterministic=d.deterministic,
             balanced=d.balanced_sampling,
-            group_size=d.group_size,
             skip=state["steps_done"] * batch,  # the data position
             drop_remainder=True,
         )
@@ -286,13 +280,13 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
 
 
 def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
-    """The reference context and bank, the final model, its evaluation in every
-    graph, and the summary."""
+    """The nearest graph's store, the final model, its evaluation in every graph,
+    and the summary."""
     from ean_tf import evaluate as evaluate_lib
 
     d, m = run.config.data, run.config.model
-    log.info("Filling the stored graphs (context, nearest, bank), then evaluating")
-    bank_counts = fill_references(model, run.splits, run.config, run.batch)
+    log.info("Storing the training images of the nearest graph, then evaluating")
+    fill_memory(model, run.splits, run.config, run.batch)
     served = DEFAULT_GRAPH if m.inference_graph == "all" else m.inference_graph
     model.set_inference_graph(served)
     final = os.path.join(run.run_dir, "model.keras")
@@ -317,7 +311,6 @@ def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
         "best_model": os.path.join(run.run_dir, "best.keras"),
         "best_val_accuracy": state.get("best_val_accuracy"),
         "replicas": run.replicas,
-        "bank_per_class": bank_counts,
         "metrics": os.path.join(run.run_dir, "metrics.json"),
         "accuracy": {g: r["accuracy"] for g, r in report["graphs"].items()},
         "confusion": os.path.join(run.run_dir, "confusion.png"),

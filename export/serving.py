@@ -18,9 +18,8 @@ Signatures (see README "Serving"):
   embed                images -> features [None, Fd] (pooled) and embeddings [None, E].
 
 In the nearest graph each image is joined only to training images stored in the
-model (in the context graph, to the stored reference context; in the bank graph,
-to the reference bank), so TF Serving's batching (which merges clients' requests
-and pads a batch by repeating rows) never changes one client's answer.
+model, so TF Serving's batching (which merges clients' requests and pads a batch
+by repeating rows) never changes one client's answer.
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ MODEL_NAME = "ean"
 BATCHING_PARAMETERS = """\
 # TF Serving server-side batching (--enable_batching
 # --batching_parameters_file=batching_parameters.txt). Safe with the default
-# signature serving the nearest, context, bank or isolated graph: each image's
-# answer is independent of its batch.
+# signature serving the nearest or isolated graph: each image's answer is
+# independent of its batch.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 5000 }
 max_enqueued_batches { value: 100 }

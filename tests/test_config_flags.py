@@ -99,27 +99,6 @@ def test_out_of_range_value_names_the_flag(name, value, expected):
         make_config("default", **{name: value})
 
 
-def test_a_label_filter_that_would_never_start_names_its_flag():
-    epochs = make_config("default").train.epochs
-    late = dict(label_filter_warmup_epochs=epochs)
-    make_config("default", **late)  # no filter: the schedule is not read
-    with pytest.raises(ConfigError, match="label_filter_warmup_epochs"):
-        make_config("default", neighbour_label_filter=True, **late)
-    config = make_config(
-        "default", neighbour_label_filter=True, label_filter_warmup_epochs=epochs - 1
-    )
-    assert config.train.label_filter_warmup_epochs == epochs - 1
-
-
-def test_neighbour_targets_on_a_cross_entropy_that_is_off_name_the_flag():
-    paper = dict(isolated_ce_weight=0.0, graph_backbone_grad=True, graph_head_grad=True)
-    scoped = dict(neighbour_target_weight=0.5, neighbour_target_scope="isolated")
-    make_config("default", neighbour_target_weight=0.5, **paper)  # both: the graph's
-    with pytest.raises(ConfigError, match="neighbour_target_scope"):
-        make_config("default", **scoped, **paper)
-    assert make_config("default", **scoped).model.neighbour_target_scope == "isolated"
-
-
 def test_bad_list_value_names_the_flag(parse):
     with pytest.raises(ConfigError, match="--gcn_units"):
         parse("--gcn_units=a,b")

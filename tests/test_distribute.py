@@ -62,7 +62,10 @@ def test_mirrored_on_two_cpus_local_and_global_graph(tmp_path):
     assert float(local[0]["graph_nodes"]) == batch / 2
     assert float(global_[0]["graph_nodes"]) == batch
     for row in local + global_:
-        assert all(abs(float(row[k])) < 1e6 for k in ("loss", "ce_loss", "adj_loss"))
+        assert all(
+            abs(float(row[k])) < 1e6
+            for k in ("loss", "ce_isolated", "ce_graph", "adj_loss")
+        )
     assert "local batch" in result.stderr and "global batch" in result.stderr
 
 
@@ -213,7 +216,7 @@ def test_step_checkpoint_resumes_mid_epoch(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for resumed, straight in zip(_log(tmp_path / "run"), _log(other), strict=True):
-        for key in ("loss", "ce_loss", "accuracy", "val_accuracy"):
+        for key in ("loss", "ce_isolated", "accuracy", "val_accuracy"):
             assert float(resumed[key]) == pytest.approx(float(straight[key]), abs=1e-5)
     from ean_tf.runs import load_model
 
@@ -251,4 +254,7 @@ def test_mixed_precision_trains_with_finite_losses(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     row = _log(tmp_path / "run")[0]
-    assert all(abs(float(row[k])) < 1e6 for k in ("loss", "ce_loss", "adj_loss"))
+    assert all(
+        abs(float(row[k])) < 1e6
+        for k in ("loss", "ce_isolated", "ce_graph", "adj_loss")
+    )

@@ -24,8 +24,6 @@ def exported(tmp_path_factory):
         image_size=SIZE,
         width=8,
         embedding_dim=16,
-        bank_per_class=2,
-        context_size=7,
         memory_size=20,
         tau1=0.0,
         class_names=["a", "b", "c", "d"],
@@ -33,8 +31,6 @@ def exported(tmp_path_factory):
     model.graph_enabled.assign(1.0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (32, SIZE, SIZE, 3)).astype(np.float32)
-    model.build_bank([(x, np.eye(4, dtype=np.float32)[np.arange(32) % 4])])
-    model.build_context([x[:7]])
     model.build_memory([x[:20]], np.eye(4, dtype=np.float32)[np.arange(20) % 4])
     base = str(tmp_path_factory.mktemp("exports"))
     path = serving.export_model(model, base, max_image_bytes=20_000)
@@ -69,15 +65,15 @@ def test_version_folder_and_side_files(exported):
 def test_outputs_equal_the_keras_model(exported):
     model, _, _, loaded = exported
     x = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype("float32")
-    bank = loaded.signatures["predict_images"](images=tf.constant(x))
+    served = loaded.signatures["predict_images"](images=tf.constant(x))
     assert model.inference_graph == "nearest"  # the default
     assert loaded.served_graph.numpy().decode() == "nearest"
     assert float(loaded.nearest_label_weight.numpy()) == 0.25  # the default
     np.testing.assert_allclose(
-        bank["probabilities"], tf.nn.softmax(model(x, graph="nearest")), atol=1e-5
+        served["probabilities"], tf.nn.softmax(model(x, graph="nearest")), atol=1e-5
     )
     assert not np.allclose(
-        bank["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-4
+        served["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-4
     )
     batch = loaded.signatures["predict_batch_graph"](images=tf.constant(x))
     np.testing.assert_allclose(
@@ -91,8 +87,8 @@ def test_outputs_equal_the_keras_model(exported):
     pooled, emb, _ = model.features(x)
     np.testing.assert_allclose(embed["features"], pooled, atol=1e-5)
     np.testing.assert_allclose(embed["embeddings"], emb, atol=1e-5)
-    names = [n.decode() for n in bank["class_name"].numpy()]
-    assert names == [model.class_names[i] for i in bank["class_index"].numpy()]
+    names = [n.decode() for n in served["class_name"].numpy()]
+    assert names == [model.class_names[i] for i in served["class_index"].numpy()]
 
 
 def test_serving_default_decodes_like_training(exported):
@@ -285,44 +281,33 @@ def test_cli_export_to_an_existing_version_is_one_line(exported, tmp_path):
 
 
 def test_an_export_serves_the_graph_the_model_serves(tmp_path):
-    """A model set to serve `context` exports its stored context: the SavedModel
-    answers as the Keras model does, each image on its own."""
+    """A model set to serve `batch` exports that graph: the SavedModel answers as
+    the Keras model does, the request's images forming one graph."""
     keras.utils.set_random_seed(4)
     model = EAN(
-        4,
-        image_size=SIZE,
-        width=8,
-        embedding_dim=16,
-        context_size=7,
-        tau1=0.0,
-        inference_graph="context",
+        4, image_size=SIZE, width=8, embedding_dim=16, tau1=0.0, inference_graph="batch"
     )
     model.graph_enabled.assign(1.0)
-    x = np.random.default_rng(2).uniform(0, 255, (13, SIZE, SIZE, 3)).astype("float32")
-    model.build_context([x[:7]])
+    x = np.random.default_rng(2).uniform(0, 255, (6, SIZE, SIZE, 3)).astype("float32")
     loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path)))
-    assert loaded.served_graph.numpy().decode() == "context"
-    queries = tf.constant(x[7:])
-    out = loaded.signatures["predict_images"](images=queries)["probabilities"]
-    want = tf.nn.softmax(model(x[7:], graph="context"))
-    np.testing.assert_allclose(out, want, atol=1e-5)
-    assert not np.allclose(out, tf.nn.softmax(model(x[7:], graph="isolated")))
-    alone = loaded.signatures["predict_images"](images=queries[:1])["probabilities"]
-    np.testing.assert_allclose(alone, out[:1], atol=1e-5)
+    assert loaded.served_graph.numpy().decode() == "batch"
+    out = loaded.signatures["predict_images"](images=tf.constant(x))["probabilities"]
+    np.testing.assert_allclose(out, tf.nn.softmax(model(x, graph="batch")), atol=1e-5)
+    assert not np.allclose(out, tf.nn.softmax(model(x, graph="isolated")))
 
 
 def test_cli_export_serves_the_graph_asked_for(exported, tmp_path):
     model, *_ = exported
-    result = _cli_export(model, tmp_path, "--served_graph=context")
+    result = _cli_export(model, tmp_path, "--served_graph=isolated")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "serving its context graph" in result.stdout
+    assert "serving its isolated graph" in result.stdout
     loaded = tf.saved_model.load(str(tmp_path / "exports" / "1"))
-    assert loaded.served_graph.numpy().decode() == "context"
+    assert loaded.served_graph.numpy().decode() == "isolated"
     assert float(loaded.nearest_label_weight.numpy()) == 0.0  # not the nearest
     x = np.random.default_rng(5).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
     out = loaded.signatures["predict_images"](images=tf.constant(x))
     np.testing.assert_allclose(
-        out["probabilities"], tf.nn.softmax(model(x, graph="context")), atol=1e-5
+        out["probabilities"], tf.nn.softmax(model(x, graph="isolated")), atol=1e-5
     )
 
 

@@ -215,7 +215,7 @@ def test_pretrain_generator_mode_writes_weights_figure_log(pretrained):
 
 
 def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
-    from ean_tf.models.ean import build_model
+    from ean_tf.build import build_model
     from ean_tf.train import train
 
     tmp, _ = pretrained
@@ -229,7 +229,7 @@ def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
         adj_warmup_epochs=0,
         steps_per_epoch=2,
     )
-    model = build_model(config.model, config.data, 7)
+    model = build_model(config, 7)
     load_backbone_weights(model.backbone, weights)
     reference = build_backbone("resnet18", 32, "small_s2", 8)
     reference.load_weights(weights)

@@ -164,58 +164,6 @@ def test_balanced_sampling_is_roughly_uniform(tmp_path):
     assert np.all(np.abs(counts - 1 / 3) < 0.08)
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_grouped_batches_join_each_image_to_its_label(tmp_path, cache):
-    paths = [write_png(str(tmp_path / f"{i}.png"), 8, seed=i) for i in range(16)]
-    labels = np.array([0] * 12 + [1] * 3 + [2])
-    ex = Examples(paths, labels, ("a", "b", "c"))
-    kw = dict(training=True, flip=False, group_size=4, cache=cache, deterministic=True)
-    ds = pipeline.make_dataset(ex, 8, 8, **kw)
-    batches = [b[1].numpy().argmax(1) for b in ds.take(40)]
-    groups = np.concatenate(batches).reshape(-1, 4)
-    assert np.all(groups == groups[:, :1])  # each group is one label
-    # Groups follow the labels' prior (12 : 3 : 1), not a uniform draw.
-    share = np.bincount(groups[:, 0], minlength=3) / len(groups)
-    assert share[0] > 0.6 and share[2] < 0.15
-    # The same stream again, and from a data position (a resumed run).
-    again = pipeline.make_dataset(ex, 8, 8, **kw)
-    resumed = pipeline.make_dataset(ex, 8, 8, skip=16, **kw)
-    first = [b[0].numpy() for b in pipeline.make_dataset(ex, 8, 8, **kw).take(4)]
-    for a, b in zip(first, [b[0].numpy() for b in again.take(4)], strict=True):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(first[2:], [b[0].numpy() for b in resumed.take(2)], strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_cached_grouped_batches_read_each_image_once(tmp_path, monkeypatch):
-    """--cache with grouped batches: the classes' samplers share one cache, so
-    three passes over the data read each image file once, not once a class."""
-    paths = [write_png(str(tmp_path / f"{i}.png"), 8, seed=i) for i in range(16)]
-    ex = Examples(paths, np.array([0] * 8 + [1] * 4 + [2] * 4), ("a", "b", "c"))
-    reads = []
-    real = pipeline.load_example
-
-    def counted(path, box, image_size):
-        count = tf.py_function(lambda p: reads.append(p.numpy()) or 0, [path], tf.int32)
-        with tf.control_dependencies([count]):
-            return tf.identity(real(path, box, image_size))
-
-    monkeypatch.setattr(pipeline, "load_example", counted)
-    kw = dict(training=True, flip=False, group_size=4, cache=True, deterministic=True)
-    ds = pipeline.make_dataset(ex, 8, 8, **kw)
-    labels = np.concatenate([b[1].numpy().argmax(1) for b in ds.take(6)])  # 3 passes
-    assert set(labels) == {0, 1, 2}
-    assert sorted(reads) == sorted(p.encode() for p in paths)
-
-
-def test_group_size_must_divide_the_batch():
-    from ean_tf.config import ConfigError, make_config
-
-    with pytest.raises(ConfigError, match="--group_size: expected a divisor of"):
-        make_config("tiny", batch_size=16, group_size=3)
-    assert make_config("tiny", batch_size=16, group_size=4).data.group_size == 4
-
-
 def test_cache_gives_same_images(tmp_path):
     ex = _examples(tmp_path, 4)
     a = next(iter(pipeline.make_dataset(ex, 16, 4, training=False)))[0]

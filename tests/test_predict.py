@@ -34,16 +34,12 @@ def models(tmp_path_factory):
         image_size=48,
         width=8,
         embedding_dim=16,
-        bank_per_class=2,
-        context_size=7,
         memory_size=16,
         tau1=0.0,
         class_names=NAMES,
     )
     model.graph_enabled.assign(1.0)
     x = np.random.default_rng(0).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
-    model.build_bank([(x, np.eye(4, dtype="float32")[np.arange(16) % 4])])
-    model.build_context([x[:7]])
     model.build_memory([x], np.eye(4, dtype="float32")[np.arange(16) % 4])
     model.save(str(tmp / "model.keras"))
     saved = serving.export_model(model, str(tmp / "exports"))
@@ -114,12 +110,11 @@ def test_served_graph_picks_the_graph_a_keras_model_serves(models):
     _, keras_path, saved, photos, tmp = models
     one = str(photos / "astronaut.jpg")
     probs = {}
-    for graph in ("", "nearest", "context", "isolated"):
+    for graph in ("", "nearest", "isolated"):
         out = str(tmp / f"graph_{graph or 'own'}.json")
         face = predict(keras_path, one, out, progress=False, served_graph=graph)
         probs[graph] = np.array(list(face["faces"][0]["probabilities"].values()))
     np.testing.assert_allclose(probs[""], probs["nearest"], atol=1e-6)  # its own
-    assert not np.allclose(probs["nearest"], probs["context"], atol=1e-4)
     assert not np.allclose(probs["nearest"], probs["isolated"], atol=1e-4)
     with pytest.raises(ValueError, match=r"SavedModel.*exported with \(nearest\)"):
         predict(saved, one, str(tmp / "s.json"), progress=False, served_graph="batch")
@@ -152,13 +147,13 @@ def test_served_label_weight_sets_the_nearest_graphs_label_weight(models):
     Classifier(saved, "", 0.25)  # exported with the model's own weight
     with pytest.raises(ValueError, match=r"SavedModel.*exported with \(0.25\)"):
         predict(saved, one, str(tmp / "w.json"), progress=False, label_weight=0.5)
-    with pytest.raises(ValueError, match="answers in its context graph"):
+    with pytest.raises(ValueError, match="answers in its isolated graph"):
         predict(
             keras_path,
             one,
             str(tmp / "w.json"),
             progress=False,
-            served_graph="context",
+            served_graph="isolated",
             label_weight=0.5,
         )
 

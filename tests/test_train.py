@@ -47,20 +47,17 @@ def test_train_writes_every_output(trained):
     ):
         assert os.path.isfile(os.path.join(run, name)), name
     assert summary["epochs_done"] == config.train.epochs
-    assert list(summary["accuracy"]) == [
-        "nearest",
-        "context",
-        "bank",
-        "batch",
-        "isolated",
-    ]
+    assert list(summary["accuracy"]) == ["nearest", "batch", "isolated"]
     for graph in summary["accuracy"]:  # a confusion matrix for every graph
         assert os.path.isfile(os.path.join(run, f"confusion_{graph}.png")), graph
-    assert sum(summary["bank_per_class"].values()) > 0
     with open(os.path.join(run, "log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == config.train.epochs
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+    # The logged loss is the objective's weighted sum of its logged terms.
+    for r in rows:
+        terms = float(r["ce_isolated"]) + 0.5 * float(r["ce_graph"])
+        assert float(r["loss"]) == pytest.approx(terms + float(r["adj_loss"]), 1e-4)
 
 
 def test_noise_file_has_exact_flip_count(trained):
@@ -105,9 +102,9 @@ def test_eval_answers_with_the_label_weight_asked_for(trained, tmp_path):
     assert reports[-1.0]["label_weight"] == 0.25  # the model's own, the default
     assert (reports[0.0]["label_weight"], reports[0.5]["label_weight"]) == (0.0, 0.5)
     assert reports[0.5]["confusion_matrix"] != reports[0.0]["confusion_matrix"]
-    ask = replace(config, inference_graph="context", served_label_weight=0.5)
-    with pytest.raises(ValueError, match="answers in its context graph"):
-        run_eval(ask, output=str(tmp_path / "context"))
+    ask = replace(config, inference_graph="batch", served_label_weight=0.5)
+    with pytest.raises(ValueError, match="answers in its batch graph"):
+        run_eval(ask, output=str(tmp_path / "batch"))
 
 
 def test_metrics_json_is_consistent(trained):
@@ -180,7 +177,7 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
         config = make_config("tiny", run_dir=run, head=head)
         with open(os.path.join(run, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, default=str)
-        other = replace(config, tau1=0.7, neighbour_target_weight=0.5)
+        other = replace(config, tau1=0.7, objective="paper")
         if head == "linear":
             check_run_dir(other, run)  # resumes
             with pytest.raises(TrainingError, match="image_size=32 there, 40 here"):
@@ -191,57 +188,21 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
     assert sorted(os.listdir(run)) == ["config.json"]  # nothing deleted
 
 
-def test_a_field_written_before_it_existed_means_its_first_default(tmp_path):
-    """isolated_ce_weight was 0 (the paper's loss) until 2026-12-01,
-    graph_backbone_grad True until 2026-12-02, nearest_label_weight 0 and
-    graph_head_grad True until 2026-12-05: a run folder or a saved model
-    without the fields was trained so, and is resumed, compared and rebuilt so,
-    not with today's defaults."""
-    from ean_tf import EAN
-    from ean_tf.config import make_config, with_first_defaults
+def test_what_the_nearest_graph_answers_with_is_not_another_run(tmp_path):
+    """nearest_k and the label weight choose what a trained model answers with,
+    not what is trained: a run resumes with other values; the objective is
+    training, so another one is another run."""
+    from ean_tf.config import make_config
     from ean_tf.runs import TrainingError, check_run_dir
 
     run = str(tmp_path / "run")
     os.makedirs(run)
     config = make_config("tiny", run_dir=run)
-    assert config.model.isolated_ce_weight == 1.0  # today's defaults
-    assert config.model.graph_backbone_grad is config.model.graph_head_grad is False
-    old = json.loads(json.dumps(config.to_dict(), default=str))
-    for name in ("isolated_ce_weight", "graph_backbone_grad", "graph_head_grad"):
-        del old["model"][name]
     with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump(old, f)
-    filled = with_first_defaults(old)  # a copy: what every reader of a config does
-    assert (filled["model"]["isolated_ce_weight"], filled["model"]["tau1"]) == (
-        0.0,
-        old["model"]["tau1"],
-    )
-    assert "graph_backbone_grad" not in old["model"]
-    with pytest.raises(TrainingError) as error:
-        check_run_dir(config, run)
-    assert "isolated_ce_weight=0.0 there, 1.0 here" in str(error.value)
-    assert "graph_backbone_grad=True there, False here" in str(error.value)
-    assert "graph_head_grad=True there, False here" in str(error.value)
-    paper = replace(
-        config, isolated_ce_weight=0.0, graph_backbone_grad=True, graph_head_grad=True
-    )
-    check_run_dir(paper, run)  # resumes
-    # What the nearest graph answers with is evaluation, not training: resumes.
-    check_run_dir(replace(paper, nearest_label_weight=0.5, nearest_k=8), run)
-    saved = EAN(4, image_size=32, width=8, embedding_dim=16).get_config()
-    model = EAN.from_config(saved)
-    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, False)
-    assert (model.nearest_label_weight, model.graph_head_grad) == (0.25, False)
-    del saved["nearest_label_weight"]  # saved before the field (0 until 2026-12-05)
-    assert EAN.from_config(saved).nearest_label_weight == 0.0
-    del saved["graph_head_grad"]  # saved before the field (True until 2026-12-05)
-    assert EAN.from_config(saved).graph_head_grad is True
-    del saved["graph_backbone_grad"]  # saved between the two changes
-    model = EAN.from_config(saved)
-    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (1.0, True)
-    del saved["isolated_ce_weight"]
-    model = EAN.from_config(saved)
-    assert (model.isolated_ce_weight, model.graph_backbone_grad) == (0.0, True)
+        json.dump(config.to_dict(), f, default=str)
+    check_run_dir(replace(config, nearest_label_weight=0.5, nearest_k=8), run)
+    with pytest.raises(TrainingError, match="objective='split' there, 'paper' here"):
+        check_run_dir(replace(config, objective="paper"), run)
 
 
 def test_metrics_by_hand():
@@ -295,7 +256,7 @@ def test_cli_train_then_eval(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert list(report["graphs"]) == ["nearest", "context", "bank", "batch", "isolated"]
+    assert list(report["graphs"]) == ["nearest", "batch", "isolated"]
     assert report["checkpoint"].endswith("model.keras")
     assert os.path.isfile(tmp_path / "eval" / "confusion.png")
     for graph in report["graphs"]:
@@ -451,7 +412,6 @@ def test_training_batches_follow_the_sampling_flags(trained, tmp_path, monkeypat
     run = replace(
         config,
         run_dir=str(tmp_path / "run"),
-        group_size=4,
         balanced_sampling=True,
         noise_rate=0.0,
     )
@@ -470,36 +430,4 @@ def test_training_batches_follow_the_sampling_flags(trained, tmp_path, monkeypat
     monkeypatch.setattr(train_lib, "make_dataset", record)
     with pytest.raises(Stop):
         train_lib.train(run, verbose=0)
-    assert seen["group_size"] == 4 and seen["balanced"] is True
-
-
-def test_bank_reads_only_its_candidates_and_equals_the_full_scan(trained, monkeypatch):
-    """fill_references embeds only the first BANK_CANDIDATES images of each class,
-    and the bank it fills is the one a scan of the whole training split gives."""
-    import keras
-
-    from ean_tf import data as data_lib
-    from ean_tf import runs
-    from ean_tf.data.pipeline import make_dataset
-
-    config, summary = trained
-    model = keras.models.load_model(summary["model"])
-    splits = data_lib.load(config.data, seed=config.train.seed)
-    size = config.data.image_size
-    monkeypatch.setattr(runs, "BANK_CANDIDATES", 3)
-    read = []
-    real_features = model.features
-    monkeypatch.setattr(
-        model, "features", lambda x, **kw: read.append(len(x)) or real_features(x, **kw)
-    )
-    runs.fill_references(model, splits, config, 8)
-    classes = splits.train.num_classes
-    assert sum(read) == 3 * classes < len(splits.train)
-    filled = [np.array(w) for w in model.bank.weights]
-    model.build_bank(
-        make_dataset(splits.train, size, 8, training=False), max_per_class=3
-    )
-    assert sum(read) > 3 * classes  # the full scan read more
-    # The same members (batches of other sizes round the features differently).
-    for mine, full in zip(filled, model.bank.weights, strict=True):
-        np.testing.assert_allclose(mine, np.array(full), rtol=1e-4, atol=1e-4)
+    assert seen["balanced"] is True

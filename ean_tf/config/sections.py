@@ -23,9 +23,12 @@ from ean_tf.config.model import ModelConfig
 
 __all__ = [
     "DataConfig",
+    "EvaluationConfig",
     "ExportConfig",
     "GeneratorConfig",
     "ModelConfig",
+    "PredictConfig",
+    "PrepareConfig",
     "TrainConfig",
 ]
 
@@ -49,13 +52,6 @@ class DataConfig:
     ferplus_classes: int = _f(8, "FERPlus classes: 8, or 7 without contempt.", (7, 8))
     affectnet_classes: int = _f(8, "AffectNet classes: 7 or 8 (with contempt).", (7, 8))
     balanced_sampling: bool = _f(False, "Sample training classes uniformly.")
-    group_size: int = _f(
-        1,
-        "Grouped training batches: each image drawn is joined by group_size - 1 "
-        "more of its (training) label, so the batch graph has same-class pairs "
-        "to learn from (1: off). Divides --batch_size.",
-        check=_AT_LEAST_1,
-    )
     train_split: str = _f("", "Training split name (empty: the reader's own).")
     val_split: str = _f("", "Validation split name (empty: the reader's own).")
     noise_rate: float = _f(
@@ -68,12 +64,6 @@ class DataConfig:
         False,
         "Skip unreadable images and list them in a report instead of failing "
         "(decodes every image first, whatever --validate_images says).",
-    )
-    no_face: str = _f(
-        "center",
-        "--mode=prepare, image without a face: keep a "
-        "centre crop, or skip it (both are listed in the manifest).",
-        ("center", "skip"),
     )
     validate_images: bool = _f(
         True, "Decode every image once before training to catch corrupt files."
@@ -128,12 +118,6 @@ class TrainConfig:
         "must be below --epochs.",
         check=_NON_NEGATIVE_INT,
     )
-    label_filter_warmup_epochs: int = _f(
-        0,
-        "With --neighbour_label_filter, the epochs before the filter starts, counted "
-        "from the first (it also waits for the graph); must be below --epochs.",
-        check=_NON_NEGATIVE_INT,
-    )
     steps_per_epoch: int = _f(
         0, "Steps per epoch (0: one pass over the data).", check=_NON_NEGATIVE_INT
     )
@@ -186,7 +170,7 @@ class ExportConfig:
         "",
         "--mode=export and --mode=predict with a .keras model: the graph to serve "
         "(empty: the one the model was saved with, its --inference_graph).",
-        ("", "nearest", "context", "bank", "batch", "isolated"),
+        ("", "nearest", "batch", "isolated"),
     )
     served_label_weight: float = _f(
         -1.0,
@@ -195,8 +179,6 @@ class ExportConfig:
         "saved with, its --nearest_label_weight).",
         check=(lambda v: v == -1.0 or 0.0 <= v < 1.0, "-1 or a float in [0, 1)"),
     )
-    images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
-    annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
 
 
 @dataclass(frozen=True)
@@ -238,6 +220,32 @@ class GeneratorConfig:
         "this weight (0: off).",
         check=_NON_NEGATIVE,
     )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """--mode=robustness (and the generator experiments' perturbed copies)."""
+
     robustness_seed: int = _f(
         1234, "Seed of the perturbed validation copies of --mode=robustness."
+    )
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """--mode=predict."""
+
+    images: str = _f("", "--mode=predict: an image, a folder of images or a glob.")
+    annotate_dir: str = _f("", "--mode=predict: also write annotated copies here.")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """--mode=prepare, and --mode=predict's photos without a face."""
+
+    no_face: str = _f(
+        "center",
+        "--mode=prepare and --mode=predict, an image without a face: keep a "
+        "centre crop, or skip it (both are listed in the manifest or output).",
+        ("center", "skip"),
     )

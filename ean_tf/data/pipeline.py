@@ -120,20 +120,13 @@ def _source(examples: Examples, image_size: int):
     return tf.data.Dataset.from_tensor_slices(columns), load
 
 
-def _by_class(
-    ds: tf.data.Dataset,
-    examples: Examples,
-    seed: int,
-    balanced: bool,
-    group_size: int,
-) -> tf.data.Dataset:
-    """Rows drawn class by class: a class (uniform if `balanced`, else with the
-    labels' prior), then `group_size` rows of it, each class's rows reshuffled
-    every pass."""
+def _balanced(ds: tf.data.Dataset, examples: Examples, seed: int) -> tf.data.Dataset:
+    """Rows drawn class by class, each class uniformly, each class's rows
+    reshuffled every pass."""
     if examples.records:
         raise ValueError(
-            "balanced or grouped sampling reads image files; it is not "
-            "available for TFRecord data yet"
+            "balanced sampling reads image files; it is not available for "
+            "TFRecord data yet"
         )
     table = tf.constant(examples.labels)
     counts = np.bincount(examples.labels, minlength=examples.num_classes)
@@ -144,12 +137,9 @@ def _by_class(
         .map(lambda _, cols: cols)
         .shuffle(int(counts[k]), seed=seed + int(k))
         .repeat()
-        .batch(group_size)
         for k in present
     ]
-    weights = None if balanced else list(counts[present] / len(examples))
-    ds = tf.data.Dataset.sample_from_datasets(per_class, weights, seed=seed)
-    return ds.unbatch()
+    return tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
 
 
 def make_dataset(
@@ -164,7 +154,6 @@ def make_dataset(
     cache: bool = False,
     deterministic: bool = False,
     balanced: bool = False,
-    group_size: int = 1,
     skip: int = 0,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
@@ -174,9 +163,7 @@ def make_dataset(
     steps per epoch); `skip` drops that many examples of the stream first, which is
     how a resumed run continues at its data position. Each example's augmentation
     seed is (seed, its position in the stream), so the stream is reproducible.
-    `balanced` draws classes uniformly; `group_size` > 1 draws groups of that many
-    images of one label (a class with its prior, or uniformly with `balanced`), so
-    each image has group_size - 1 same-label batch mates.
+    `balanced` draws classes uniformly.
     Otherwise: one ordered pass, no augmentation.
     """
     ds, load = _source(examples, image_size)
@@ -198,8 +185,8 @@ def make_dataset(
         load_fn = lambda image, target: (image, target)
     else:
         load_fn = load
-    if balanced or group_size > 1:
-        ds = _by_class(ds, examples, seed, balanced, group_size)
+    if balanced:
+        ds = _balanced(ds, examples, seed)
     else:
         buffer = min(len(examples), 20000) if examples.records else len(examples)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)

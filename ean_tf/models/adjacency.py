@@ -25,19 +25,18 @@ def cosine_similarity(x: tf.Tensor, y: tf.Tensor | None = None) -> tf.Tensor:
 
 
 def threshold_adjacency(
-    cs: tf.Tensor, tau1: float, tau2: float = -math.inf, signed: bool = False
+    cs: tf.Tensor, tau1: float, tau2: float = -math.inf
 ) -> tf.Tensor:
     """Hard two-threshold adjacency (eq. 4).
 
-    A = 1 where C_s >= tau1 (similar), A = 1 (or -1 when `signed`) where
-    C_s <= tau2 (opposite), else 0. tau2 = -inf is the single-threshold form.
+    A = 1 where C_s >= tau1 (similar) or C_s <= tau2 (opposite), else 0.
+    tau2 = -inf is the single-threshold form.
     cs: (N, M). Returns (N, M) float32.
     """
     similar = tf.cast(cs >= tau1, tf.float32)
     if math.isinf(tau2) and tau2 < 0:
         return similar
-    opposite = tf.cast(cs <= tau2, tf.float32)
-    return similar - opposite if signed else similar + opposite
+    return similar + tf.cast(cs <= tau2, tf.float32)
 
 
 def relaxed_adjacency(
@@ -45,7 +44,6 @@ def relaxed_adjacency(
     tau1: float,
     tau2: float = -math.inf,
     temperature: float = 0.1,
-    signed: bool = False,
     similar_only: bool = False,
 ) -> tf.Tensor:
     """Differentiable edges: sigma((C_s - tau1) / T) + sigma((tau2 - C_s) / T).
@@ -57,8 +55,7 @@ def relaxed_adjacency(
     similar = tf.sigmoid((cs - tau1) / temperature)
     if similar_only or (math.isinf(tau2) and tau2 < 0):
         return similar
-    opposite = tf.sigmoid((tau2 - cs) / temperature)
-    return similar - opposite if signed else similar + opposite
+    return similar + tf.sigmoid((tau2 - cs) / temperature)
 
 
 def straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
@@ -71,39 +68,19 @@ def zero_diagonal(a: tf.Tensor) -> tf.Tensor:
     return tf.linalg.set_diag(a, tf.zeros_like(tf.linalg.diag_part(a)))
 
 
-def normalized_adjacency(a: tf.Tensor, signed: bool = False) -> tf.Tensor:
+def normalized_adjacency(a: tf.Tensor) -> tf.Tensor:
     """Â = D̃^-1/2 (A + I) D̃^-1/2 with A's diagonal zeroed first (eq. 8).
 
     a: (..., N, N), any leading batch dimensions. Degrees are the plain row sums of
     A + I, so that the gradient through a straight-through A is the derivative of
-    eq. 8 itself (an absent edge still moves its degree). With `signed` (opposite
-    edges -1) they are the row sums of |A + I|, so opposite edges still count as
-    neighbours. Each node has its self-loop, so no degree is zero. For a symmetric
-    non-negative A with a zero diagonal this equals `spektral.utils.gcn_filter(A)`.
-    A non-symmetric A (the bank graph's directed edges) is normalised by
-    out-degrees: row i of Â uses only row i's edges and the degrees of the nodes it
-    reads from.
+    eq. 8 itself (an absent edge still moves its degree). Each node has its
+    self-loop, so no degree is zero. For a symmetric non-negative A with a zero
+    diagonal this equals `spektral.utils.gcn_filter(A)`.
     """
     a = zero_diagonal(tf.cast(a, tf.float32))
     a_tilde = a + tf.eye(tf.shape(a)[-1], dtype=a.dtype)  # (..., N, N)
-    degree = tf.reduce_sum(tf.abs(a_tilde) if signed else a_tilde, axis=-1)
-    d_inv_sqrt = tf.math.rsqrt(degree)  # (..., N), degree >= 1
+    d_inv_sqrt = tf.math.rsqrt(tf.reduce_sum(a_tilde, axis=-1))  # (..., N), >= 1
     return a_tilde * d_inv_sqrt[..., :, None] * d_inv_sqrt[..., None, :]
-
-
-def self_weighted(a_hat: tf.Tensor, alpha: float) -> tf.Tensor:
-    """alpha I + (1 - alpha) Â: each node keeps at least `alpha` of its own row.
-
-    a_hat: (..., N, N) normalised adjacency. In Â a node with d - 1 neighbours
-    weighs its own feature 1/d, about 1/16 in a training batch of 64; the
-    self-weight keeps it from being drowned. alpha = 0 is eq. 8 itself; A = I
-    stays I for every alpha. For one GCN layer the logits are exactly
-    alpha * (isolated logits) + (1 - alpha) * (graph logits).
-    """
-    if not alpha:
-        return a_hat
-    eye = tf.eye(tf.shape(a_hat)[-1], dtype=a_hat.dtype)
-    return alpha * eye + (1.0 - alpha) * a_hat
 
 
 def label_mask(labels: tf.Tensor) -> tf.Tensor:
@@ -131,33 +108,3 @@ def adj_loss(
     elif reduction != "sum":
         raise ValueError(f"Expected reduction 'sum' or 'mean'. Received: {reduction!r}")
     return tf.square(diff)
-
-
-def bank_graph(
-    cs_bank: tf.Tensor,
-    cs_query: tf.Tensor,
-    tau1: float,
-    tau2: float,
-    signed: bool = False,
-    bank_valid: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """Directed adjacency over [bank (K); queries (Q)] nodes, bank -> query only.
-
-    cs_bank: (K, K) bank-bank similarities; cs_query: (Q, K) query-bank ones.
-    bank_valid: (K,) 1/0 for bank slots that hold an embedding. Returns the
-    normalised (K+Q, K+Q) Â: bank rows read only the bank, a query row reads
-    itself and its bank neighbours (never another query), so each query's output
-    is independent of the rest of the batch.
-    """
-    k = tf.shape(cs_bank)[0]
-    q = tf.shape(cs_query)[0]
-    a_bank = threshold_adjacency(cs_bank, tau1, tau2, signed)  # (K, K)
-    a_query = threshold_adjacency(cs_query, tau1, tau2, signed)  # (Q, K)
-    if bank_valid is not None:
-        valid = tf.cast(bank_valid, tf.float32)
-        a_bank = a_bank * valid[:, None] * valid[None, :]
-        a_query = a_query * valid[None, :]
-    top = tf.concat([a_bank, tf.zeros([k, q])], axis=1)  # (K, K+Q)
-    bottom = tf.concat([a_query, tf.zeros([q, q])], axis=1)  # (Q, K+Q)
-    a_full = tf.concat([top, bottom], axis=0)
-    return normalized_adjacency(a_full, signed)  # (K+Q, K+Q)

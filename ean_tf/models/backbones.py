@@ -25,11 +25,18 @@ import os
 import keras
 from keras import layers
 
-from ean_tf.config import BACKBONES
 from ean_tf.models.input_norm import InputNorm
 
 _BN = dict(momentum=0.9, epsilon=1e-5)
-BACKBONE_NAMES = BACKBONES
+BACKBONE_NAMES = (
+    "resnet18",
+    "resnet34",
+    "vgg13",
+    "vgg16",
+    "alexnet",
+    "vgg16_face",
+    "resnet50_face",
+)
 
 
 def _padded(x, kernel, stride, name):

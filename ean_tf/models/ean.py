@@ -3,108 +3,150 @@
 `EAN` is a subclassed `keras.Model` (docs/DESIGN.md section 1):
 
     images (B, S, S, 3) in 0..255 -> backbone (its InputNorm first) -> F (B, Fd), conv3
-    e = Dense(F)                         (B, E), no ReLU: cosines span [-1, 1]
+    e = BatchNorm(Dense(F))              (B, E), no ReLU: cosines span [-1, 1]
     A = thresholds(cos(e_i, e_j))        (B, B), zero while the warm-up lasts
     logits = GCN(F, norm(A + I))         (B, C)
-    loss = CE(logits, y) + alpha * Adj_loss(A_soft_similar, y)
 
-`call()` is the inference path, in one of five graphs (`inference_graph`):
-`nearest` (the default: each image joined to its `nearest_k` most similar training
-images, stored in the model with their isolated logits; see `memory.py`; a model
-built without that store, `memory_size=0`, answers as the network alone), `context`
-(each image is the last node of a training-sized batch whose other nodes are a
-fixed reference context of training images drawn with the training class prior;
-see `reference.py`), `bank` (each image joined only to a class-balanced reference
-bank, edges bank -> query), `batch` (the request's images form the graph, the
-paper's test protocol) and `isolated` (A = I). In `nearest`, `context` and `bank`
-an image's answer never depends on the rest of the batch. `head="linear"` is the
-plain-classifier baseline on the same backbone.
+Training minimises the named terms of `objective.py` (ce_isolated, ce_graph,
+adj_loss), each part of the model along the terms that train it.
 
-The constructor's defaults are `ModelConfig`'s: one source of defaults. The training
-step is the mixin `TrainStep` (ean_step.py); filling the stored graphs and the
-bank's forward passes are the mixin `References` (ean_references.py).
+`call()` answers in one of three graphs (`inference_graph`):
+- `nearest` (served): each image joined to its `nearest_k` most similar training
+  images, stored in the model (`memory.py`); an answer never depends on the other
+  images of a request;
+- `batch`: the request's images form the graph (the paper's test protocol), so an
+  answer depends on the rest of the batch;
+- `isolated`: A = I, the network alone.
+A model built without stored images (`memory_size=0`) answers `nearest` as the
+network alone. `head="linear"` is the plain-classifier baseline on the same
+backbone.
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
 
-from ean_tf.config import (
-    GRAPH_FIELDS,
-    Config,
-    ModelConfig,
-    TrainConfig,
-    with_first_defaults,
-)
 from ean_tf.models import adjacency as adj
+from ean_tf.models import objective as objective_lib
 from ean_tf.models.backbones import build_backbone
-from ean_tf.models.ean_references import References
-from ean_tf.models.ean_step import AdjacencyWarmup, TrainStep  # noqa: F401
 from ean_tf.models.gcn import GCNHead
-from ean_tf.models.reference import ReferenceBank, ReferenceContext
+from ean_tf.models.memory import ReferenceMemory
 
-INFERENCE_GRAPHS = ("nearest", "context", "bank", "batch", "isolated")
-_GRAPHS = (*INFERENCE_GRAPHS, "bank_full")
-_M = ModelConfig()  # the defaults of every constructor argument it shares
-DEFAULT_GRAPH = _M.inference_graph  # what `--inference_graph=all` serves
-_CONTEXT_SIZE = TrainConfig().batch_size - 1
+INFERENCE_GRAPHS = ("nearest", "batch", "isolated")
+DEFAULT_GRAPH = "nearest"
+# What a saved model's configuration says it is; a model of another format is
+# refused (`check_format`).
+FORMAT_VERSION = 2
 
 
-# EAN's hyper-parameters: the `ModelConfig` fields of these names, whose defaults,
-# choices and ranges are declared there once. The constructor takes them as
-# keywords, validates them as the configuration does, and `get_config` returns them.
-HYPER_PARAMETERS = ("backbone", "stem", "width", "input_norm", "head", *GRAPH_FIELDS)
-# Attribute names for the fields whose own name the model uses for a layer.
-_ATTRIBUTE = {
-    "backbone": "backbone_name",
-    "head": "head_type",
-    "straight_through": "straight_through_edges",
-}
+class ModelFormatError(ValueError):
+    """A saved model of another format than this ean_tf reads."""
+
+
+def check_format(config: dict, where: str = "the model") -> None:
+    """Raises `ModelFormatError` (one line naming both versions) unless a saved
+    model's config is of `FORMAT_VERSION` (a config without one is format 1)."""
+    found = int(config.get("format_version", 1))
+    if found != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{where} is an EAN model of format {found}; this ean_tf reads format "
+            f"{FORMAT_VERSION} only: train it again with this version."
+        )
 
 
 @keras.saving.register_keras_serializable(package="ean_tf")
-class EAN(TrainStep, References, keras.Model):
+class EAN(keras.Model):
+    """EAN or its linear twin. Every argument is a plain value; `get_config`
+    returns them all, and `ean_tf.build_model` maps a configuration to them.
+
+    memory_size: training images the nearest graph stores (0: none; see
+    `build_memory`). label_smoothing: of the training cross-entropies.
+    cross_replica_graph: the training graph spans every replica's batch.
+    """
+
     def __init__(
         self,
         num_classes: int,
         image_size: int = 48,
         class_names=None,
+        backbone: str = "resnet18",
+        stem: str = "small_s2",
+        width: int = 32,
+        input_norm: str = "auto",
+        head: str = "ean",
+        embedding_dim: int = 128,
+        embedding_norm: str = "batchnorm",
+        gcn_units=(),
+        gcn_dropout: float = 0.0,
+        tau1: float = 0.5,
+        tau2: float = -math.inf,
+        temperature: float = 0.1,
+        straight_through: bool = True,
+        adj_loss_weight: float = 0.1,
+        adj_reduction: str = "mean",
+        objective: str = "split",
+        nearest_k: int = 4,
+        nearest_label_weight: float = 0.25,
+        inference_graph: str = DEFAULT_GRAPH,
+        memory_size: int = 0,
         label_smoothing: float = 0.0,
         cross_replica_graph: bool = False,
-        context_size: int = _CONTEXT_SIZE,
-        memory_size: int = 0,
         **kwargs,
     ):
-        params = {
-            name: kwargs.pop(name, getattr(_M, name)) for name in HYPER_PARAMETERS
-        }
         super().__init__(**kwargs)
-        if params["inference_graph"] not in INFERENCE_GRAPHS:  # "all" is eval's
-            raise ValueError(
-                f"Expected inference_graph in {INFERENCE_GRAPHS}. "
-                f"Received: {params['inference_graph']!r}"
-            )
-        if num_classes < 2 or context_size < 1 or memory_size < 0:
-            raise ValueError(
-                "Expected num_classes >= 2, context_size >= 1 and memory_size >= 0. "
-                f"Received: {num_classes}, {context_size}, {memory_size}"
-            )
-        # Checked as the flags are (ConfigError, a ValueError, names the field).
-        hp = Config(model=ModelConfig(**params)).model
-        for name in HYPER_PARAMETERS:
-            setattr(self, _ATTRIBUTE.get(name, name), getattr(hp, name))
-        self.gcn_units = tuple(int(u) for u in hp.gcn_units)
+        _expect(num_classes >= 2, "num_classes >= 2", num_classes)
+        _expect(head in ("ean", "linear"), "head in ('ean', 'linear')", head)
+        _expect(
+            embedding_norm in ("batchnorm", "none"),
+            "embedding_norm in ('batchnorm', 'none')",
+            embedding_norm,
+        )
+        _expect(-1.0 <= tau1 <= 1.0 and tau2 < tau1, "tau2 < tau1 in [-1, 1]", tau1)
+        _expect(temperature > 0, "temperature > 0", temperature)
+        _expect(
+            adj_reduction in ("sum", "mean"), "adj_reduction sum or mean", adj_reduction
+        )
+        _expect(objective in ("split", "paper"), "objective split or paper", objective)
+        _expect(nearest_k >= 1, "nearest_k >= 1", nearest_k)
+        _expect(
+            0.0 <= nearest_label_weight < 1.0,
+            "nearest_label_weight in [0, 1)",
+            nearest_label_weight,
+        )
+        _expect(
+            inference_graph in INFERENCE_GRAPHS,
+            f"inference_graph in {INFERENCE_GRAPHS}",
+            inference_graph,
+        )
+        _expect(memory_size >= 0, "memory_size >= 0", memory_size)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
-        self.context_size = int(context_size)
-        self.memory_size = int(memory_size) if hp.head == "ean" else 0
+        self.class_names = tuple(class_names or (str(i) for i in range(num_classes)))
+        _expect(
+            len(self.class_names) == self.num_classes,
+            f"{num_classes} class names",
+            self.class_names,
+        )
+        self.backbone_name, self.stem, self.width = backbone, stem, int(width)
+        self.input_norm, self.head_type = input_norm, head
+        self.embedding_dim, self.embedding_norm = int(embedding_dim), embedding_norm
+        self.gcn_units = tuple(int(u) for u in gcn_units)
+        self.gcn_dropout = float(gcn_dropout)
+        self.tau1, self.tau2 = float(tau1), float(tau2)
+        self.temperature = float(temperature)
+        self.straight_through = bool(straight_through)
+        self.adj_loss_weight = float(adj_loss_weight)
+        self.adj_reduction = adj_reduction
+        self.objective = objective
+        self.nearest_k = int(nearest_k)
+        self.nearest_label_weight = float(nearest_label_weight)
+        self.inference_graph = inference_graph
+        self.memory_size = int(memory_size) if head == "ean" else 0
         self.label_smoothing = float(label_smoothing)
         self.cross_replica_graph = bool(cross_replica_graph)
-        self.class_names = tuple(class_names or (str(i) for i in range(num_classes)))
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"Expected {num_classes} class names. Received: {self.class_names}"
-            )
         self._build_layers()
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
@@ -115,14 +157,10 @@ class EAN(TrainStep, References, keras.Model):
             autocast=False,
             name="graph_enabled",
         )
-        # --label_filter_warmup_epochs as an optimizer step, set by training (a
-        # schedule, not saved): before it, --neighbour_label_filter keeps all.
-        self.label_filter_from_step = 0
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.adj_tracker = keras.metrics.Mean(name="adj_loss")
-        self.edge_tracker = keras.metrics.Mean(name="edges_per_node")
-        self.nodes_tracker = keras.metrics.Mean(name="graph_nodes")
+        # The terms this model's training minimises, and the parts each trains.
+        self.route = objective_lib.routing(objective if head == "ean" else "linear")
+        names = ("loss", *self.route, "edges_per_node", "graph_nodes")
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
         # --generator_cotrain_weight: a models.generator.CoTrainer, attached by
         # training, never saved with the model.
@@ -130,7 +168,7 @@ class EAN(TrainStep, References, keras.Model):
         self.build((None, self.image_size, self.image_size, 3))
 
     def _build_layers(self) -> None:
-        """Backbone, embedding (+ its norm), head, and the served graphs' stores."""
+        """Backbone, embedding (+ its norm), head, and the nearest graph's store."""
         self.backbone = build_backbone(
             self.backbone_name, self.image_size, self.stem, self.width, self.input_norm
         )
@@ -162,25 +200,15 @@ class EAN(TrainStep, References, keras.Model):
             self.embedding.trainable = False
             if self.embedding_bn is not None:
                 self.embedding_bn.trainable = False
-        self.context = ReferenceContext(
-            self.context_sets,
-            self.context_size,
-            self.feature_dim,
-            self.embedding_dim,
-            name="reference_context",
-            dtype="float32",  # no autocast of its inputs under mixed precision
-        )
-        self.memory = self._make_memory()  # the nearest graph's, or None
-        widths = (self.feature_dim, *self.gcn_units) if self.head_type == "ean" else ()
-        self.bank = ReferenceBank(
-            self.num_classes,
-            self.bank_per_class,
-            self.feature_dim,
-            self.embedding_dim,
-            widths,
-            name="reference_bank",
-            dtype="float32",
-        )
+        self.memory = None
+        if self.memory_size:
+            self.memory = ReferenceMemory(
+                self.memory_size,
+                self.embedding_dim,
+                self.num_classes,
+                name="reference_memory",
+                dtype="float32",
+            )
 
     def build(self, input_shape):
         self.embedding.build((None, self.feature_dim))
@@ -192,26 +220,32 @@ class EAN(TrainStep, References, keras.Model):
             self.head.build((None, self.feature_dim))
         self.built = True
 
+    def part_variables(self, part: str) -> list:
+        """The trainable variables of one part (objective.PARTS)."""
+        layers = {
+            "backbone": [self.backbone],
+            "embedding": [self.embedding, self.embedding_bn],
+            "head": [self.head],
+        }[part]
+        return [v for layer in layers if layer for v in layer.trainable_variables]
+
     # ---------------------------------------------------------------- forward ---
-    def encode(self, images, training=False, detach=False):
+    def encode(self, images, training=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), raw embedding (B, E) (before
-        its normalisation), conv3. `detach`: no gradient from the embedding reaches
-        the backbone (--graph_backbone_grad=false)."""
+        its normalisation), conv3."""
         pooled, conv3 = self.backbone(images, training=training)
         pooled = tf.cast(pooled, tf.float32)
-        below = tf.stop_gradient(pooled) if detach else pooled
-        return pooled, self.embedding(below), conv3
+        return pooled, self.embedding(pooled), conv3
 
-    def features(self, images, training=False, detach=False):
+    def features(self, images, training=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), embedding (B, E), conv3.
 
         The embedding is normalised by batch norm: with the batch's statistics in
-        training, the moving ones otherwise (per image, as `embed` serves it).
+        training, the moving ones otherwise.
         """
-        pooled, raw, conv3 = self.encode(images, training=training, detach=detach)
-        embeddings = raw
+        pooled, embeddings, conv3 = self.encode(images, training=training)
         if self.embedding_bn is not None:
-            embeddings = self.embedding_bn(raw, training=training)
+            embeddings = self.embedding_bn(embeddings, training=training)
         return pooled, embeddings, conv3
 
     def graph_embeddings(self, raw):
@@ -230,46 +264,35 @@ class EAN(TrainStep, References, keras.Model):
     def batch_graph(self, embeddings):
         """Edges among the batch: (hard-or-straight-through A, C_s), (..., B, B)."""
         cs = adj.cosine_similarity(embeddings)  # (B, B)
-        a = adj.threshold_adjacency(cs, self.tau1, self.tau2, self.signed_edges)
-        if self.straight_through_edges:
-            soft = adj.relaxed_adjacency(
-                cs, self.tau1, self.tau2, self.temperature, self.signed_edges
-            )
+        a = adj.threshold_adjacency(cs, self.tau1, self.tau2)
+        if self.straight_through:
+            soft = adj.relaxed_adjacency(cs, self.tau1, self.tau2, self.temperature)
             a = adj.straight_through(a, soft)
         return a * self.graph_enabled, cs
-
-    def normalize(self, a):
-        """The GCN's Â from edges A (..., N, N): eq. 8, with `self_weight`."""
-        a_hat = adj.normalized_adjacency(a, self.signed_edges)
-        return adj.self_weighted(a_hat, self.self_weight)
-
-    def graph_logits(self, pooled, raw, gate=1.0, training=False):
-        """Logits (..., N, C) of graphs of N nodes: pooled (..., N, Fd), raw
-        embeddings (..., N, E); edges times `gate` (0: A = I)."""
-        a, _ = self.batch_graph(self.graph_embeddings(raw))
-        return self.head([pooled, self.normalize(a * gate)], training=training)
 
     def classify(self, pooled, raw, graph: str, training=False):
         """Logits (B, C) from pooled features and raw embeddings, in `graph`."""
         if self.head_type == "linear":
             return self.head(pooled)
         if graph == "isolated":
-            a_hat = tf.eye(tf.shape(pooled)[0])
-            return self.head([pooled, a_hat], training=training)
+            return self.head([pooled, tf.eye(tf.shape(pooled)[0])], training=training)
         if graph == "batch":
-            return self.graph_logits(pooled, raw, training=training)
-        if graph == "context":
-            return self.context(pooled, raw, graph_logits=self.graph_logits)
+            a, _ = self.batch_graph(self.graph_embeddings(raw))
+            a_hat = adj.normalized_adjacency(a)
+            return self.head([pooled, a_hat], training=training)
         if graph == "nearest":
-            return self._nearest_forward(pooled, raw, training)
-        embeddings = raw
-        if self.embedding_bn is not None:  # the bank uses the moving statistics
-            embeddings = self.embedding_bn(raw, training=False)
-        if graph == "bank":
-            return self._bank_forward(pooled, embeddings)
-        if graph == "bank_full":  # the same maths on the whole (K+Q) graph; tests
-            return self._bank_full_graph(pooled, embeddings, training)
-        raise ValueError(f"Expected graph in {_GRAPHS}. Received: {graph!r}")
+            alone = self.classify(pooled, raw, "isolated", training=training)
+            if self.memory is None:
+                return alone
+            return self.memory(
+                alone,
+                raw,
+                k=self.nearest_k,
+                tau1=self.tau1,
+                gate=self.graph_enabled,
+                label_weight=self.nearest_label_weight,
+            )
+        raise ValueError(f"Expected graph in {INFERENCE_GRAPHS}. Received: {graph!r}")
 
     def call(self, images, training=False, graph: str | None = None):
         """Logits (B, C) for images (B, S, S, 3) in 0..255."""
@@ -279,69 +302,261 @@ class EAN(TrainStep, References, keras.Model):
         )
 
     def set_inference_graph(self, graph: str) -> None:
-        if graph not in INFERENCE_GRAPHS:
-            raise ValueError(
-                f"Expected inference_graph in {INFERENCE_GRAPHS}. Received: {graph!r}"
-            )
+        _expect(
+            graph in INFERENCE_GRAPHS, f"inference_graph in {INFERENCE_GRAPHS}", graph
+        )
         self.inference_graph = graph
         self.predict_function = None
         self.test_function = None
 
+    def set_nearest_label_weight(self, weight: float) -> None:
+        """The nearest graph's label weight w; saved with the model."""
+        _expect(0.0 <= weight < 1.0, "nearest_label_weight in [0, 1)", weight)
+        self.nearest_label_weight = float(weight)
+        self.predict_function = None
+        self.test_function = None
+
+    def answers_with(self) -> tuple[str, float]:
+        """(graph, label weight) a plain call answers with: the served graph (the
+        network alone for a linear head) and, in the nearest graph, its
+        neighbours' label weight (0 in any other)."""
+        graph = self.inference_graph if self.head_type == "ean" else "isolated"
+        return graph, self.nearest_label_weight if graph == "nearest" else 0.0
+
+    # ------------------------------------------------------------ stored graph ---
+    def build_memory(self, batches, targets=None) -> None:
+        """Fills the nearest graph's store from batches of training images (no
+        augmentation): their raw embeddings and isolated logits, and their
+        training targets (N, C) (one-hot labels or label distributions, in the
+        batches' order; None: the neighbours pass on none)."""
+        if self.memory is None:
+            raise ValueError(
+                "This model stores no training images for the nearest graph "
+                "(memory_size=0): build it with EAN(..., memory_size=<the number of "
+                "training images to store>) or build_model(..., train_images=...)."
+            )
+        raws, logits = [], []
+        for images in batches:
+            pooled, raw, _ = self.encode(images, training=False)
+            raws.append(raw.numpy())
+            logits.append(np.asarray(self.classify(pooled, raw, "isolated")))
+        self.memory.fill(
+            np.concatenate(raws), np.concatenate(logits), self.embedding_bn, targets
+        )
+
+    # --------------------------------------------------------------- training ---
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer only.
+
+        Keras 3.15's TF trainer otherwise reduces a distributed data batch with
+        `strategy.reduce` to build the model symbolically, which fails under
+        MultiWorkerMirroredStrategy. EAN creates every weight in `__init__` and
+        compiles no loss or metric objects, so the optimizer is all that is left.
+        """
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        own = [*self.trackers.values(), self.accuracy]
+        return own + list(getattr(self.cotrainer, "trackers", {}).values())
+
+    def _gather(self, x):
+        """All replicas' rows of x, in replica order (cross-replica graph)."""
+        ctx = tf.distribute.get_replica_context()
+        if not self.cross_replica_graph or ctx is None or ctx.num_replicas_in_sync == 1:
+            return x, 0
+        # A sum of zero-padded blocks rather than all_gather: one float all-reduce,
+        # the same collective as the gradients', which keeps replicas' collectives
+        # in the same order (all_gather's extra shape exchange did not, on CPUs).
+        # Needs equal local batches: the trainer drops the remainder.
+        local = tf.shape(x)[0]
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        before = replica * local
+        after = (ctx.num_replicas_in_sync - 1 - replica) * local
+        padded = tf.pad(x, [[before, after], [0, 0]])  # (R * B, D)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, padded), before
+
+    def compute_terms(self, images, targets, training=True):
+        """The loss terms of this replica's batch (objective.py), its logits (B, C)
+        (the graph's for EAN) and graph statistics.
+
+        Returns ({term: per-example (B,) for the cross-entropies, scalar for
+        adj_loss}, logits, {"edges_per_node", "graph_nodes", "conv3"}). With
+        `cross_replica_graph` under a multi-replica strategy the graph spans every
+        replica's batch.
+        """
+        pooled, embeddings, conv3 = self.features(images, training)
+        stats = {"conv3": conv3}
+        if self.head_type == "linear":
+            logits = self.head(pooled)
+            terms = {"ce_isolated": self._ce(targets, logits)}
+            zero = tf.constant(0.0)
+            return terms, logits, {**stats, "edges_per_node": zero, "graph_nodes": zero}
+        b = tf.shape(pooled)[0]
+        c = self.num_classes
+        # One collective for the three, so replicas issue the same all-reduces.
+        packed = tf.concat([pooled, embeddings, tf.cast(targets, tf.float32)], axis=1)
+        packed, offset = self._gather(packed)  # (N, Fd + E + C)
+        all_pooled = packed[:, : self.feature_dim]
+        all_emb = packed[:, self.feature_dim : -c]
+        all_labels = tf.argmax(packed[:, -c:], axis=-1)
+        a, cs = self.batch_graph(all_emb)  # (N, N), N = global or local batch
+        graph_logits = self.head(
+            [all_pooled, adj.normalized_adjacency(a)], training=training
+        )
+        logits = graph_logits[offset : offset + b]
+        soft = adj.relaxed_adjacency(
+            cs, self.tau1, self.tau2, self.temperature, similar_only=True
+        )
+        adj_value = adj.adj_loss(soft, all_labels, self.adj_reduction)
+        terms = {
+            "ce_graph": self._ce(targets, logits),
+            "adj_loss": self.adj_loss_weight * self.graph_enabled * adj_value,
+        }
+        if "ce_isolated" in self.route:
+            isolated = self.head([pooled, tf.eye(b)], training=training)
+            terms["ce_isolated"] = self._ce(targets, isolated)
+        nodes = tf.cast(tf.shape(a)[0], tf.float32)
+        edges = tf.reduce_sum(adj.zero_diagonal(tf.stop_gradient(a))) / nodes
+        return terms, logits, {**stats, "edges_per_node": edges, "graph_nodes": nodes}
+
+    def _ce(self, targets, logits):
+        return keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def _scalar_terms(self, terms, replicas):
+        """Each term as its share of the global batch's mean (the optimizer sums
+        the replicas' gradients)."""
+        return {
+            name: tf.nn.compute_average_loss(value)
+            if value.shape.rank
+            else value / replicas
+            for name, value in terms.items()
+        }
+
+    def train_step(self, data):
+        images, targets = data[0], data[1]
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        cotrain = self.cotrainer  # --generator_cotrain_weight (generator.CoTrainer)
+        route = dict(self.route)
+        with tf.GradientTape(persistent=True) as tape:
+            terms, logits, stats = self.compute_terms(images, targets)
+            if cotrain is not None:
+                adv, conv3_p = cotrain.adversarial_loss(
+                    self.backbone, images, self.optimizer.iterations
+                )
+                terms["adversarial"] = adv
+                route["adversarial"] = (cotrain.weight, ("backbone",))
+            terms = self._scalar_terms(terms, replicas)
+            if self.losses:  # layer regularisers: every part
+                terms["regularisation"] = tf.add_n(self.losses) / replicas
+                route["regularisation"] = (1.0, objective_lib.PARTS)
+            # Each group's loss, scaled (mixed precision) inside the tape.
+            group_losses = [
+                (self.optimizer.scale_loss(objective_lib.weighted_sum(w, terms)), p)
+                for w, p in objective_lib.groups(route)
+            ]
+        variables, grads = [], []
+        for loss, parts in group_losses:
+            own = [v for p in parts for v in self.part_variables(p)]
+            variables += own
+            grads += tape.gradient(loss, own)
+        del tape
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        if cotrain is not None:
+            d_loss, d_acc = cotrain.d_step(stats["conv3"], conv3_p)
+            stats = {**stats, "adv_loss": terms["adversarial"] * replicas}
+            stats.update(d_view_loss=d_loss, d_view_accuracy=d_acc)
+        logged = {n: v * replicas for n, v in terms.items()}  # this replica's means
+        logged["loss"] = objective_lib.total_loss(route, logged)
+        return self._update_metrics(logged, logits, targets, stats)
+
+    def test_step(self, data):
+        images, targets = data[0], data[1]
+        logits = self(images, training=False)
+        ce = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+        return self._update_metrics({"loss": tf.reduce_mean(ce)}, logits, targets)
+
+    def _update_metrics(self, values, logits, targets, stats=None):
+        """Logs: the loss and its terms, the graph statistics and the co-training
+        terms while training; the loss (the answer's cross-entropy) and accuracy
+        in evaluation, whose `val_` logs keep out the training-only values."""
+        for name, value in values.items():
+            if name in self.trackers:
+                self.trackers[name].update_state(value)
+        logged = [self.trackers["loss"], self.accuracy]
+        if stats is not None:
+            for name in ("edges_per_node", "graph_nodes"):
+                self.trackers[name].update_state(stats[name])
+            for name, tracker in getattr(self.cotrainer, "trackers", {}).items():
+                tracker.update_state(stats[name])
+            logged = self.metrics
+        self.accuracy.update_state(targets, logits)
+        logs = {m.name: m.result() for m in logged}
+        if isinstance(
+            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            # Keras 3.15 reduces multi-worker logs with a mean over axis 0, which
+            # scalars do not have; the values are already synchronised.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
     # ---------------------------------------------------------- serialisation ---
     def get_config(self):
-        config = {
-            name: getattr(self, _ATTRIBUTE.get(name, name)) for name in HYPER_PARAMETERS
-        }
         return {
             "name": self.name,
-            **config,
-            "gcn_units": list(self.gcn_units),
+            "format_version": FORMAT_VERSION,
             "num_classes": self.num_classes,
             "image_size": self.image_size,
-            "context_size": self.context_size,
+            "class_names": list(self.class_names),
+            "backbone": self.backbone_name,
+            "stem": self.stem,
+            "width": self.width,
+            "input_norm": self.input_norm,
+            "head": self.head_type,
+            "embedding_dim": self.embedding_dim,
+            "embedding_norm": self.embedding_norm,
+            "gcn_units": list(self.gcn_units),
+            "gcn_dropout": self.gcn_dropout,
+            "tau1": self.tau1,
+            "tau2": self.tau2,
+            "temperature": self.temperature,
+            "straight_through": self.straight_through,
+            "adj_loss_weight": self.adj_loss_weight,
+            "adj_reduction": self.adj_reduction,
+            "objective": self.objective,
+            "nearest_k": self.nearest_k,
+            "nearest_label_weight": self.nearest_label_weight,
+            "inference_graph": self.inference_graph,
             "memory_size": self.memory_size,
             "label_smoothing": self.label_smoothing,
             "cross_replica_graph": self.cross_replica_graph,
-            "class_names": list(self.class_names),
         }
 
     @classmethod
     def from_config(cls, config):
-        # A model saved before a field existed was trained with its first
-        # default, not today's (FIRST_DEFAULTS: the paper's loss until
-        # 2026-12-01, the graph's terms in the backbone until 2026-12-02, the
-        # nearest graph without its neighbours' labels and the graph's
-        # cross-entropy in the head until 2026-12-05).
-        return cls(**with_first_defaults({"model": config})["model"])
+        config = dict(config)
+        check_format(config, f"model {config.get('name', '?')!r}")
+        config.pop("format_version")
+        return cls(**config)
 
 
-def build_model(
-    model_config,
-    data_config,
-    num_classes: int,
-    class_names=None,
-    label_smoothing: float = 0.0,
-    cross_replica_graph: bool = False,
-    graph_nodes: int = TrainConfig().batch_size,
-    train_images: int = 0,
-) -> EAN:
-    """An `EAN` from a `ModelConfig` and `DataConfig`; `graph_nodes` is the size of
-    a training graph (the batch, or each replica's batch), which the reference
-    context matches unless `context_size` is set; `train_images` the training
-    split's size, of which the nearest graph keeps `nearest_memory` (0: all; no
-    training split, no nearest graph)."""
-    m = model_config
-    params = {name: getattr(m, name) for name in HYPER_PARAMETERS}
-    if m.inference_graph == "all":  # --mode=eval's; the model serves the default
-        params["inference_graph"] = DEFAULT_GRAPH
-    return EAN(
-        num_classes=m.num_classes or num_classes,
-        image_size=data_config.image_size,
-        class_names=class_names,
-        label_smoothing=label_smoothing,
-        cross_replica_graph=cross_replica_graph,
-        context_size=m.context_size or max(1, graph_nodes - 1),
-        memory_size=min(m.nearest_memory or train_images, train_images),
-        name="ean" if m.head == "ean" else "baseline",
-        **params,
-    )
+def _expect(ok: bool, what: str, received) -> None:
+    if not ok:
+        raise ValueError(f"Expected {what}. Received: {received!r}")
+
+
+class AdjacencyWarmup(keras.callbacks.Callback):
+    """Keeps A = I and Adj_loss off for the first `epochs` epochs (paper: 50)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if hasattr(self.model, "graph_enabled"):
+            self.model.graph_enabled.assign(1.0 if epoch >= self.epochs else 0.0)

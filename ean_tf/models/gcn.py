@@ -10,7 +10,6 @@ an all-None mask is dropped. Node features (N, F) and a dense normalised adjacen
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from spektral.layers import GCNConv as _SpektralGCNConv
 
 
@@ -28,11 +27,7 @@ class GCNHead(keras.layers.Layer):
     """Stacked GCNConv layers: hidden widths with ReLU and dropout, then C logits.
 
     Inputs: features (N, F) and normalised adjacency Â (N, N). Output: logits
-    (N, num_classes), float32. `neighbour_grad=False` (--neighbour_feature_grad)
-    gives the same logits, with each node's gradient reaching its own features
-    only: its neighbours' enter every layer as constants. `weight_grad=False`
-    (--graph_head_grad) gives the same logits, with no gradient to the layers'
-    kernels and biases (the features and the edges still get theirs).
+    (N, num_classes), float32.
     """
 
     def __init__(self, units, num_classes: int, dropout: float = 0.0, **kwargs):
@@ -63,43 +58,15 @@ class GCNHead(keras.layers.Layer):
             dim = conv.channels
         self.built = True
 
-    def call(self, inputs, training=None, neighbour_grad=True, weight_grad=True):
+    def call(self, inputs, training=None):
         x, a_hat = inputs
         for drop, conv in zip(self.drops, self.convs, strict=True):
-            x = drop(x, training=training)
-            if neighbour_grad and weight_grad:
-                x = conv([x, a_hat])  # (N, units)
-                continue
-            # Â X W + b in GCNConv's order and dtype (the same floats: GCNConv
-            # casts its inputs to its compute dtype, as here; under mixed
-            # precision EAN's float32 head gets float16 from its dropouts), W
-            # and b constants for the gradient without `weight_grad`.
-            dtype = conv.compute_dtype
-            x, a = keras.ops.cast(x, dtype), keras.ops.cast(a_hat, dtype)
-            kernel = keras.ops.cast(conv.kernel, dtype)
-            bias = keras.ops.cast(conv.bias, dtype) if conv.use_bias else None
-            if not weight_grad:
-                kernel = keras.ops.stop_gradient(kernel)
-                bias = None if bias is None else keras.ops.stop_gradient(bias)
-            if neighbour_grad:
-                h = keras.ops.matmul(a, keras.ops.matmul(x, kernel))
-            else:
-                # Â sg(X) W + diag(Â) (X - sg(X)) W: the value of Â X W, with
-                # the gradient of node i's row reaching X_i alone (W and the
-                # edges Â still get all of theirs).
-                fixed = keras.ops.stop_gradient(x)
-                own = keras.ops.expand_dims(keras.ops.diagonal(a), -1)
-                h = keras.ops.matmul(a, keras.ops.matmul(fixed, kernel))
-                h = h + own * keras.ops.matmul(x - fixed, kernel)
-            if bias is not None:  # bias_add, as GCNConv: the same bias gradient
-                h = tf.nn.bias_add(h, bias)
-            x = conv.activation(h)
+            x = conv([drop(x, training=training), a_hat])  # (N, units)
         return keras.ops.cast(x, "float32")  # (N, C)
 
     def transform(self, i: int, mixed):
-        """Layer i applied to already aggregated features (Â X): act(mixed W + b).
-        What a graph whose aggregation is computed elsewhere (the bank's cached
-        neighbours) needs; (N, d_i) -> (N, d_{i+1})."""
+        """Layer i applied to already aggregated features (Â X): act(mixed W + b),
+        (N, d_i) -> (N, d_{i+1})."""
         conv = self.convs[i]
         h = keras.ops.matmul(mixed, keras.ops.cast(conv.kernel, mixed.dtype))
         if conv.use_bias:

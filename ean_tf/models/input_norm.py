@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from ean_tf.config import INPUT_NORMS
+INPUT_NORMS = ("auto", "symmetric", "imagenet", "vggface1", "vggface2")
 
 
 def normalize(images):

@@ -1,10 +1,8 @@
 """The nearest graph's store of training images (docs/DESIGN.md section 2).
 
-Where the reference context (reference.py) gives a query a training batch's
-neighbourhood drawn at random, the nearest graph gives it the training images most
-like it: after training the model stores every training image's graph embedding
-and isolated logits (and the targets it was trained with), and each query is
-joined to its `nearest_k` most similar.
+After training the model stores every training image's graph embedding and
+isolated logits (and the target it was trained with), and each query is joined to
+its `nearest_k` most similar: its answer never depends on the rest of a request.
 """
 
 from __future__ import annotations
@@ -13,16 +11,44 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ean_tf.models.reference import select_context, stored_weight
+
+def prior_counts(labels: np.ndarray, size: int, num_classes: int) -> np.ndarray:
+    """How many of `size` stored images each class gets: `size` times the class's
+    share of `labels`, rounded by largest remainder (so the counts sum to `size`)
+    and capped by what each class has."""
+    have = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+    exact = size * have / have.sum()
+    counts = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: size - counts.sum()]] += 1
+    return np.minimum(counts, have)
 
 
 def memory_images(labels, size: int, seed: int = 0, num_classes=None) -> np.ndarray:
     """Sorted indices of the training images the memory stores: all of them, or
-    `size` drawn with the class prior (as a context is) where there are more."""
+    `size` drawn uniformly within each class with the class prior's counts
+    (`prior_counts`) where there are more."""
     labels = np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        raise ValueError("memory_images: no training labels to draw from")
     if size >= len(labels):
         return np.arange(len(labels))
-    return np.sort(select_context(labels, size, 1, seed, num_classes)[0])
+    counts = prior_counts(labels, size, num_classes or int(labels.max()) + 1)
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), n, replace=False)
+        for c, n in enumerate(counts)
+        if n
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def stored_weight(layer, shape, name: str, init: str = "zeros"):
+    """A weight of `layer` that training never updates and mixed precision never
+    casts: what a stored graph saves with the model."""
+    return layer.add_weight(
+        shape=shape, initializer=init, trainable=False, autocast=False, name=name
+    )
 
 
 class ReferenceMemory(keras.layers.Layer):
@@ -39,7 +65,7 @@ class ReferenceMemory(keras.layers.Layer):
 
         logits_q = (l_q + sum_j a_qj l_j) / (1 + sum_j a_qj),  a_qj in {0, 1}
 
-    (with a self-weight alpha: alpha l_q + (1 - alpha) that). A deeper head's
+    A deeper head's
     answer is the same mean of its isolated logits. With a label weight w > 0
     the neighbours also pass on their training targets y_j (one step of label
     propagation, as in Correct and Smooth, Huang et al. 2021):
@@ -47,9 +73,8 @@ class ReferenceMemory(keras.layers.Layer):
         p_q = (1 - w) softmax(logits_q) + w (sum_j a_qj y_j) / (sum_j a_qj)
 
     and the answer is log p_q, whose softmax is p_q. Until `fill`, or with no
-    edge, the query is isolated; a neighbour stored without a target (a model
-    saved before targets were stored) passes on none. A query never sees
-    another query.
+    edge, the query is isolated; a neighbour stored without a target passes on
+    none. A query never sees another query.
     """
 
     def __init__(self, size: int, embedding_dim: int, num_classes: int, **kwargs):
@@ -65,7 +90,6 @@ class ReferenceMemory(keras.layers.Layer):
         # The embedding's normalisation: e = raw * scale + shift.
         self.scale = weight((int(embedding_dim),), "scale", "ones")
         self.shift = weight((int(embedding_dim),), "shift")
-        # Last, so that a model saved before it loads (see load_own_variables).
         self.targets = weight((self.size, int(num_classes)), "targets")
 
     def fill(self, raw, logits, bn=None, targets=None) -> None:
@@ -116,7 +140,6 @@ class ReferenceMemory(keras.layers.Layer):
         k: int,
         tau1: float,
         gate=1.0,
-        self_weight=0.0,
         label_weight=0.0,
     ):
         """Nearest-graph logits (Q, C) of queries with isolated `logits` (Q, C)
@@ -125,8 +148,6 @@ class ReferenceMemory(keras.layers.Layer):
         a = tf.cast(cs >= tau1, logits.dtype) * gate  # (Q, k); empty slots: 0
         mixed = logits + tf.einsum("qk,qkc->qc", a, tf.gather(self.logits, idx))
         mixed = mixed / (1.0 + tf.reduce_sum(a, axis=1, keepdims=True))
-        if self_weight:
-            mixed = self_weight * logits + (1.0 - self_weight) * mixed
         if label_weight:
             mixed = self._with_targets(mixed, a, idx, label_weight)
         return mixed
@@ -146,17 +167,6 @@ class ReferenceMemory(keras.layers.Layer):
         theirs = tf.math.log(w) + tf.math.log(share)
         mixed = tf.reduce_logsumexp(tf.stack([own, theirs]), axis=0)
         return tf.where(labelled, mixed, logits)
-
-    def load_own_variables(self, store):
-        """Loads a model saved before the targets were stored (five weights, not
-        six): its neighbours pass on no target, so it answers as it did."""
-        own = self._trainable_variables + self._non_trainable_variables
-        if len(store.keys()) == len(own) - 1:  # the targets, created last
-            for i, v in enumerate(own[:-1]):
-                v.assign(store[f"{i}"])
-            self.targets.assign(tf.zeros_like(self.targets))
-            return
-        super().load_own_variables(store)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
