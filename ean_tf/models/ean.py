@@ -306,13 +306,17 @@ class EAN(keras.Model):
             graph in INFERENCE_GRAPHS, f"inference_graph in {INFERENCE_GRAPHS}", graph
         )
         self.inference_graph = graph
-        self.predict_function = None
-        self.test_function = None
+        self._retrace()
 
     def set_nearest_label_weight(self, weight: float) -> None:
         """The nearest graph's label weight w; saved with the model."""
         _expect(0.0 <= weight < 1.0, "nearest_label_weight in [0, 1)", weight)
         self.nearest_label_weight = float(weight)
+        self._retrace()
+
+    def _retrace(self) -> None:
+        """Drops the traced predict and evaluate functions, which captured the
+        served graph's settings as constants."""
         self.predict_function = None
         self.test_function = None
 
