@@ -36,6 +36,7 @@ def build_model(
         memory_size=min(m.nearest_memory or train_images, train_images),
         label_smoothing=config.train.label_smoothing,
         cross_replica_graph=config.train.cross_replica_graph,
+        training_data=config.data.dataset,
         name="ean" if m.head == "ean" else "baseline",
         **args,
     )

@@ -12,6 +12,12 @@ log = logging.getLogger("ean_tf")
 
 
 def default_checkpoint(config: Config, checkpoint: str) -> str:
+    """--checkpoint: a shipped model's name (its file), a path, or empty
+    (<run_dir>/model.keras)."""
+    from ean_tf import pretrained
+
+    if checkpoint in pretrained.MODELS and not os.path.exists(checkpoint):
+        return pretrained.path(checkpoint)
     return checkpoint or os.path.join(config.train.run_dir, "model.keras")
 
 
@@ -180,7 +186,10 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
 
     if not config.predict.images:
         raise ValueError("--mode=predict needs --images=PATH|GLOB|DIR")
-    output = output or os.path.join(config.train.run_dir, "predictions.csv")
+    from ean_tf import pretrained
+
+    default = "." if checkpoint in pretrained.MODELS else config.train.run_dir
+    output = output or os.path.join(default, "predictions.csv")
     result = predict(
         default_checkpoint(config, checkpoint),
         config.predict.images,

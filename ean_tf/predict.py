@@ -1,17 +1,26 @@
-"""`--mode=predict`: find every face in photos, align it, classify it.
+"""Find every face in photos, align it, classify it: `Recognizer` (the Python
+API) and `--mode=predict`.
 
-Input: a file, a folder (its images, sorted) or a glob. The classifier is a `.keras`
-model or an exported SavedModel folder (its `predict_images` signature). Faces are
-found and aligned by the same MTCNN aligner as `--mode=prepare`, at the model's
-input size. Output: a CSV or JSON file (by extension) with one row per face
-(file, face box, class, probabilities); with `annotate_dir`, copies of the photos
-with boxes and labels drawn. Unreadable files and photos without a face are
-reported in the output, never fatal.
+    >>> recognizer = ean_tf.Recognizer()          # the shipped FERPlus model
+    >>> for face in recognizer("photo.jpg"):      # a path or an RGB array
+    ...     print(face.box, face.label, face.probabilities[face.label])
+
+The classifier is a shipped model (`ean_tf.pretrained`), a `.keras` model, a run
+folder (its `model.keras`) or an exported SavedModel folder (its
+`predict_images` signature). Faces are found and aligned by the same MTCNN
+aligner as `--mode=prepare`, at the model's input size.
+
+`--mode=predict` takes a file, a folder (its images, sorted) or a glob, and
+writes a CSV or JSON file (by extension) with one row per face (file, face box,
+class, probabilities); with `annotate_dir`, copies of the photos with boxes and
+labels drawn. Unreadable files and photos without a face are reported in the
+output, never fatal.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import json
 import logging
@@ -40,6 +49,21 @@ def list_images(spec: str) -> list[str]:
     return matches
 
 
+def model_path(model: str = "") -> str:
+    """The file or folder `model` names: empty or a shipped model's name (the
+    shipped file), a run folder (its model.keras), else `model` itself."""
+    from ean_tf import pretrained
+
+    if not model:
+        return pretrained.path()
+    if model in pretrained.MODELS and not os.path.exists(model):
+        return pretrained.path(model)
+    run_model = os.path.join(model, "model.keras")
+    if os.path.isdir(model) and os.path.isfile(run_model):
+        return run_model
+    return model
+
+
 class Classifier:
     """Wraps a `.keras` model or a SavedModel: (B, S, S, 3) 0..255 -> probs;
     `served_graph` the graph a `.keras` model serves (empty: its own). A
@@ -48,6 +72,7 @@ class Classifier:
     def __init__(self, path: str, served_graph: str = "", label_weight: float = -1.0):
         import tensorflow as tf
 
+        self.training_data = ""
         saved = os.path.join(path, "saved_model.pb")
         if os.path.isdir(path) and os.path.isfile(saved):
             loaded = tf.saved_model.load(path)
@@ -85,6 +110,7 @@ class Classifier:
             )
             self.image_size = self.model.image_size
             self.class_names = list(self.model.class_names)
+            self.training_data = self.model.training_data
             self.kind = "keras"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -94,6 +120,105 @@ class Classifier:
         if self.kind == "savedmodel":
             return self._fn(images=images)["probabilities"].numpy()
         return tf.nn.softmax(self.model(images)).numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+    """One face of a photo: its box (x, y, width, height in the photo's pixels),
+    the most probable class, every class's probability, and the face detector's
+    confidence (0 for the centre crop of a photo where none was found)."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+
+
+class Recognizer:
+    """Finds, aligns and classifies every face of a photo.
+
+    model: empty for the shipped FERPlus model, a shipped model's name, a run
+    folder, a `.keras` file or an exported SavedModel folder. served_graph and
+    label_weight: as `--served_graph` and `--served_label_weight` (a `.keras`
+    model only). no_face: "skip" (a photo without a face gives no face) or
+    "center" (its centre crop is classified, with confidence 0).
+    """
+
+    def __init__(
+        self,
+        model: str = "",
+        served_graph: str = "",
+        label_weight: float = -1.0,
+        no_face: str = "skip",
+    ):
+        from ean_tf.data.align import FaceAligner
+
+        if no_face not in ("skip", "center"):
+            raise ValueError(f"no_face: expected skip or center. Received: {no_face!r}")
+        self.path = model_path(model)
+        self.classifier = Classifier(self.path, served_graph, label_weight)
+        self.class_names = self.classifier.class_names
+        self.aligner = FaceAligner(self.classifier.image_size)
+        self.no_face = no_face
+        if self.classifier.training_data == "default":
+            log.warning(
+                "%s was trained on the built-in synthetic faces: its answers on "
+                "photos mean nothing (use the shipped FERPlus model, or train on "
+                "FERPlus).",
+                self.path,
+            )
+
+    def __call__(self, image) -> list[Face]:
+        """The faces of `image`: a path, or an (H, W, 3) uint8 RGB array."""
+        if isinstance(image, (str, os.PathLike)):
+            image = read_rgb(os.fspath(image))
+        rgb = np.asarray(image)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(
+                "Expected an (H, W, 3) uint8 RGB image. Received: "
+                f"{rgb.dtype} array of shape {rgb.shape}"
+            )
+        return self.faces(rgb)
+
+    def faces(self, rgb: np.ndarray) -> list[Face]:
+        from ean_tf.data.align import center_crop
+
+        found = self.aligner.faces(rgb)
+        if not found and self.no_face == "center":
+            h, w = rgb.shape[:2]
+            side = min(h, w)
+            found = [
+                {
+                    "box": [(w - side) // 2, (h - side) // 2, side, side],
+                    "confidence": 0.0,
+                    "aligned": center_crop(rgb, self.classifier.image_size),
+                }
+            ]
+        if not found:
+            return []
+        probs = self.classifier(np.stack([f["aligned"] for f in found]))
+        names = self.class_names
+        return [
+            Face(
+                box=tuple(int(v) for v in face["box"]),
+                label=names[int(np.argmax(p))],
+                probabilities={n: float(q) for n, q in zip(names, p, strict=True)},
+                confidence=float(face["confidence"]),
+            )
+            for face, p in zip(found, probs, strict=True)
+        ]
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """The photo at `path` as an (H, W, 3) uint8 RGB array."""
+    import cv2
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: unreadable (not an image?)")
+    return np.ascontiguousarray(image[..., ::-1])
 
 
 def predict(
@@ -109,11 +234,8 @@ def predict(
     """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
     import cv2
 
-    from ean_tf.data.align import FaceAligner, center_crop
-
     files = list_images(images)
-    classifier = Classifier(model_path, served_graph, label_weight)
-    aligner = FaceAligner(classifier.image_size)
+    recognizer = Recognizer(model_path, served_graph, label_weight, no_face)
     rows, problems = [], []
     bar = None
     if progress and len(files) > 1:
@@ -127,34 +249,19 @@ def predict(
         if image is None:
             problems.append({"file": path, "problem": "unreadable (not an image?)"})
             continue
-        rgb = np.ascontiguousarray(image[..., ::-1])
-        faces = aligner.faces(rgb)
-        if not faces:
+        faces = recognizer.faces(np.ascontiguousarray(image[..., ::-1]))
+        if not faces or faces[0].confidence == 0.0:
             problems.append({"file": path, "problem": "no face found"})
-            if no_face != "center":
-                continue
-            h, w = rgb.shape[:2]
-            side = min(h, w)
-            faces = [
-                {
-                    "box": [(w - side) // 2, (h - side) // 2, side, side],
-                    "confidence": 0.0,
-                    "aligned": center_crop(rgb, classifier.image_size),
-                }
-            ]
-        probs = classifier(np.stack([f["aligned"] for f in faces]))
-        for face, p in zip(faces, probs, strict=True):
-            index = int(np.argmax(p))
+        for face in faces:
             rows.append(
                 {
                     "file": path,
-                    "box": [int(v) for v in face["box"]],
-                    "face_confidence": round(float(face["confidence"]), 4),
-                    "class_index": index,
-                    "class_name": classifier.class_names[index],
+                    "box": list(face.box),
+                    "face_confidence": round(face.confidence, 4),
+                    "class_index": recognizer.class_names.index(face.label),
+                    "class_name": face.label,
                     "probabilities": {
-                        n: round(float(q), 5)
-                        for n, q in zip(classifier.class_names, p, strict=True)
+                        n: round(q, 5) for n, q in face.probabilities.items()
                     },
                 }
             )
@@ -162,7 +269,7 @@ def predict(
             _annotate(image, [r for r in rows if r["file"] == path], path, annotate_dir)
     if bar is not None:
         bar.close()
-    _write(output, rows, problems, classifier.class_names)
+    _write(output, rows, problems, recognizer.class_names)
     return {"faces": rows, "problems": problems, "output": output}
 
 

@@ -9,10 +9,35 @@ its `help`/`choices` metadata, so a flag and its field can never drift apart. On
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+import sys
 
 from absl import flags as absl_flags
 
-from ean_tf import config as config_lib
+
+def _config_package():
+    """`ean_tf.config`, without `ean_tf`'s own start-up (which loads TensorFlow)
+    unless that has run already: the config is plain Python, so flags parse, and
+    help and usage errors print, at once."""
+    if "ean_tf.config" in sys.modules or "ean_tf" in sys.modules:
+        from ean_tf import config
+
+        return config
+    package = importlib.util.find_spec("ean_tf")  # finds it, runs nothing
+    folder = os.path.join(list(package.submodule_search_locations)[0], "config")
+    spec = importlib.util.spec_from_file_location(
+        "ean_tf.config",
+        os.path.join(folder, "__init__.py"),
+        submodule_search_locations=[folder],
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ean_tf.config"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+config_lib = _config_package()
 
 MODES = (
     "prepare",
@@ -43,8 +68,11 @@ SHOW_TF_LOGS = absl_flags.DEFINE_bool(
 CHECKPOINT = absl_flags.DEFINE_string(
     "checkpoint",
     "",
-    "Model for eval/predict/export (empty: <run_dir>/model.keras).",
+    "Model for eval/predict/export: a .keras file, or a shipped model's name "
+    "(ferplus48). Empty: <run_dir>/model.keras; predict and export without "
+    "--run_dir use the shipped FERPlus model.",
 )
+VERSION = absl_flags.DEFINE_bool("version", False, "Print the version and exit.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output path of a mode, if any.")
 
 

@@ -11,7 +11,7 @@ LAYERS = [  # lowest first; a module may import its own layer or lower ones
     ("ean_tf.data",),
     ("ean_tf.models",),
     ("ean_tf.build", "ean_tf.runs", "ean_tf.evaluate", "ean_tf.visualize"),
-    ("ean_tf.served",),
+    ("ean_tf.served", "ean_tf.pretrained"),
     ("ean_tf.train", "ean_tf.pretrain", "ean_tf.predict"),
     ("ean_tf.modes",),
 ]

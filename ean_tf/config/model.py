@@ -53,6 +53,12 @@ class ModelConfig:
         "symmetric.",
         INPUT_NORMS,
     )
+    grayscale: bool = _f(
+        False,
+        "Turn every input grey (luma, in all three channels) as the model's first "
+        "operation: for grey training data (FERPlus), so that colour photos look "
+        "like it.",
+    )
     head: str = _f(
         "ean",
         "Classifier head: the GCN of EAN or a linear baseline.",

@@ -17,6 +17,7 @@ _PAPER_224 = {
 
 _FERPLUS48 = {
     "dataset": "ferplus",
+    "grayscale": True,
     "image_size": 48,
     "width": 64,
     "epochs": 6,
@@ -67,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "jit_compile": True,
     },
     # The paper's protocol (section 3): 224 px, 50 warm-up epochs, step decay.
-    "ferplus": {**_PAPER_224, "dataset": "ferplus"},
+    "ferplus": {**_PAPER_224, "dataset": "ferplus", "grayscale": True},
     "rafdb": {**_PAPER_224, "dataset": "rafdb"},
     "affectnet": {
         "dataset": "affectnet",

@@ -66,6 +66,9 @@ class EAN(keras.Model):
     memory_size: training images the nearest graph stores (0: none; see
     `build_memory`). label_smoothing: of the training cross-entropies.
     cross_replica_graph: the training graph spans every replica's batch.
+    grayscale: the model's first operation turns its input grey (luma, in all
+    three channels), so a colour photo looks like grey training data.
+    training_data: the data set it was trained on (`--dataset`), for its users.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class EAN(keras.Model):
         memory_size: int = 0,
         label_smoothing: float = 0.0,
         cross_replica_graph: bool = False,
+        grayscale: bool = False,
+        training_data: str = "",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,6 +152,7 @@ class EAN(keras.Model):
         self.memory_size = int(memory_size) if head == "ean" else 0
         self.label_smoothing = float(label_smoothing)
         self.cross_replica_graph = bool(cross_replica_graph)
+        self.grayscale, self.training_data = bool(grayscale), str(training_data)
         self._build_layers()
         # 0 during the adjacency warm-up (A = I, no Adj_loss), then 1. A weight, so
         # checkpoints carry it; a callback flips it, nothing retraces.
@@ -233,6 +239,8 @@ class EAN(keras.Model):
     def encode(self, images, training=False):
         """images (B, S, S, 3) 0..255 -> pooled (B, Fd), raw embedding (B, E) (before
         its normalisation), conv3."""
+        if self.grayscale:
+            images = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
         pooled, conv3 = self.backbone(images, training=training)
         pooled = tf.cast(pooled, tf.float32)
         return pooled, self.embedding(pooled), conv3
@@ -539,6 +547,8 @@ class EAN(keras.Model):
             "memory_size": self.memory_size,
             "label_smoothing": self.label_smoothing,
             "cross_replica_graph": self.cross_replica_graph,
+            "grayscale": self.grayscale,
+            "training_data": self.training_data,
         }
 
     @classmethod
