@@ -144,13 +144,13 @@ def test_a_grayscale_model_answers_a_colour_photo_as_its_grey_copy():
     rgb = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     grey = rgb @ np.array([0.2989, 0.587, 0.114], np.float32)
     grey = np.repeat(grey[..., None], 3, axis=-1)
+    # Equal up to grey-of-grey's rounding (the luma weights sum to 0.9999).
     np.testing.assert_allclose(
-        np.asarray(model(rgb)), np.asarray(model(grey)), atol=1e-4
+        np.asarray(model(rgb)), np.asarray(model(grey)), atol=5e-3
     )
     colour_blind = _tiny(head="linear")
-    assert not np.allclose(
-        np.asarray(colour_blind(rgb)), np.asarray(colour_blind(grey))
-    )
+    gap = np.abs(np.asarray(colour_blind(rgb)) - np.asarray(colour_blind(grey)))
+    assert gap.max() > 0.05
 
 
 def test_a_model_of_the_built_in_data_says_so_on_photos(tmp_path, caplog):
