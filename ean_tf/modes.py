@@ -213,7 +213,8 @@ def run_pretrain_generator(
     from ean_tf.pretrain import pretrain
 
     s = pretrain(config, output)
-    final = s["final"]
+    final, c = s["final"], s["collapse"]
+    collapsed = {True: "yes", False: "no", None: "unknown"}[c["collapsed"]]
     lines = [
         "",
         f"Pre-trained the backbone against D_m for {s['epochs']} epochs in "
@@ -228,6 +229,15 @@ def run_pretrain_generator(
             f"{s['feature_similarity']['after'][k]:.3f}"
             for k in s.get("feature_similarity", {}).get("after", {})
         ),
+        f"  conv3 probe on {c['images']} validation images before -> after: "
+        "cosine of different images "
+        f"{c['before']['conv3_cos_different_images']:.3f} -> "
+        f"{c['after']['conv3_cos_different_images']:.3f}, effective rank "
+        f"{c['before']['conv3_effective_rank']:.1f} -> "
+        f"{c['after']['conv3_effective_rank']:.1f}",
+        f"conv3 collapsed: {collapsed} (the cosine of different images changed by "
+        f"{c['cos_different_images_rise']:+.3f}; more than +{c['threshold']:g} "
+        "is a collapse)",
         "Next: python run.py --mode=train --generator_checkpoint="
         f"{s['backbone_weights']} (with the same --backbone/--stem/--width)",
     ]

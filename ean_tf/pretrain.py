@@ -5,6 +5,10 @@
 maps of a face and its perturbed views, before and after pre-training; see
 `visualize.feature_figure`). A killed pre-training resumes from its last finished
 epoch, with both optimizers' state. The models are in `models/generator.py`.
+
+Every epoch, `log.csv` also holds the conv3 collapse probe (`conv3_probe`) on a
+fixed set of validation images, and the summary its values before and after
+pre-training with a `collapsed` flag (`collapse_report`).
 """
 
 from __future__ import annotations
@@ -133,6 +137,129 @@ def generator_dir(config: Config) -> str:
     return os.path.join(config.train.run_dir, "generator")
 
 
+# --- collapse probe ---------------------------------------------------------------
+
+PROBE_IMAGES = 128  # validation images the probe reads every epoch
+PROBE_CHUNK = 32  # images per backbone call
+COLLAPSE_RISE = 0.05  # how far the different-image cosine may rise before "collapsed"
+
+
+def _unit_rows(x) -> np.ndarray:
+    """(N, ...) -> (N, D) float32 rows of norm 1 (rows of zeros stay zero)."""
+    x = np.asarray(x, np.float32).reshape(len(x), -1)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def _offdiagonal_mean(unit_sum, unit_sq, n: int) -> float:
+    """Mean of u_i . u_j over the n (n - 1) pairs i != j, from sum_i u_i and
+    sum_i |u_i|^2: |sum u|^2 = sum_i |u_i|^2 + sum_{i != j} u_i . u_j."""
+    if n < 2:
+        return float("nan")
+    return float((unit_sum @ unit_sum - unit_sq) / (n * (n - 1)))
+
+
+def mean_cosine(features) -> float:
+    """Mean cosine similarity of the different rows of `features` (N, ...), each
+    row flattened: over the N (N - 1) pairs i != j, without the N diagonal ones.
+    1 when all rows point the same way, 0 for orthogonal rows; NaN below 2 rows."""
+    u = _unit_rows(features)
+    return _offdiagonal_mean(u.sum(0, dtype=np.float64), float((u * u).sum()), len(u))
+
+
+def paired_cosine(a, b) -> float:
+    """Mean over i of the cosine of a[i] and b[i] (both (N, ...), rows flattened)."""
+    return float(np.mean((_unit_rows(a) * _unit_rows(b)).sum(1)))
+
+
+def effective_rank(features) -> float:
+    """Effective rank (Roy & Vetterli 2007) of `features` (N, C) centred over N:
+    exp(entropy of the singular values divided by their sum). N equal singular
+    values give N, one non-zero value gives 1. Values within float32 rounding of
+    the uncentred features (numpy's matrix_rank tolerance) count as zero; when
+    none is left (every row the same) it is 1, the floor."""
+    x = np.asarray(features, np.float64)  # (N, C)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    scale = np.linalg.norm(x, 2) if x.size else 0.0
+    s = s[s > max(x.shape) * np.finfo(np.float32).eps * scale]
+    if not len(s):
+        return 1.0
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def probe_dataset(examples: Examples, image_size: int, seed: int) -> tf.data.Dataset:
+    """`PROBE_IMAGES` validation images drawn once under `seed`, in batches of
+    `PROBE_CHUNK`, unaugmented: the same images every epoch."""
+    n = min(PROBE_IMAGES, len(examples))
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
+    return make_dataset(examples.select(keep), image_size, PROBE_CHUNK, False)
+
+
+def conv3_probe(backbone, dataset, kinds, seed: int) -> dict:
+    """How collapsed the backbone's conv3 maps are on the probe's images.
+
+    - `conv3_cos_different_images`: mean cosine of the flattened conv3 maps (the
+      spatial pattern, not only the channels) of two different images;
+    - `conv3_cos_<kind>`: mean cosine of a face's flattened map and its view's of
+      that kind (`data/views.py`, the same views every call under `seed`);
+    - `conv3_effective_rank`: the effective rank of the pooled (B, c) conv3
+      features, how many directions they spread over (below the image count).
+
+    A collapsed backbone gives one map for every image: the cosines go to 1 and
+    the effective rank falls.
+    """
+    n, unit_sum, unit_sq, pooled = 0, 0.0, 0.0, []
+    paired = {k: 0.0 for k in kinds}
+    for chunk, (images, _) in enumerate(dataset):
+        f = backbone(images, training=False)[1].numpy()  # (b, h, w, c)
+        pooled.append(f.mean(axis=(1, 2)))  # (b, c)
+        u = _unit_rows(f)  # (b, h * w * c)
+        n, unit_sq = n + len(u), unit_sq + float((u * u).sum())
+        unit_sum = unit_sum + u.sum(0, dtype=np.float64)
+        for i, kind in enumerate(kinds):
+            x_p = views.make_views(images, [seed, chunk * len(kinds) + i], [kind])
+            q = backbone(x_p, training=False)[1].numpy()
+            paired[kind] += paired_cosine(f, q) * len(u)
+    out = {"conv3_cos_different_images": _offdiagonal_mean(unit_sum, unit_sq, n)}
+    out.update({f"conv3_cos_{k}": v / n if n else np.nan for k, v in paired.items()})
+    out["conv3_effective_rank"] = (
+        effective_rank(np.concatenate(pooled)) if pooled else float("nan")
+    )
+    return out
+
+
+def collapse_report(before: dict, after: dict, images: int) -> dict:
+    """The probe before and after pre-training; `collapsed` when the cosine of
+    different images' conv3 maps rose by more than `COLLAPSE_RISE` (None when the
+    probe has fewer than 2 images)."""
+    key = "conv3_cos_different_images"
+    rise = after[key] - before[key]
+    return {
+        "images": images,
+        "before": before,
+        "after": after,
+        "cos_different_images_rise": rise,
+        "threshold": COLLAPSE_RISE,
+        "collapsed": bool(rise > COLLAPSE_RISE) if np.isfinite(rise) else None,
+    }
+
+
+class _CollapseProbe(keras.callbacks.Callback):
+    """Adds `conv3_probe` of the model's backbone to every epoch's logs; listed
+    before the CSVLogger, so its values are columns of log.csv."""
+
+    def __init__(self, dataset, kinds, seed: int):
+        super().__init__()
+        self.dataset, self.kinds, self.seed = dataset, tuple(kinds), seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(
+                conv3_probe(self.model.backbone, self.dataset, self.kinds, self.seed)
+            )
+
+
 def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     """--mode=pretrain_generator. Returns the summary, also in summary.json."""
 
@@ -172,6 +299,13 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             lambda_id=g.lambda_id,
         )
 
+    kinds, probe_seed = view_kinds(config), config.evaluation.robustness_seed
+    probe = probe_dataset(splits.val, d.image_size, probe_seed)
+    probe_before = conv3_probe(before, probe, kinds, probe_seed)
+    log.info(
+        "conv3 probe before pre-training: %s",
+        ", ".join(f"{k} {v:.3f}" for k, v in probe_before.items()),
+    )
     checkpoint = _EpochCheckpoint(os.path.join(run_dir, "checkpoint"))
     done = checkpoint.epochs_done()
     log_csv = os.path.join(run_dir, "log.csv")
@@ -182,6 +316,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     truncate_log(log_csv, done)
     callbacks = [
         checkpoint,
+        _CollapseProbe(probe, kinds, probe_seed),  # before the CSVLogger
         keras.callbacks.CSVLogger(log_csv, append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -209,6 +344,11 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
         "views": "real profiles" if g.identity_data_dir else list(view_kinds(config)),
         "epochs": g.generator_epochs,
         "final": {k: float(v[-1]) for k, v in history.history.items() if v},
+        "collapse": collapse_report(
+            probe_before,
+            conv3_probe(backbone, probe, kinds, probe_seed),
+            min(PROBE_IMAGES, len(splits.val)),
+        ),
         "seconds": round(time.time() - t0, 1),
     }
     if is_chief:

@@ -1,5 +1,6 @@
 """Invariant feature generator: views, identity data, the two-player step, modes."""
 
+import csv
 import json
 import os
 import subprocess
@@ -183,6 +184,79 @@ def test_pretraining_lr_warms_up_then_decays_to_zero(epochs, warmup):
     assert rising == sorted(rising)
 
 
+def test_collapse_metrics_on_constructed_features():
+    from ean_tf.pretrain import effective_rank, mean_cosine, paired_cosine
+
+    row = np.array([3.0, -1.0, 2.0, 0.5])
+    same = np.tile(row, (5, 1))  # (5, 4) one feature for every image
+    assert mean_cosine(same) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(same) == 1.0
+    assert mean_cosine(2.0 * np.eye(6)) == pytest.approx(0.0, abs=1e-7)  # orthogonal
+    n = 5
+    plus_minus = np.concatenate([np.eye(n), -np.eye(n)])  # (2n, n), mean zero
+    assert effective_rank(plus_minus) == pytest.approx(n)
+    assert effective_rank(7.0 * np.eye(n)) == pytest.approx(n - 1)  # centred
+    line = np.outer(np.arange(6.0), row) + 10.0  # spread along one direction
+    assert effective_rank(line) == pytest.approx(1.0)
+    # singular values 3 and 1: exp(entropy of (3/4, 1/4))
+    two = np.array([[3.0, 0.0], [0.0, 1.0], [-3.0, 0.0], [0.0, -1.0]]) / np.sqrt(2)
+    p = np.array([0.75, 0.25])
+    assert effective_rank(two) == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+    # one pair of each: identical (1), orthogonal (0), opposite (-1)
+    a = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert paired_cosine(a, b) == pytest.approx(0.0)
+    assert paired_cosine(a[:1], b[:1]) == pytest.approx(1.0)
+    # maps (N, h, w, c) are compared flattened
+    maps = _faces(4, 8)
+    assert mean_cosine(maps) == pytest.approx(
+        mean_cosine(maps.reshape(4, -1)), abs=1e-6
+    )
+
+
+def test_conv3_probe_is_chunk_free_and_the_same_every_call():
+    import tensorflow as tf
+
+    from ean_tf import pretrain as p
+
+    images = _faces(10, 8)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(10))).batch(3)
+
+    def identity(x, training=False):  # the images as their own conv3 maps
+        return None, tf.convert_to_tensor(x)
+
+    kinds = ("occlusion", "pose")
+    first = p.conv3_probe(identity, ds, kinds, 5)
+    assert p.conv3_probe(identity, ds, kinds, 5) == first
+    assert set(first) == {
+        "conv3_cos_different_images",
+        "conv3_cos_occlusion",
+        "conv3_cos_pose",
+        "conv3_effective_rank",
+    }
+    # four chunks of at most 3 images, summed exactly as one batch of 10
+    assert first["conv3_cos_different_images"] == pytest.approx(
+        p.mean_cosine(images), abs=1e-6
+    )
+    assert first["conv3_effective_rank"] == pytest.approx(
+        p.effective_rank(images.mean(axis=(1, 2)))
+    )
+    assert 0.0 < first["conv3_cos_pose"] < 1.0
+
+
+def test_collapse_report_flags_a_rise_of_the_different_image_cosine():
+    from ean_tf.pretrain import collapse_report
+
+    def probe(cos):
+        return {"conv3_cos_different_images": cos, "conv3_effective_rank": 9.0}
+
+    assert collapse_report(probe(0.60), probe(0.64), 64)["collapsed"] is False
+    report = collapse_report(probe(0.60), probe(0.98), 64)
+    assert report["collapsed"] is True
+    assert report["cos_different_images_rise"] == pytest.approx(0.38)
+    assert collapse_report(probe(np.nan), probe(0.9), 1)["collapsed"] is None
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("generator")
@@ -211,7 +285,33 @@ def test_pretrain_generator_mode_writes_weights_figure_log(pretrained):
     assert set(summary["feature_similarity"]["after"]) == set(views.VIEW_KINDS)
     assert "Next: python run.py --mode=train --generator_checkpoint=" in result.stdout
     with open(out / "log.csv") as f:
-        assert len(f.read().strip().splitlines()) == 3  # header + 2 epochs
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2  # 2 epochs
+    probe_columns = {
+        "conv3_cos_different_images",
+        "conv3_effective_rank",
+        *(f"conv3_cos_{k}" for k in views.VIEW_KINDS),
+    }
+    for row in rows:
+        assert -1.0 <= float(row["conv3_cos_different_images"]) <= 1.0
+        assert 1.0 <= float(row["conv3_effective_rank"]) <= 32  # 32 probe images
+        for k in views.VIEW_KINDS:
+            assert -1.0 <= float(row[f"conv3_cos_{k}"]) <= 1.0
+    collapse = summary["collapse"]
+    assert collapse["images"] == 32  # the tiny preset's whole validation split
+    assert set(collapse["before"]) == set(collapse["after"]) == probe_columns
+    # the last epoch's row is the backbone the summary's "after" probes
+    for k in probe_columns:
+        assert float(rows[-1][k]) == pytest.approx(collapse["after"][k], abs=1e-5)
+    rise = collapse["after"]["conv3_cos_different_images"] - (
+        collapse["before"]["conv3_cos_different_images"]
+    )
+    assert collapse["cos_different_images_rise"] == pytest.approx(rise)
+    assert collapse["collapsed"] is (rise > 0.05)
+    flag = "yes" if collapse["collapsed"] else "no"
+    assert f"conv3 collapsed: {flag} (the cosine of different images" in (
+        result.stdout
+    )
 
 
 def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
@@ -310,14 +410,13 @@ def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
         summary = pretrain(config, verbose=0)
     assert "Resuming generator pre-training after epoch 2" in caplog.text
     with open(tmp / "run" / "generator" / "log.csv") as f:
-        epochs = [row.split(",")[0] for row in f.read().strip().splitlines()[1:]]
-    assert epochs == ["0", "1", "2"]  # continued, not restarted
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]  # continued
+    assert all(float(row["conv3_effective_rank"]) >= 1.0 for row in rows)
     assert np.isfinite(summary["final"]["g_loss"])
 
 
 def test_cotraining_adds_the_adversarial_term_and_trains_d(tmp_path):
-    import csv
-
     from ean_tf.train import train
 
     config = make_config(
