@@ -97,16 +97,11 @@ def load_run(run_dir: str, data_dir: str = ""):
     from absl import app
 
     from ean_tf import data as data_lib
-    from ean_tf.config import ConfigError, make_config
+    from ean_tf.config import ConfigError, config_for_run
     from ean_tf.runs import TrainingError, load_model
 
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    fields = {k: v for section in saved.values() for k, v in section.items()}
-    if data_dir:
-        fields["data_dir"] = data_dir
     try:
-        config = make_config("default", **fields)
+        config = config_for_run(run_dir, **({"data_dir": data_dir} if data_dir else {}))
         model = load_model(os.path.join(run_dir, "model.keras"))
     except (ConfigError, TrainingError) as error:
         raise app.UsageError(f"--run_dir={run_dir}: {error}") from None

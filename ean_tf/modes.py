@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
 import sys
 
 from ean_tf.config import Config
@@ -50,16 +52,50 @@ def print_summary(summary: dict) -> None:
         f"  logs:                {summary['logs']}",
         f"  TensorBoard:         {summary['tensorboard']}",
         f"Next: {_python()} run.py --mode=eval --inference_graph=all "
-        f"--run_dir={summary['run_dir']}",
+        f"--run_dir={shlex.quote(summary['run_dir'])}",
     ]
     print("\n".join(lines))
+
+
+def _check_classes(model, path: str, class_names, data) -> None:
+    """Stops where the data's classes are not the model's (names or number)."""
+    from ean_tf.data import data_folder
+
+    if tuple(class_names) == tuple(model.class_names):
+        return
+    raise ValueError(
+        f"--dataset={data.dataset} at {data_folder(data)}: its {len(class_names)} "
+        f"classes {list(class_names)} are not the {model.num_classes} classes of "
+        f"{path} {list(model.class_names)}; evaluate the model on data of its own "
+        "classes (--dataset, --data_dir)"
+    )
+
+
+def _data(config: Config, model, path: str):
+    """The data of `config` at the model's image size, checked to hold the
+    model's classes before anything is written, announced in one line."""
+    import dataclasses
+
+    from ean_tf import data as data_lib
+    from ean_tf.data import synthetic
+
+    d = dataclasses.replace(config.data, image_size=model.image_size, noise_rate=0.0)
+    if d.dataset == "default":  # known without generating the images
+        _check_classes(model, path, synthetic.CLASS_NAMES, d)
+    splits = data_lib.load(d, seed=config.train.seed)
+    _check_classes(model, path, splits.class_names, d)
+    print(
+        f"Data: {d.dataset} at {data_lib.data_folder(d)}, split "
+        f"{data_lib.split_names(d)[1]}: {len(splits.val)} images of "
+        f"{len(splits.class_names)} classes"
+    )
+    return splits
 
 
 def _model_and_splits(config: Config, checkpoint: str):
     """The checkpoint (default <run_dir>/model.keras), its path, and the data at
     the model's image size; the model is checked for the graph the run asks of
     it first, so that a graph it lacks stops the run before the data is read."""
-    from ean_tf import data as data_lib
     from ean_tf.runs import load_model
     from ean_tf.served import check_graph, set_label_weight
 
@@ -69,10 +105,55 @@ def _model_and_splits(config: Config, checkpoint: str):
     check_graph(model, model.inference_graph if graph == "all" else graph, path)
     if config.export.served_label_weight >= 0:
         set_label_weight(model, config.export.served_label_weight, path, graph)
-    d = config.data
-    if model.image_size != d.image_size:
-        d = type(d)(**{**d.__dict__, "image_size": model.image_size})
-    return model, path, data_lib.load(d, seed=config.train.seed)
+    return model, path, _data(config, model, path)
+
+
+def evaluation_dir(config: Config, checkpoint: str, *answers: str) -> str:
+    """Where an evaluation of `checkpoint` on `config.data` writes: the run
+    folder when it evaluates the run's own model (model.keras) on the run's own
+    data as training did (the same --seed and --batch_size, no `answers`: the
+    graphs or settings other than training's), or when the folder holds no
+    run; else `<run_dir>/eval_<what>`, named by the model, data set, folder,
+    split and reader fields and settings that differ from the run's and the
+    `answers`, so that the training's metrics.json and figures stay as
+    written."""
+    from ean_tf import data as data_lib
+    from ean_tf.config import config_for_run
+
+    run_dir = config.train.run_dir
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        return run_dir
+    parts = []
+    model_path = os.path.abspath(checkpoint)
+    if model_path != os.path.abspath(os.path.join(run_dir, "model.keras")):
+        model_dir, name = os.path.split(model_path)
+        stem = name.removesuffix(".keras")
+        same = model_dir == os.path.abspath(run_dir)
+        parts.append(stem if same else f"{os.path.basename(model_dir)}-{stem}")
+    trained = config_for_run(run_dir)
+    ours = data_lib.validation_data(config.data)
+    run = data_lib.validation_data(trained.data)
+    answers += tuple(  # what splits the data and batches the batch graph
+        f"{k}-{getattr(config.train, k)}"
+        for k in ("seed", "batch_size")
+        if getattr(config.train, k) != getattr(trained.train, k)
+    )
+    if not parts and not answers and ours == run:
+        return run_dir
+    if ours["dataset"] != run["dataset"]:
+        parts.append(ours["dataset"])
+    data_dir = os.path.basename(ours["data_dir"])
+    if ours["data_dir"] != run["data_dir"] and data_dir not in parts:
+        parts.append(data_dir)
+    parts.append(ours["val_split"])
+    if ours["dataset"] == run["dataset"]:
+        parts += [
+            f"{k}-{v}"
+            for k, v in ours.items()
+            if k not in ("data_dir", "val_split") and v != run[k]
+        ]
+    parts += answers
+    return os.path.join(run_dir, re.sub(r"[^\w.=-]+", "-", "eval_" + "_".join(parts)))
 
 
 def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
@@ -86,7 +167,10 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
         graphs = evaluation_graphs(model)
     else:
         graphs = (graph,)
-    out_dir = output or config.train.run_dir
+    answers = [] if graphs == evaluation_graphs(model) else ["-".join(graphs)]
+    if config.export.served_label_weight >= 0:
+        answers.append(f"label_weight-{config.export.served_label_weight:g}")
+    out_dir = output or evaluation_dir(config, path, *answers)
     noisy = os.path.join(config.train.run_dir, "noisy_labels.csv")
     report = evaluate.evaluate_model(
         model,
@@ -131,17 +215,13 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
 def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> None:
     import numpy as np
 
-    from ean_tf import data as data_lib
     from ean_tf.data.pipeline import make_dataset
     from ean_tf.runs import load_model
     from ean_tf.visualize import batch_graph_figure
 
-    model = load_model(default_checkpoint(config, checkpoint))
-    d = config.data
-    splits = data_lib.load(
-        type(d)(**{**d.__dict__, "image_size": model.image_size, "noise_rate": 0.0}),
-        seed=config.train.seed,
-    )
+    checkpoint = default_checkpoint(config, checkpoint)
+    model = load_model(checkpoint)
+    splits = _data(config, model, checkpoint)
     n = min(8, len(splits.val))
     order = np.random.default_rng(config.train.seed).permutation(len(splits.val))[:n]
     images, targets = next(
@@ -149,7 +229,8 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
             make_dataset(splits.val.select(order), model.image_size, n, training=False)
         )
     )
-    path = output or os.path.join(config.train.run_dir, "batch_graph.png")
+    path = output or os.path.join(evaluation_dir(config, checkpoint), "batch_graph.png")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     info = batch_graph_figure(
         model, images.numpy(), targets.numpy().argmax(1), splits.class_names, path
     )
@@ -268,7 +349,7 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
         "seed": config.evaluation.robustness_seed,
         "results": result,
     }
-    out = output or os.path.join(config.train.run_dir, "robustness.json")
+    out = output or os.path.join(evaluation_dir(config, path), "robustness.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=2)

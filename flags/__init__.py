@@ -54,11 +54,17 @@ MODES = (
 FLAGS = absl_flags.FLAGS
 
 MODE = absl_flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+# The modes that use a trained run: they start from its saved configuration.
+RUN_MODES = ("eval", "predict", "export", "visualize", "robustness")
+
 CONFIG = absl_flags.DEFINE_enum(
     "config",
     "default",
     list(config_lib.PRESETS),
-    "Named preset; flags set explicitly override it.",
+    "Named preset; flags set explicitly override it. --mode=eval, predict, export, "
+    "visualize and robustness start from the run's <run_dir>/config.json instead "
+    "when there is one; a --config given there applies its preset's fields over "
+    "the run's, as flags do.",
 )
 SHOW_TF_LOGS = absl_flags.DEFINE_bool(
     "show_tf_logs",
@@ -70,7 +76,9 @@ CHECKPOINT = absl_flags.DEFINE_string(
     "",
     "Model for eval/predict/export: a .keras file, or a shipped model's name "
     "(ferplus48). Empty: <run_dir>/model.keras; predict and export without "
-    "--run_dir use the shipped FERPlus model.",
+    "--run_dir use the shipped FERPlus model. Without --run_dir, a model in a "
+    "run folder (beside its config.json) takes that run's configuration and "
+    "folder.",
 )
 VERSION = absl_flags.DEFINE_bool("version", False, "Print the version and exit.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output path of a mode, if any.")
@@ -119,12 +127,40 @@ def _coerce(name: str, value, f: dataclasses.Field):
     return value
 
 
-def config_from_flags() -> config_lib.Config:
-    """The preset named by --config, with every explicitly set flag applied on top."""
+def run_folder(mode: str, run_dir: str, checkpoint: str) -> str:
+    """The trained run a mode of `RUN_MODES` works on, a folder holding its
+    config.json, or "" (no such run: the configuration comes from the flags).
+
+    `run_dir`: --run_dir when given, else ""; without it, the folder of
+    --checkpoint, or the default --run_dir when there is no --checkpoint. A
+    --checkpoint that is no file (a shipped model's name) has no run.
+    """
+    if mode not in RUN_MODES:
+        return ""
+    if not run_dir and checkpoint and not os.path.exists(checkpoint):
+        return ""
+    if not run_dir and checkpoint:
+        run_dir = os.path.dirname(checkpoint) or "."
+    run_dir = run_dir or FIELD_FLAGS["run_dir"].default
+    return run_dir if os.path.isfile(os.path.join(run_dir, "config.json")) else ""
+
+
+def config_from_flags(checkpoint: str | None = None) -> config_lib.Config:
+    """The preset named by --config, with every explicitly set flag applied on top;
+    for a mode of `RUN_MODES` with a run folder (`run_folder`), the run's saved
+    configuration instead of the preset, an explicit --config's preset fields
+    and then every explicitly set flag applied on top. `checkpoint`: the model
+    the mode uses (default --checkpoint)."""
     index = config_lib.field_index()
     overrides = {
         name: _coerce(name, holder.value, index[name][1])
         for name, holder in FIELD_FLAGS.items()
         if FLAGS[name].present
     }
-    return config_lib.make_config(CONFIG.value, **overrides)
+    if checkpoint is None:
+        checkpoint = CHECKPOINT.value
+    run_dir = run_folder(MODE.value, overrides.get("run_dir", ""), checkpoint)
+    if not run_dir:
+        return config_lib.make_config(CONFIG.value, **overrides)
+    preset = config_lib.PRESETS[CONFIG.value] if FLAGS["config"].present else {}
+    return config_lib.config_for_run(run_dir, **{**preset, **overrides})

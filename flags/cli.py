@@ -69,10 +69,6 @@ def _run(argv) -> None:
     if ean_flags.VERSION.value:
         print(f"ean_tf {version()}")
         return
-    try:
-        config = ean_flags.config_from_flags()
-    except ean_flags.config_lib.ConfigError as error:
-        sys.exit(f"error: {error}")
     mode = ean_flags.MODE.value
     checkpoint = ean_flags.CHECKPOINT.value
     if (
@@ -81,6 +77,10 @@ def _run(argv) -> None:
         and not ean_flags.FLAGS["run_dir"].present
     ):
         checkpoint = "ferplus48"
+    try:
+        config = ean_flags.config_from_flags(checkpoint)
+    except ean_flags.config_lib.ConfigError as error:
+        sys.exit(f"error: {error}")
     _quiet_tensorflow()
     from absl import logging
 

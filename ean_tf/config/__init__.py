@@ -11,6 +11,8 @@ preset.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,7 @@ __all__ = [
     "PredictConfig",
     "PrepareConfig",
     "TrainConfig",
+    "config_for_run",
     "field_index",
     "make_config",
     "replace",
@@ -131,15 +134,38 @@ def make_config(preset: str = "default", **overrides: Any) -> Config:
         raise ConfigError(
             f"Unknown --config={preset!r}. Expected one of: {', '.join(PRESETS)}."
         )
-    values = {**PRESETS[preset], **overrides}
+    return _from_fields({**PRESETS[preset], **overrides})
+
+
+def _from_fields(values: dict[str, Any], source: str = "") -> Config:
+    """A `Config` from field (= flag) values; the others keep their defaults."""
     index = field_index()
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for name, value in values.items():
         if name not in index:
-            raise ConfigError(f"Unknown config field {name!r}.")
+            where = f"{source}: " if source else ""
+            raise ConfigError(f"{where}Unknown config field {name!r}.")
         section, _ = index[name]
         per_section[section][name] = value
     return Config(**{s: SECTIONS[s](**kw) for s, kw in per_section.items()})
+
+
+def config_for_run(run_dir: str, /, **overrides: Any) -> Config:
+    """The configuration a training run saved in `<run_dir>/config.json`, with
+    `overrides` (by flag name) applied over it. `run_dir` is the folder given
+    here, wherever the run was trained (a moved folder keeps its run).
+
+    Raises `ConfigError` naming the file when it is missing or unreadable.
+    """
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        values = {name: v for section in saved.values() for name, v in section.items()}
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a run's configuration ({error})") from None
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return _from_fields({**values, **overrides, "run_dir": run_dir}, path)
 
 
 def replace(config: Config, **overrides: Any) -> Config:

@@ -39,7 +39,8 @@ class DataConfig:
     data_dir: str = _f(
         "",
         "Root folder of the data set. For `default`, where the generated images are "
-        "cached (empty: ~/.cache/ean_tf).",
+        "cached (empty: ~/.cache/ean_tf): only an empty folder or one holding such "
+        "caches; a folder holding anything else is refused, as another data set's.",
     )
     image_size: int = _f(
         48, "Square input size in pixels after resizing.", check=_range(16, 1024)
@@ -53,7 +54,11 @@ class DataConfig:
     affectnet_classes: int = _f(8, "AffectNet classes: 7 or 8 (with contempt).", (7, 8))
     balanced_sampling: bool = _f(False, "Sample training classes uniformly.")
     train_split: str = _f("", "Training split name (empty: the reader's own).")
-    val_split: str = _f("", "Validation split name (empty: the reader's own).")
+    val_split: str = _f(
+        "",
+        "Validation split name (empty: the reader's own); --mode=eval evaluates it "
+        "(another split than the run's into a folder <run_dir>/eval_<split>...).",
+    )
     noise_rate: float = _f(
         0.0,
         "Fraction of training labels flipped (tables 3-4).",
@@ -128,7 +133,11 @@ class TrainConfig:
     )
     seed: int = _f(0, "Seed for weights, shuffling and augmentation.")
     run_dir: str = _f(
-        "runs/default", "Folder for checkpoints, logs and reports.", check=_NON_EMPTY
+        "runs/default",
+        "Folder for checkpoints, logs and reports. --mode=eval, predict, export, "
+        "visualize and robustness start from the configuration of the run in it "
+        "(its config.json); a flag given overrides that field only.",
+        check=_NON_EMPTY,
     )
     overwrite: bool = _f(
         False,

@@ -25,6 +25,16 @@ DEFAULT_SPLITS = {
 }
 
 
+# The DataConfig fields that decide which images a validation split holds and
+# their labels: all data sets', then each reader's own.
+SPLIT_FIELDS = ("dataset", "data_dir", "train_split", "val_split", "skip_bad_images")
+READER_FIELDS = {
+    "default": ("default_train_size", "default_val_size", "default_identities"),
+    "ferplus": ("ferplus_label_mode", "ferplus_classes"),
+    "affectnet": ("affectnet_classes",),
+}
+
+
 @dataclasses.dataclass
 class DataSplits:
     train: Examples
@@ -36,6 +46,48 @@ class DataSplits:
         return self.train.class_names
 
 
+def split_names(data) -> tuple[str, str]:
+    """(training, validation) split names of a `DataConfig`: the flags', else the
+    reader's own."""
+    train, val = DEFAULT_SPLITS[data.dataset]
+    return data.train_split or train, data.val_split or val
+
+
+def data_folder(data) -> str:
+    """The folder the data is read from (the built-in data's cache folder)."""
+    return data.data_dir or (DEFAULT_CACHE if data.dataset == "default" else "")
+
+
+def validation_data(data) -> dict:
+    """What decides the validation split of a `DataConfig` (`SPLIT_FIELDS` and the
+    reader's own fields), split names resolved and the folder absolute: two
+    configurations that give the same dict evaluate the same images and labels."""
+    fields = SPLIT_FIELDS + READER_FIELDS.get(data.dataset, ())
+    values = {name: getattr(data, name) for name in fields}
+    values["train_split"], values["val_split"] = split_names(data)
+    values["data_dir"] = os.path.abspath(data_folder(data))
+    return values
+
+
+def _check_cache_folder(root: str) -> None:
+    """The built-in data is generated only into a folder that is empty or holds
+    nothing but its caches (`default-<hash>`), never into another data set."""
+    if not os.path.exists(root):
+        return
+    if not os.path.isdir(root):
+        raise DataError(f"--data_dir={root}: not a folder")
+    other = sorted(
+        name for name in os.listdir(root) if not name.startswith(("default-", "."))
+    )
+    if other:
+        raise DataError(
+            f"--data_dir={root} holds {other[0]!r}, not the built-in data's cache: "
+            "--dataset=default generates its images only into an empty folder or "
+            f"one holding its caches; leave --data_dir empty ({DEFAULT_CACHE}) or "
+            "name the data set of that folder with --dataset"
+        )
+
+
 def read_split(data, split: str) -> Examples:
     """One split of the data set named by `data.dataset` (a `DataConfig`)."""
     name, root = data.dataset, data.data_dir
@@ -44,6 +96,8 @@ def read_split(data, split: str) -> Examples:
     if name != "default" and not os.path.exists(root):
         raise DataError(f"--data_dir={root}: no such folder or file")
     if name == "default":
+        if root:
+            _check_cache_folder(root)
         csv_path = synthetic.generate(
             root or DEFAULT_CACHE,
             data.default_train_size,
@@ -81,8 +135,7 @@ def _csv_without_splits(root: str) -> bool:
 
 def load(data, seed: int = 0) -> DataSplits:
     """Reads, checks and (optionally) corrupts the training and validation splits."""
-    train_name = data.train_split or DEFAULT_SPLITS[data.dataset][0]
-    val_name = data.val_split or DEFAULT_SPLITS[data.dataset][1]
+    train_name, val_name = split_names(data)
     if data.dataset == "csv" and _csv_without_splits(data.data_dir):
         everything = read_split(data, train_name)  # no split column: all rows
         order = np.random.default_rng(seed).permutation(len(everything))
@@ -112,7 +165,10 @@ __all__ = [
     "DataSplits",
     "Examples",
     "check_images",
+    "data_folder",
     "load",
     "name_undecodable_image",
     "read_split",
+    "split_names",
+    "validation_data",
 ]
