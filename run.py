@@ -6,6 +6,7 @@ python run.py --mode=eval --inference_graph=all --run_dir=runs/default
 python run.py --helpfull                         # every mode and flag
 """
 
+import logging as py_logging
 import os
 import sys
 
@@ -40,11 +41,18 @@ from ean_tf.config import ConfigError  # noqa: E402
 from ean_tf.data.base import DataError  # noqa: E402
 
 
+def _warnings_or_ean_tf(record) -> bool:
+    return record.levelno >= py_logging.WARNING or record.name.startswith("ean_tf")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().use_absl_log_file = False
+    if not ean_flags.SHOW_TF_LOGS.value:  # TensorFlow's INFO lines: an export's ten
+        logging.get_absl_handler().addFilter(_warnings_or_ean_tf)
+        py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
     mode = ean_flags.MODE.value
     try:
         config = ean_flags.config_from_flags()

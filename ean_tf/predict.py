@@ -5,8 +5,10 @@ model or an exported SavedModel folder (its `predict_images` signature). Faces a
 found and aligned by the same MTCNN aligner as `--mode=prepare`, at the model's
 input size. Output: a CSV or JSON file (by extension) with one row per face
 (file, face box, class, probabilities); with `annotate_dir`, copies of the photos
-with boxes and labels drawn. Unreadable files and photos without a face are
-reported in the output, never fatal.
+with boxes and labels drawn. Unreadable files, images of more pixels than
+`max_pixels` (read from the header, before anything is decoded) and photos
+without a face are reported in the output, never fatal. Where the output and
+the annotated copies go is checked before any photo is read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import os
 
 import numpy as np
 
+from ean_tf.data.base import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_MAGIC
 from ean_tf.data.generic import IMAGE_EXTENSIONS
+from ean_tf.files import atomic_open, atomic_path, writable_file, writable_folder
 
 log = logging.getLogger("ean_tf")
 
@@ -105,12 +109,16 @@ def predict(
     progress: bool = True,
     served_graph: str = "",
     label_weight: float = -1.0,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
     """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
     import cv2
 
     from ean_tf.data.align import FaceAligner, center_crop
 
+    writable_file(output, "--output")
+    if annotate_dir:
+        writable_folder(annotate_dir, "--annotate_dir")
     files = list_images(images)
     classifier = Classifier(model_path, served_graph, label_weight)
     aligner = FaceAligner(classifier.image_size)
@@ -121,9 +129,13 @@ def predict(
 
         bar = tqdm(total=len(files), unit="image", desc="predict")
     for path in files:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
         if bar is not None:
             bar.update(1)
+        too_large = _too_many_pixels(path, max_pixels)
+        if too_large:
+            problems.append({"file": path, "problem": too_large})
+            continue
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             problems.append({"file": path, "problem": "unreadable (not an image?)"})
             continue
@@ -166,6 +178,22 @@ def predict(
     return {"faces": rows, "problems": problems, "output": output}
 
 
+def _too_many_pixels(path: str, limit: int) -> str:
+    """The problem of a JPEG, PNG, BMP or GIF file of more than `limit` pixels, by
+    its header, as serving reads it; "" otherwise (other files go to OpenCV)."""
+    from ean_tf.data.decode import file_pixels, too_many_pixels
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""  # OpenCV reports it unreadable
+    if not data.startswith(IMAGE_MAGIC):
+        return ""
+    pixels = file_pixels(data)
+    return too_many_pixels(pixels, limit) if pixels and pixels > limit else ""
+
+
 def _annotate(image, rows, path, out_dir):
     import cv2
 
@@ -195,16 +223,20 @@ def _annotate(image, rows, path, out_dir):
             thick,
             cv2.LINE_AA,
         )
-    cv2.imwrite(os.path.join(out_dir, os.path.basename(path)), canvas)
+    target = os.path.join(out_dir, os.path.basename(path))
+    if not cv2.haveImageWriter(target):  # a format OpenCV reads but cannot write
+        target = os.path.splitext(target)[0] + ".png"
+    with atomic_path(target) as tmp:
+        if not cv2.imwrite(tmp, canvas):
+            raise OSError(f"--annotate_dir: could not write {target}")
 
 
 def _write(output: str, rows, problems, class_names) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if output.endswith(".json"):
-        with open(output, "w") as f:
+        with atomic_open(output) as f:
             json.dump({"faces": rows, "problems": problems}, f, indent=2)
         return
-    with open(output, "w", newline="") as f:
+    with atomic_open(output, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [

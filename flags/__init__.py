@@ -24,6 +24,7 @@ MODES = (
     "visualize",
     "convert_weights",
     "robustness",
+    "describe",
 )
 
 FLAGS = absl_flags.FLAGS

@@ -311,7 +311,7 @@ def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
     assert "Resuming generator pre-training after epoch 2" in caplog.text
     with open(tmp / "run" / "generator" / "log.csv") as f:
         epochs = [row.split(",")[0] for row in f.read().strip().splitlines()[1:]]
-    assert epochs == ["0", "1", "2"]  # continued, not restarted
+    assert epochs == ["1", "2", "3"]  # continued, not restarted
     assert np.isfinite(summary["final"]["g_loss"])
 
 
