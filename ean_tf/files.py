@@ -18,7 +18,16 @@ from collections.abc import Iterator
 
 
 def umask() -> int:
-    current = os.umask(0)
+    """The process's umask, read without changing it where Linux shows it (setting
+    it, even for an instant, would apply to files other threads create)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
     os.umask(current)
     return current
 

@@ -34,7 +34,7 @@ def print_summary(summary: dict) -> None:
     acc = summary["accuracy"]
     done = (
         f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s."
-        if summary.get("epochs_trained", 1)
+        if summary["epochs_trained"]
         else f"Already finished ({summary['epochs_done']} epochs): trained nothing; "
         f"evaluated the model in {summary['seconds']:.0f} s."
     )

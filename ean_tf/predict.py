@@ -131,7 +131,7 @@ def predict(
     for path in files:
         if bar is not None:
             bar.update(1)
-        too_large = _too_many_pixels(path, max_pixels)
+        too_large = pixel_problem(path, max_pixels)
         if too_large:
             problems.append({"file": path, "problem": too_large})
             continue
@@ -178,7 +178,7 @@ def predict(
     return {"faces": rows, "problems": problems, "output": output}
 
 
-def _too_many_pixels(path: str, limit: int) -> str:
+def pixel_problem(path: str, limit: int) -> str:
     """The problem of a JPEG, PNG, BMP or GIF file of more than `limit` pixels, by
     its header, as serving reads it; "" otherwise (other files go to OpenCV)."""
     from ean_tf.data.decode import file_pixels, too_many_pixels

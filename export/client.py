@@ -8,11 +8,13 @@ Faces are detected and aligned here, with the same MTCNN aligner as training
     python export/client.py --images=photos/ --grpc=localhost:8500 --image_size=112
 
 Prints one JSON line per face: file, box, class_name, probabilities (or the
-server's `problem` for a face it could not read). The arguments and the server are
-checked first, from the model's metadata: when no server answers at the address,
-or it serves no ean_tf export under `--model` (with the classes of `--classes`,
-when given), one line says so and nothing else runs. A request the server refuses
-stops the client with the server's message, in one line.
+server's `problem` for a face it could not read; a photo of more than
+`--max_image_pixels` pixels, by its header, is reported and never read). The
+arguments and the server are checked first, from the model's metadata: when no
+server answers at the address, or it serves no ean_tf export under `--model` (with
+the classes of `--classes`, when given), one line says so and nothing else runs.
+A request the server refuses stops the client with the server's message, in one
+line.
 """
 
 from __future__ import annotations
@@ -238,21 +240,28 @@ def predict_grpc(
     ]
 
 
-def classify_files(files: list[str], send, image_size: int) -> list[dict]:
+def classify_files(
+    files: list[str], send, image_size: int, max_pixels: int = 4096 * 4096
+) -> list[dict]:
     """Detects and aligns faces in `files`, sends them with `send(list of
-    bytes)`; returns one dict per face (files without a face get a row with
-    `problem`)."""
-    return list(_classify(files, send, image_size))
+    bytes)`; returns one dict per face (files without a face, or of more than
+    `max_pixels` pixels by their header, get a row with `problem`)."""
+    return list(_classify(files, send, image_size, max_pixels))
 
 
-def _classify(files: list[str], send, image_size: int):
+def _classify(files: list[str], send, image_size: int, max_pixels: int):
     """`classify_files`, one row at a time."""
     import cv2
 
     from ean_tf.data.align import FaceAligner
+    from ean_tf.predict import pixel_problem
 
     aligner = FaceAligner(image_size)
     for path in files:
+        too_large = pixel_problem(path, max_pixels)
+        if too_large:
+            yield {"file": path, "problem": too_large}
+            continue
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             yield {"file": path, "problem": "unreadable"}
@@ -283,6 +292,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--image_size", type=int, default=48, help="the exported model's input size"
     )
+    parser.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=4096 * 4096,
+        help="photos of more pixels (by their header) are reported, not read",
+    )
     args = parser.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     try:  # before MTCNN and TensorFlow start
@@ -302,7 +317,8 @@ def main(argv=None) -> int:
             send = lambda images: predict_grpc(args.grpc, images, args.model)
         from ean_tf.predict import list_images  # TensorFlow starts here
 
-        for row in _classify(list_images(args.images), send, args.image_size):
+        files = list_images(args.images)
+        for row in _classify(files, send, args.image_size, args.max_image_pixels):
             name = row.get("class_name")
             if classes and name is not None and name not in classes:
                 raise ServerError(

@@ -405,3 +405,16 @@ def test_export_prints_the_serving_command(tmp_path, monkeypatch, capsys, graph)
     else:
         assert batching not in out
         assert "serve it without --enable_batching" in out
+
+
+def test_describe_reads_an_export(exported):
+    from ean_tf.modes import describe
+
+    *_, path, _ = exported
+    info = describe(path)
+    assert info["classes"] == ["a", "b", "c", "d"]
+    assert (info["image_size"], info["graph"], info["label_weight"]) == (
+        SIZE,
+        "nearest",
+        0.25,
+    )

@@ -455,13 +455,14 @@ def test_predict_refuses_too_many_pixels_from_the_header(models, monkeypatch):
     result = predict_lib.predict(
         keras_path, str(folder), str(tmp / "bomb.csv"), progress=False
     )
-    assert result["problems"] == [
-        {
-            "file": str(folder / "bomb.png"),
-            "problem": "more pixels than the limit, 16777216 (--max_image_pixels): "
-            "144000000",
-        }
-    ]
+    problem = {
+        "file": str(folder / "bomb.png"),
+        "problem": "more pixels than the limit, 16777216 (--max_image_pixels): "
+        "144000000",
+    }
+    assert result["problems"] == [problem]
+    # The serving client, too, before it reads the photo.
+    assert client.classify_files([problem["file"]], None, 48) == [problem]
     assert read == []
 
 

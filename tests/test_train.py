@@ -642,3 +642,15 @@ def test_training_turns_a_lost_peer_into_a_training_error(tmp_path, monkeypatch)
     )
     with pytest.raises(TrainingError, match="Training stopped: Socket closed"):
         train(config, verbose=0)
+
+
+def test_an_unwritable_run_folder_stops_before_the_data_is_read(tmp_path):
+    from ean_tf.config import make_config
+
+    (tmp_path / "blocker").write_text("")
+    config = make_config(
+        "tiny", data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "blocker" / "r")
+    )
+    with pytest.raises(ValueError, match="--run_dir=.*blocker is a file"):
+        train(config, verbose=0)
+    assert not (tmp_path / "data").exists()
