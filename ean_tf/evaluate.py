@@ -10,7 +10,6 @@ figures are drawn by visualize.py.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -20,6 +19,7 @@ import tensorflow as tf
 from ean_tf.data import views
 from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.files import write_json
 from ean_tf.visualize import plot_confusion
 
 
@@ -238,7 +238,8 @@ def evaluate_model(
     noisy_labels: str | None = None,
     train_examples: Examples | None = None,
 ) -> dict:
-    """Evaluates `graphs` side by side; writes metrics.json and confusion.png."""
+    """Evaluates `graphs` side by side; writes metrics.json, confusion_<graph>.png
+    for each graph and confusion.png (the first graph's)."""
     os.makedirs(out_dir, exist_ok=True)
     report = {
         "checkpoint": checkpoint,
@@ -289,8 +290,7 @@ def evaluate_model(
         report["flipped_labels"] = flipped_label_report(
             model, train_examples, noisy_labels, image_size, batch_size, graphs[0]
         )
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(out_dir, "metrics.json"), report)
     for name, path in [(g, f"confusion_{g}.png") for g in graphs] + [
         (graphs[0], "confusion.png")
     ]:

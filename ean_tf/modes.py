@@ -40,15 +40,21 @@ def _python() -> str:
 
 def print_summary(summary: dict) -> None:
     acc = summary["accuracy"]
+    done = (
+        f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s."
+        if summary["epochs_trained"]
+        else f"Already finished ({summary['epochs_done']} epochs): trained nothing; "
+        f"evaluated the model in {summary['seconds']:.0f} s."
+    )
     lines = [
         "",
-        f"Finished {summary['epochs_done']} epochs in {summary['seconds']:.0f} s.",
+        done,
         "Validation accuracy: "
         + ", ".join(f"{g} graph {a:.4f}" for g, a in acc.items()),
         f"  model:               {summary['model']}",
         f"  best checkpoint:     {summary['best_model']}",
         f"  metrics:             {summary['metrics']}",
-        f"  confusion matrix:    {summary['confusion']}",
+        f"  confusion matrices:  {', '.join(summary['confusion'])}",
         f"  logs:                {summary['logs']}",
         f"  TensorBoard:         {summary['tensorboard']}",
         f"Next: {_python()} run.py --mode=eval --inference_graph=all "
@@ -158,6 +164,10 @@ def evaluation_dir(config: Config, checkpoint: str, *answers: str) -> str:
 
 def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf import evaluate
+    from ean_tf.files import writable_folder
+
+    flag = "--output" if output else "--run_dir"
+    writable_folder(output or config.train.run_dir, flag)  # before the evaluation
 
     model, path, splits = _model_and_splits(config, checkpoint)
     from ean_tf.evaluate import evaluation_graphs
@@ -206,20 +216,22 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
                 for name, value in quality["similar_precision_per_class"].items()
             )
         )
-    print(
-        f"Wrote {os.path.join(out_dir, 'metrics.json')} and "
-        f"{os.path.join(out_dir, 'confusion.png')}"
-    )
+    figures = [os.path.join(out_dir, f"confusion_{g}.png") for g in report["graphs"]]
+    print(f"Wrote {os.path.join(out_dir, 'metrics.json')}, {', '.join(figures)}")
+    print(f"Next: {_python()} run.py --mode=export --checkpoint={path}")
 
 
 def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> None:
     import numpy as np
 
     from ean_tf.data.pipeline import make_dataset
+    from ean_tf.files import writable_file
     from ean_tf.runs import load_model
     from ean_tf.visualize import batch_graph_figure
 
     checkpoint = default_checkpoint(config, checkpoint)
+    path = output or os.path.join(evaluation_dir(config, checkpoint), "batch_graph.png")
+    writable_file(path, "--output" if output else "--run_dir")
     model = load_model(checkpoint)
     splits = _data(config, model, checkpoint)
     n = min(8, len(splits.val))
@@ -229,8 +241,6 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
             make_dataset(splits.val.select(order), model.image_size, n, training=False)
         )
     )
-    path = output or os.path.join(evaluation_dir(config, checkpoint), "batch_graph.png")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     info = batch_graph_figure(
         model, images.numpy(), targets.numpy().argmax(1), splits.class_names, path
     )
@@ -241,25 +251,41 @@ def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> Non
 
 
 def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
+    import shlex
+
+    from ean_tf.files import writable_folder
     from ean_tf.runs import load_model
     from ean_tf.served import serving_model
     from export.serving import export_model
 
-    path = default_checkpoint(config, checkpoint)
     e = config.export
+    writable_folder(e.export_dir, "--export_dir")
+    path = default_checkpoint(config, checkpoint)
     model = serving_model(load_model(path), e.served_graph, path, e.served_label_weight)
     final = export_model(
         model, e.export_dir, e.export_version, e.max_image_bytes, e.max_image_pixels
     )
-    base = os.path.abspath(e.export_dir)
+    volume = shlex.quote(f"{os.path.abspath(e.export_dir)}:/models/ean")
     graph, weight = model.answers_with()
     labels = f" with label weight {weight:g}" if weight else ""
     print(f"Exported {path} to {final}, serving its {graph} graph{labels}")
     print("Serve it with TensorFlow Serving:")
-    print(
-        f"  docker run -p 8501:8501 -p 8500:8500 -v {base}:/models/ean "
-        "-e MODEL_NAME=ean tensorflow/serving"
-    )
+    lines = [
+        f"  docker run -p 8501:8501 -p 8500:8500 -v {volume}",
+        "    -e MODEL_NAME=ean tensorflow/serving",
+    ]
+    if graph != "batch":  # each answer independent of the other images
+        lines.append(
+            "    --enable_batching "
+            "--batching_parameters_file=/models/ean/batching_parameters.txt"
+        )
+    print(" \\\n".join(lines))
+    if graph == "batch":
+        print(
+            "Its batch graph's answers depend on the other images of a request: "
+            "serve it without --enable_batching, so that a request never mixes "
+            "two clients' images."
+        )
 
 
 def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
@@ -279,6 +305,7 @@ def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
         config.prepare.no_face,
         served_graph=config.export.served_graph,
         label_weight=config.export.served_label_weight,
+        max_pixels=config.export.max_image_pixels,
     )
     print(
         f"{len(result['faces'])} faces classified, {len(result['problems'])} "
@@ -327,10 +354,12 @@ def run_pretrain_generator(
 
 def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> None:
     """Accuracy on the validation split and on perturbed copies of it."""
-    import json
-
     from ean_tf.evaluate import robustness
+    from ean_tf.files import writable_file, write_json
 
+    where = evaluation_dir(config, default_checkpoint(config, checkpoint))
+    out = output or os.path.join(where, "robustness.json")
+    writable_file(out, "--output" if output else "--run_dir")
     model, path, splits = _model_and_splits(config, checkpoint)
     graph = config.model.inference_graph
     graph = "isolated" if model.head_type == "linear" else graph
@@ -349,10 +378,7 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
         "seed": config.evaluation.robustness_seed,
         "results": result,
     }
-    out = output or os.path.join(evaluation_dir(config, path), "robustness.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(out, report)
     for name, r in result.items():
         print(
             f"{name:>13}: accuracy {r['accuracy']:.4f}, mean class accuracy "
@@ -363,8 +389,10 @@ def run_robustness(config: Config, checkpoint: str = "", output: str = "") -> No
 
 def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
     from ean_tf.data import prepare
+    from ean_tf.files import writable_folder
 
     out = output or os.path.join(config.data.data_dir or ".", "prepared")
+    writable_folder(out, "--output")
     manifest = prepare.prepare(config.data, out, config.prepare.no_face)
     print(
         f"Wrote {out}/manifest.json ({manifest['images_per_second']} images/s). "
@@ -375,7 +403,9 @@ def run_prepare(config: Config, checkpoint: str = "", output: str = "") -> None:
 def run_convert_weights(config: Config, checkpoint: str = "", output: str = "") -> None:
     """Converts --backbone_weights (PyTorch, VGGFace .h5) to a Keras weights file."""
     from ean_tf.config import ConfigError
+    from ean_tf.files import writable_file
     from ean_tf.models.backbones import build_backbone, load_backbone_weights
+    from ean_tf.runs import atomic_save_weights
 
     m = config.model
     if not m.backbone_weights:
@@ -385,17 +415,81 @@ def run_convert_weights(config: Config, checkpoint: str = "", output: str = "") 
             "--output: expected the converted file's path, ending in .weights.h5. "
             f"Received: {output!r}"
         )
+    writable_file(output, "--output")
     backbone = build_backbone(
         m.backbone, config.data.image_size, m.stem, m.width, m.input_norm
     )
     load_backbone_weights(backbone, m.backbone_weights)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    backbone.save_weights(output)
+    atomic_save_weights(backbone, output)
     print(
         f"Converted {m.backbone_weights} ({len(backbone.weights)} arrays) into "
         f"{output}. Train from it with --backbone={m.backbone} --stem={m.stem} "
         f"--width={m.width} --input_norm={m.input_norm} --backbone_weights={output}"
     )
+
+
+def describe(path: str) -> dict:
+    """What a `.keras` model or an exported SavedModel folder is: its classes,
+    input size, the graph it answers in and, for a `.keras` model in a run
+    folder, the data it was trained on (that folder's config.json)."""
+    import json
+
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)
+        weight = float(loaded.nearest_label_weight.numpy())
+        return {
+            "kind": "SavedModel export",
+            "classes": [n.decode() for n in loaded.class_names.numpy()],
+            "image_size": int(loaded.input_size.numpy()),
+            "graph": loaded.served_graph.numpy().decode(),
+            "label_weight": weight,
+        }
+    from ean_tf.models.ean import FORMAT_VERSION
+    from ean_tf.runs import load_model
+
+    model = load_model(path)
+    graph, weight = model.answers_with()
+    info = {
+        "kind": f"ean_tf model, format {FORMAT_VERSION}",
+        "classes": list(model.class_names),
+        "image_size": model.image_size,
+        "graph": graph,
+        "label_weight": weight,
+        "network": f"{model.backbone_name}, {model.head_type} head",
+    }
+    if model.memory is not None:
+        info["stored_images"] = int(model.memory.valid.numpy().sum())
+    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if os.path.isfile(run_config):
+        with open(run_config) as f:
+            data = json.load(f).get("data", {})
+        fields = ("dataset", "data_dir", "noise_rate")
+        info["trained_on"] = " ".join(f"--{k}={data[k]}" for k in fields if data.get(k))
+    return info
+
+
+def run_describe(config: Config, checkpoint: str = "", output: str = "") -> None:
+    """Prints what a model is (`describe`): --checkpoint, default the run's."""
+    path = default_checkpoint(config, checkpoint)
+    info = describe(path)
+    answers = f"its {info['graph']} graph"
+    if info["graph"] == "nearest":
+        answers += f", label weight {info['label_weight']:g}"
+        if "stored_images" in info:
+            answers += f", {info['stored_images']} stored training images"
+    lines = [
+        f"{path}: {info['kind']}",
+        f"  classes ({len(info['classes'])}): {', '.join(info['classes'])}",
+        f"  input:      {info['image_size']} x {info['image_size']} RGB, 0..255",
+        f"  answers in: {answers}",
+    ]
+    if "network" in info:
+        lines.append(f"  network:    {info['network']}")
+    if info.get("trained_on"):
+        lines.append(f"  trained on: {info['trained_on']}")
+    print("\n".join(lines))
 
 
 MODES = {
@@ -408,4 +502,5 @@ MODES = {
     "robustness": run_robustness,
     "visualize": run_visualize,
     "convert_weights": run_convert_weights,
+    "describe": run_describe,
 }

@@ -13,8 +13,10 @@ aligner as `--mode=prepare`, at the model's input size.
 `--mode=predict` takes a file, a folder (its images, sorted) or a glob, and
 writes a CSV or JSON file (by extension) with one row per face (file, face box,
 class, probabilities); with `annotate_dir`, copies of the photos with boxes and
-labels drawn. Unreadable files and photos without a face are reported in the
-output, never fatal.
+labels drawn. Unreadable files, images of more pixels than `max_pixels` (read
+from the header, before anything is decoded) and photos without a face are
+reported in the output, never fatal. Where the output and the annotated copies
+go is checked before any photo is read.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import os
 
 import numpy as np
 
+from ean_tf.data.base import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_MAGIC
 from ean_tf.data.generic import IMAGE_EXTENSIONS
+from ean_tf.files import atomic_open, atomic_path, writable_file, writable_folder
 
 log = logging.getLogger("ean_tf")
 
@@ -215,6 +219,9 @@ def read_rgb(path: str) -> np.ndarray:
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    too_large = pixel_problem(path, DEFAULT_MAX_IMAGE_PIXELS)
+    if too_large:
+        raise ValueError(f"{path}: {too_large}")
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: unreadable (not an image?)")
@@ -230,10 +237,14 @@ def predict(
     progress: bool = True,
     served_graph: str = "",
     label_weight: float = -1.0,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict:
     """Runs the pipeline above; returns {"faces": rows, "problems": [...]}."""
     import cv2
 
+    writable_file(output, "--output")
+    if annotate_dir:
+        writable_folder(annotate_dir, "--annotate_dir")
     files = list_images(images)
     recognizer = Recognizer(model_path, served_graph, label_weight, no_face)
     rows, problems = [], []
@@ -243,9 +254,13 @@ def predict(
 
         bar = tqdm(total=len(files), unit="image", desc="predict")
     for path in files:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
         if bar is not None:
             bar.update(1)
+        too_large = pixel_problem(path, max_pixels)
+        if too_large:
+            problems.append({"file": path, "problem": too_large})
+            continue
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             problems.append({"file": path, "problem": "unreadable (not an image?)"})
             continue
@@ -271,6 +286,22 @@ def predict(
         bar.close()
     _write(output, rows, problems, recognizer.class_names)
     return {"faces": rows, "problems": problems, "output": output}
+
+
+def pixel_problem(path: str, limit: int) -> str:
+    """The problem of a JPEG, PNG, BMP or GIF file of more than `limit` pixels, by
+    its header, as serving reads it; "" otherwise (other files go to OpenCV)."""
+    from ean_tf.data.decode import file_pixels, too_many_pixels
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""  # OpenCV reports it unreadable
+    if not data.startswith(IMAGE_MAGIC):
+        return ""
+    pixels = file_pixels(data)
+    return too_many_pixels(pixels, limit) if pixels and pixels > limit else ""
 
 
 def _annotate(image, rows, path, out_dir):
@@ -302,16 +333,20 @@ def _annotate(image, rows, path, out_dir):
             thick,
             cv2.LINE_AA,
         )
-    cv2.imwrite(os.path.join(out_dir, os.path.basename(path)), canvas)
+    target = os.path.join(out_dir, os.path.basename(path))
+    if not cv2.haveImageWriter(target):  # a format OpenCV reads but cannot write
+        target = os.path.splitext(target)[0] + ".png"
+    with atomic_path(target) as tmp:
+        if not cv2.imwrite(tmp, canvas):
+            raise OSError(f"--annotate_dir: could not write {target}")
 
 
 def _write(output: str, rows, problems, class_names) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if output.endswith(".json"):
-        with open(output, "w") as f:
+        with atomic_open(output) as f:
             json.dump({"faces": rows, "problems": problems}, f, indent=2)
         return
-    with open(output, "w", newline="") as f:
+    with atomic_open(output, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [

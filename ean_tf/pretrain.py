@@ -29,9 +29,11 @@ from ean_tf.data import views
 from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
 from ean_tf.data.views import view_kinds
+from ean_tf.files import writable_file, writable_folder
 from ean_tf.models.backbones import build_backbone, load_backbone_weights
 from ean_tf.models.generator import InvariantFeatureGenerator
 from ean_tf.runs import (
+    EpochLogger,
     atomic_save_weights,
     make_optimizer,
     make_strategy,
@@ -267,6 +269,9 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     d, m, t, g = config.data, config.model, config.train, config.generator
     strategy = make_strategy(t.strategy)
     run_dir, is_chief = worker_run_dir(strategy, generator_dir(config))
+    weights = output or os.path.join(run_dir, "backbone.weights.h5")
+    writable_folder(run_dir, "--run_dir")
+    writable_file(weights, "--output" if output else "--run_dir")
     keras.utils.set_random_seed(t.seed)
     splits = data_lib.load(d, seed=t.seed)
     batch = t.batch_size
@@ -316,8 +321,8 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     truncate_log(log_csv, done)
     callbacks = [
         checkpoint,
-        _CollapseProbe(probe, kinds, probe_seed),  # before the CSVLogger
-        keras.callbacks.CSVLogger(log_csv, append=True),
+        _CollapseProbe(probe, kinds, probe_seed),  # before the epoch logger
+        EpochLogger(log_csv, append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
     history = model.fit(
@@ -337,7 +342,6 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             "Generator pre-training diverged (a loss became NaN); lower "
             "--learning_rate, --d_learning_rate or the lambdas"
         )
-    weights = output or os.path.join(run_dir, "backbone.weights.h5")
     summary = {
         "backbone_weights": weights,
         "identities": num_identities,
@@ -352,8 +356,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
         "seconds": round(time.time() - t0, 1),
     }
     if is_chief:
-        os.makedirs(os.path.dirname(os.path.abspath(weights)), exist_ok=True)
-        backbone.save_weights(weights)
+        atomic_save_weights(backbone, weights)
         figure = os.path.join(run_dir, "feature_maps.png")
         summary["feature_similarity"] = feature_figure(
             before,
@@ -365,6 +368,5 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             config.evaluation.robustness_seed,
         )
         summary["figure"] = figure
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary

@@ -8,6 +8,8 @@ imports nothing above the models.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -19,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from ean_tf.config import EVALUATION_FIELDS, LINEAR_IGNORED, Config
+from ean_tf.data.base import error_text
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.files import atomic_open, atomic_path, write_json
 from ean_tf.models.ean import ModelFormatError, check_format
 from ean_tf.models.memory import memory_images
 from ean_tf.schedules import LearningRate
@@ -80,6 +84,64 @@ def worker_run_dir(strategy: tf.distribute.Strategy, run_dir: str) -> tuple[str,
     return os.path.join(run_dir, f"worker_{task_type}_{task_id}"), False
 
 
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str):
+    """Holds an exclusive lock on the folder `run_dir` while the block runs: a
+    second training in the same folder stops in one line instead of writing over
+    this one's files. The kernel drops the lock when the process dies."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"{run_dir}: another process is training in this folder; wait for "
+                "it to finish, or use another --run_dir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lost_peer(
+    error: Exception, strategy: tf.distribute.Strategy, state: dict, last: str
+) -> TrainingError:
+    """The one-line error of a multi-worker worker whose peer stopped answering:
+    which worker this is, the peers the error names (else all of them), and the
+    checkpoint that rerunning the same command on every worker resumes from."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:  # no cluster: not a lost peer
+        return TrainingError(f"Training stopped: {error_text(error)}")
+    me = (task_type, resolver.task_id)
+    cluster = resolver.cluster_spec().as_dict()
+    peers = [
+        (kind, index, address)
+        for kind, addresses in cluster.items()
+        for index, address in enumerate(addresses)
+        if (kind, index) != me
+    ]
+    text = str(error)
+    named = [
+        (kind, index, address)
+        for kind, index, address in peers
+        if address in text or f"/job:{kind}/replica:0/task:{index}" in text
+    ] or peers
+    where = (
+        f"the last checkpoint here is {last} ({state['epochs_done']} epochs, step "
+        f"{state['steps_done']}); rerun the same command on every worker to resume "
+        "from it"
+        if os.path.isfile(last)
+        else "no checkpoint had been written yet; rerun the same command on every "
+        "worker to start again"
+    )
+    return TrainingError(
+        f"{me[0]} {me[1]} of the multi-worker run lost "
+        + " or ".join(f"{kind} {index} ({address})" for kind, index, address in named)
+        + f": {error_text(error)}. Training stopped; {where}."
+    )
+
+
 def make_optimizer(
     config: Config,
     steps_per_epoch: int,
@@ -108,23 +170,16 @@ def make_optimizer(
 
 
 def atomic_save_weights(model: keras.Model, path: str) -> None:
-    """`save_weights` to a temporary file renamed into place (path: .weights.h5)."""
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    """`save_weights` through a temporary file renamed into place (path ends in
+    .weights.h5)."""
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
 
 
 def atomic_save(model: keras.Model, path: str) -> None:
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-    os.replace(tmp, path)
+    """`model.save` through a temporary file renamed into place (path: .keras)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def read_state(run_dir: str) -> dict:
@@ -212,17 +267,29 @@ class RunCheckpoint(keras.callbacks.Callback):
         self._save()
 
 
+class EpochLogger(keras.callbacks.CSVLogger):
+    """`log.csv`: one row per epoch, counted from 1 as the progress bar and
+    `state.json` count them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
 def truncate_log(path: str, epochs_done: int) -> None:
     """Drops CSV rows of epochs that were not checkpointed (redone on resume),
-    keeping the line endings CSVLogger writes."""
+    and a row a kill cut short, keeping the line endings CSVLogger writes."""
     if not os.path.isfile(path):
         return
     with open(path, newline="") as f:
         lines = f.readlines()
     kept = lines[:1] + [
-        row for row in lines[1:] if int(row.split(",")[0]) < epochs_done
+        row
+        for row in lines[1:]
+        if row.endswith("\n")
+        and row.split(",")[0].isdigit()
+        and int(row.split(",")[0]) <= epochs_done
     ]
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         f.writelines(kept)
 
 
@@ -265,7 +332,9 @@ def check_run_dir(config: Config, run_dir: str) -> None:
     Resuming needs the same model, data and schedule (`RESUMABLE_FIELDS` aside,
     and `LINEAR_IGNORED` between two linear-head runs, which never read them) and
     `--epochs` at least the epochs already done. `--overwrite` deletes the
-    other run's files instead.
+    other run's files instead, and so does a run that stopped before its first
+    checkpoint (nothing of it is lost; training holds the folder's lock, so that
+    run is not still going).
     """
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
@@ -288,8 +357,14 @@ def check_run_dir(config: Config, run_dir: str) -> None:
         differ.append(f"{done} epochs done there, --epochs={config.train.epochs} here")
     if not differ:
         return
-    if config.train.overwrite:
-        log.warning("--overwrite: deleting the run in %s", run_dir)
+    trained = os.path.isfile(os.path.join(run_dir, "last.keras"))
+    if config.train.overwrite or not trained:
+        log.warning(
+            "%s: deleting the run in %s (%s)",
+            "--overwrite" if config.train.overwrite else "No checkpoint",
+            run_dir,
+            "; ".join(differ),
+        )
         for name in _RUN_FILES:
             if os.path.isfile(os.path.join(run_dir, name)):
                 os.remove(os.path.join(run_dir, name))

@@ -3,24 +3,31 @@
 `train(config)` is what `run.py --mode=train` calls. A run folder holds:
 
     config.json          the full configuration
-    last.keras           model + optimizer after the last finished epoch (resume)
+    last.keras           model + optimizer after the last finished epoch (resume);
+                         after the last epoch, model.keras
     state.json           epochs finished, steps done, best validation accuracy
-    best.keras           the best model by validation accuracy
+    best.keras           the best model by validation accuracy; after the last
+                         epoch, its store filled and its served graph set as
+                         model.keras's
     model.keras          the final model, its nearest graph's store filled
-    log.csv, tb/         every metric per epoch; TensorBoard logs
+    log.csv, tb/         every metric per epoch (counted from 1); TensorBoard logs
     metrics.json, confusion_<graph>.png   the final evaluation (see evaluate.py)
     noisy_labels.csv     with --noise_rate > 0: path, clean_label, noisy_label
     bad_images.json      with --skip_bad_images: what was skipped and why
 
 Rerunning the same command after the process died continues from `last.keras`
-with the optimizer, the warm-up state, the step count and the data position.
+with the optimizer, the warm-up state, the step count and the data position
+(from a step checkpoint inside the first epoch too). A training holds a lock on
+its folder: a second one there stops in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 
 import keras
@@ -28,18 +35,22 @@ import tensorflow as tf
 
 from ean_tf import data as data_lib
 from ean_tf.build import build_model
-from ean_tf.config import Config
+from ean_tf.config import Config, ConfigError
 from ean_tf.data import noise as noise_lib
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.files import atomic_path, writable_folder
 from ean_tf.models.backbones import load_backbone_weights
 from ean_tf.models.ean import DEFAULT_GRAPH, EAN, AdjacencyWarmup
 from ean_tf.runs import (
+    EpochLogger,
     RestoreEpochMetrics,
     RunCheckpoint,
     TrainingError,
     atomic_save,
     check_run_dir,
     fill_memory,
+    lock_run_dir,
+    lost_peer,
     make_optimizer,
     make_strategy,
     read_state,
@@ -82,26 +93,44 @@ class _Run:
 def train(config: Config, verbose: int = 1) -> dict:
     """Trains (or resumes) a run; returns the summary dict, also in summary.json."""
     t0 = time.time()
-    run = _open_run(config)
-    model, state, resume = _build_or_resume(run)
-    _attach_cotrainer(run, model, resume)
-    _fit(run, model, state, resume, verbose)
-    return _finish(run, model, state, t0)
+    with contextlib.ExitStack() as held:  # the run folder, locked until the end
+        run = _open_run(config, held)
+        model, state, resume = _build_or_resume(run)
+        _attach_cotrainer(run, model, resume)
+        epochs_before = state["epochs_done"]
+        _fit(run, model, state, resume, verbose)
+        return _finish(run, model, state, t0, epochs_before)
 
 
-def _open_run(config: Config) -> _Run:
-    """The strategy, the run folder (checked before anything in it changes), the
-    data, and the files that record them."""
+def _open_run(config: Config, held: contextlib.ExitStack) -> _Run:
+    """The strategy, the run folder (locked against another training, and checked
+    before anything in it changes), the data and the batch checked against it,
+    then the folder and the files that record them."""
     d, t = config.data, config.train
     strategy = make_strategy(t.strategy)
     run_dir, is_chief = worker_run_dir(strategy, t.run_dir)
+    writable_folder(run_dir, "--run_dir")
+    locked = os.path.isdir(run_dir)
+    if locked:
+        held.enter_context(lock_run_dir(run_dir))
     check_run_dir(config, run_dir)
-    os.makedirs(run_dir, exist_ok=True)
     keras.utils.set_random_seed(t.seed)
+    splits = data_lib.load(d, t.seed, config.export.max_image_pixels)
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size > len(splits.train):
+        raise ConfigError(
+            f"--batch_size={t.batch_size}: more than the {len(splits.train)} "
+            f"training images; pass --batch_size={len(splits.train)} or less"
+        )
+    if t.batch_size % replicas:
+        raise TrainingError(
+            f"--batch_size={t.batch_size} is not divisible by the {replicas} replicas"
+        )
+    if not locked:
+        os.makedirs(run_dir, exist_ok=True)
+        held.enter_context(lock_run_dir(run_dir))
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-
-    splits = data_lib.load(d, seed=t.seed)
     if splits.bad_images:
         write_json(os.path.join(run_dir, "bad_images.json"), splits.bad_images)
         log.warning(
@@ -114,12 +143,6 @@ def _open_run(config: Config) -> _Run:
             splits.train, os.path.join(run_dir, "noisy_labels.csv")
         )
     write_json(os.path.join(run_dir, "config.json"), config.to_dict())
-
-    replicas = strategy.num_replicas_in_sync
-    if t.batch_size % replicas:
-        raise TrainingError(
-            f"--batch_size={t.batch_size} is not divisible by the {replicas} replicas"
-        )
     steps = t.steps_per_epoch or max(1, len(splits.train) // t.batch_size)
     run = _Run(config, strategy, run_dir, is_chief, splits, t.batch_size, steps)
     if config.model.head != "ean":
@@ -145,14 +168,18 @@ def _build_or_resume(run: _Run) -> tuple[EAN, dict, bool]:
     """The model from `last.keras` with its state, or a new compiled one."""
     c = run.config
     state = read_state(run.run_dir)
-    resume = state["epochs_done"] > 0 and os.path.isfile(run.last)
+    # A step checkpoint (--checkpoint_every_steps) inside the first epoch too.
+    done = state["epochs_done"] > 0 or state["steps_done"] > 0
+    resume = done and os.path.isfile(run.last)
     with run.strategy.scope():
         if resume:
             model = keras.models.load_model(run.last)
             log.info(
-                "Resuming %s after epoch %d (step %d)",
+                "Resuming %s %s (step %d)",
                 run.run_dir,
-                state["epochs_done"],
+                f"after epoch {state['epochs_done']}"
+                if state["epochs_done"]
+                else "inside epoch 1",
                 state["steps_done"],
             )
         else:
@@ -236,7 +263,7 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
             AdjacencyWarmup(t.adj_warmup_epochs),
             # The CSV row is written before the checkpoint, and rows past the
             # checkpoint are dropped on resume: a kill in between loses nothing.
-            keras.callbacks.CSVLogger(log_csv, append=append),
+            EpochLogger(log_csv, append=append),
             checkpoint,
             keras.callbacks.TensorBoard(
                 os.path.join(run.run_dir, "tb"), write_graph=False
@@ -262,7 +289,14 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
                 if os.path.isfile(run.last)
                 else "No checkpoint had been written yet."
             )
-            data_lib.name_undecodable_image(error, (splits.train, splits.val), kept)
+            data_lib.name_undecodable_image(
+                error,
+                (splits.train, splits.val),
+                kept,
+                run.config.export.max_image_pixels,
+            )
+        except tf.errors.UnavailableError as error:  # a multi-worker peer is gone
+            raise lost_peer(error, run.strategy, state, run.last) from None
         append = True
         if checkpoint.nan_epoch is not None:
             where = (
@@ -279,18 +313,30 @@ def _fit(run: _Run, model: EAN, state: dict, resume: bool, verbose: int) -> None
             break  # stopped early by a callback: nothing more to do here
 
 
-def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
+def _finish(
+    run: _Run, model: EAN, state: dict, t0: float, epochs_before: int
+) -> dict:
     """The nearest graph's store, the final model, its evaluation in every graph,
-    and the summary."""
+    and the summary. `best.keras` gets its own store and the served graph too,
+    and `last.keras` becomes `model.keras`, so that every model the run leaves
+    answers as `model.keras` does."""
     from ean_tf import evaluate as evaluate_lib
 
     d, m = run.config.data, run.config.model
     log.info("Storing the training images of the nearest graph, then evaluating")
-    fill_memory(model, run.splits, run.config, run.batch)
     served = DEFAULT_GRAPH if m.inference_graph == "all" else m.inference_graph
-    model.set_inference_graph(served)
     final = os.path.join(run.run_dir, "model.keras")
+    best = os.path.join(run.run_dir, "best.keras")
+    if os.path.isfile(best):  # saved by the checkpoint in the training graph
+        best_model = keras.models.load_model(best)
+        fill_memory(best_model, run.splits, run.config, run.batch)
+        best_model.set_inference_graph(served)
+        atomic_save(best_model, best)
+    fill_memory(model, run.splits, run.config, run.batch)
+    model.set_inference_graph(served)
     atomic_save(model, final)
+    with atomic_path(run.last) as tmp:  # the same model, its optimizer included
+        shutil.copyfile(final, tmp)
     noisy = os.path.join(run.run_dir, "noisy_labels.csv")
     report = evaluate_lib.evaluate_model(
         model,
@@ -306,14 +352,17 @@ def _finish(run: _Run, model: EAN, state: dict, t0: float) -> dict:
     summary = {
         "run_dir": run.run_dir,
         "epochs_done": state["epochs_done"],
+        "epochs_trained": state["epochs_done"] - epochs_before,
         "chief": run.is_chief,
         "model": final,
-        "best_model": os.path.join(run.run_dir, "best.keras"),
+        "best_model": best,
         "best_val_accuracy": state.get("best_val_accuracy"),
         "replicas": run.replicas,
         "metrics": os.path.join(run.run_dir, "metrics.json"),
         "accuracy": {g: r["accuracy"] for g, r in report["graphs"].items()},
-        "confusion": os.path.join(run.run_dir, "confusion.png"),
+        "confusion": [
+            os.path.join(run.run_dir, f"confusion_{g}.png") for g in report["graphs"]
+        ],
         "logs": os.path.join(run.run_dir, "log.csv"),
         "tensorboard": os.path.join(run.run_dir, "tb"),
         "seconds": round(time.time() - t0, 1),

@@ -17,6 +17,7 @@ import numpy as np
 from ean_tf.data import views
 from ean_tf.data.base import Examples
 from ean_tf.data.pipeline import make_dataset
+from ean_tf.files import atomic_path
 
 
 def batch_graph_figure(
@@ -97,7 +98,8 @@ def batch_graph_figure(
         f"Batch graph: blue C_s >= {model.tau1:g} ({len(similar)} edges), {red}"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return {"nodes": b, "similar_edges": len(similar), "opposite_edges": len(opposite)}
 
@@ -144,7 +146,8 @@ def feature_figure(
         ax.axis("off")
     fig.suptitle("conv3 maps without (before) and with (after) the generator")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return result
 
@@ -180,5 +183,6 @@ def plot_confusion(cm: np.ndarray, class_names, path: str, title: str = "") -> N
             )
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -2,10 +2,13 @@
 
 `export_model(model, base_dir)` writes `base_dir/<version>/` (the next free integer
 unless given): first into a hidden temporary folder that TF Serving ignores, then
-renamed, so a server watching `base_dir` never loads half a model. Next to the
-SavedModel: `assets.extra/tf_serving_warmup_requests` (real PredictionLog
-records), and in `base_dir`, `batching_parameters.txt` and `models.config`
-examples.
+renamed, so a server watching `base_dir` never loads half a model; an export that
+finds its version taken by another one meanwhile takes the next. Every file and
+folder gets the modes of files made normally (0644 and 0755 under umask 022), so a
+server running as another user reads them. Next to the SavedModel:
+`assets.extra/tf_serving_warmup_requests` (real PredictionLog records), and in
+`base_dir`, a `models.config` example and, unless the model serves its batch
+graph, `batching_parameters.txt`.
 
 Signatures (see README "Serving"):
   serving_default      image_bytes: string [None] (REST: {"b64": ...}) -> probabilities
@@ -24,6 +27,7 @@ by repeating rows) never changes one client's answer.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -31,18 +35,20 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from ean_tf.data.base import DEFAULT_MAX_IMAGE_PIXELS
+from ean_tf.data.decode import header_pixels
 from ean_tf.data.pipeline import decode_image, resize_image
+from ean_tf.files import atomic_open, make_readable
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 WARMUP_FILE = "tf_serving_warmup_requests"
 MODEL_NAME = "ean"
 
 BATCHING_PARAMETERS = """\
 # TF Serving server-side batching (--enable_batching
-# --batching_parameters_file=batching_parameters.txt). Safe with the default
-# signature serving the nearest or isolated graph: each image's answer is
-# independent of its batch.
+# --batching_parameters_file=batching_parameters.txt). Safe only for a version
+# whose default signature serves the nearest or isolated graph, where each image's
+# answer is independent of its batch; never for one serving the batch graph.
 max_batch_size { value: 64 }
 batch_timeout_micros { value: 5000 }
 max_enqueued_batches { value: 100 }
@@ -103,7 +109,7 @@ class ServingModule(tf.Module):
             [tf.equal(tf.strings.substr(image_bytes, 0, len(m)), m) for m in _MAGIC],
             axis=0,
         )
-        sized, pixels = _map_rows(_header_pixels, image_bytes, [], tf.int64)
+        sized, pixels = _map_rows(header_pixels, image_bytes, [], tf.int64)
         problem = _first_problem(
             [
                 (length == 0, "empty string, expected an image"),
@@ -203,40 +209,6 @@ def _map_rows(fn, rows, shape, dtype):
     return ok, tf.scatter_nd(index, out, full)
 
 
-def _header_pixels(contents):
-    """Width x height from an image's header, without decoding it (PNG IHDR,
-    GIF logical screen, BMP info header, JPEG SOF); raises on a header that
-    does not parse."""
-    head = tf.strings.join([tf.strings.substr(contents, 0, 32), b"\0" * 32])
-    b = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, 32), tf.uint8), tf.int64)
-
-    def word(start, count, big_endian):
-        order = range(count) if big_endian else reversed(range(count))
-        value = tf.constant(0, tf.int64)
-        for k in order:
-            value = value * 256 + b[start + k]
-        return value
-
-    def bmp():
-        height = word(22, 4, False)
-        height = tf.where(height >= 2**31, 2**32 - height, height)  # top-down
-        return word(18, 4, False) * height
-
-    def jpeg():
-        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
-        return shape[0] * shape[1]
-
-    starts = lambda magic: tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
-    return tf.case(
-        [
-            (starts(b"\x89PNG"), lambda: word(16, 4, True) * word(20, 4, True)),
-            (starts(b"GIF8"), lambda: word(6, 2, False) * word(8, 2, False)),
-            (starts(b"BM"), bmp),
-        ],
-        default=jpeg,
-    )
-
-
 def _first_problem(rules) -> tf.Tensor:
     """(N,) strings: the message of the first rule whose condition holds per row,
     "" where none does."""
@@ -293,6 +265,13 @@ def warmup_records(image_size: int, count: int = 4) -> list[bytes]:
     return records
 
 
+def _taken(version: int, final: str) -> FileExistsError:
+    return FileExistsError(
+        f"--export_version={version}: {final} already exists; omit the flag to "
+        "take the next free version"
+    )
+
+
 def export_model(
     model,
     base_dir: str,
@@ -303,20 +282,19 @@ def export_model(
     """Writes the SavedModel to `base_dir/<version>/`; returns that path.
 
     Temporary folders left by an export that was killed are removed first (not
-    those of an export still running: each names its process).
+    those of an export still running: each names its process). Without `version`,
+    an export whose version another export took meanwhile takes the next one;
+    with it, it stops.
     """
     os.makedirs(base_dir, exist_ok=True)
     for name in os.listdir(base_dir):
         if name.startswith(".tmp-") and not _running(name):
             shutil.rmtree(os.path.join(base_dir, name), ignore_errors=True)
-    version = version or next_version(base_dir)
-    final = os.path.join(base_dir, str(version))
+    chosen = version or next_version(base_dir)
+    final = os.path.join(base_dir, str(chosen))
     if os.path.exists(final):
-        raise FileExistsError(
-            f"--export_version={version}: {final} already exists; "
-            "omit the flag to take the next free version"
-        )
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base_dir)
+        raise _taken(chosen, final)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{chosen}-{os.getpid()}-", dir=base_dir)
     try:
         module = ServingModule(model, max_image_bytes, max_image_pixels)
         signatures = {
@@ -332,16 +310,31 @@ def export_model(
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
             for record in warmup_records(module.image_size):
                 writer.write(record)
-        os.rename(tmp, final)  # atomic: the version appears complete or not at all
+        make_readable(tmp)  # mkdtemp made it 0700
+        while True:
+            # Atomic: the version appears complete or not at all. A rename onto
+            # an empty folder replaces it, hence the check first.
+            try:
+                if os.path.exists(final):
+                    raise FileExistsError(errno.EEXIST, "taken", final)
+                os.rename(tmp, final)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                if version:  # another export took the version asked for
+                    raise _taken(chosen, final) from None
+                chosen = next_version(base_dir)
+                final = os.path.join(base_dir, str(chosen))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for name, text in (
-        ("batching_parameters.txt", BATCHING_PARAMETERS),
-        ("models.config", MODELS_CONFIG.format(name=MODEL_NAME)),
-    ):
+    side_files = {"models.config": MODELS_CONFIG.format(name=MODEL_NAME)}
+    if module.graph != "batch":  # its answers depend on the batch
+        side_files["batching_parameters.txt"] = BATCHING_PARAMETERS
+    for name, text in side_files.items():
         path = os.path.join(base_dir, name)
         if not os.path.exists(path):
-            with open(path, "w") as f:
+            with atomic_open(path) as f:
                 f.write(text)
     return final

@@ -49,6 +49,7 @@ MODES = (
     "visualize",
     "convert_weights",
     "robustness",
+    "describe",
 )
 
 FLAGS = absl_flags.FLAGS

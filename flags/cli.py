@@ -7,6 +7,7 @@ usage errors print at once), with its C++ start-up logs silenced unless
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import sys
 
@@ -26,7 +27,7 @@ _HELP = ("-h", "--help", "-?", "--helpshort")
 _FULL_HELP = ("--helpfull", "--helpxml")
 # The modes that use a model and, without --run_dir or --checkpoint, use the
 # shipped one.
-_SHIPPED_MODEL_MODES = ("predict", "export")
+_SHIPPED_MODEL_MODES = ("predict", "export", "describe")
 
 
 def _quiet_tensorflow() -> None:
@@ -47,6 +48,10 @@ def _quiet_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
+
+
+def _warnings_or_ean_tf(record) -> bool:
+    return record.levelno >= py_logging.WARNING or record.name.startswith("ean_tf")
 
 
 def version() -> str:
@@ -86,6 +91,9 @@ def _run(argv) -> None:
 
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().use_absl_log_file = False
+    if not ean_flags.SHOW_TF_LOGS.value:  # TensorFlow's INFO lines: an export's ten
+        logging.get_absl_handler().addFilter(_warnings_or_ean_tf)
+        py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
     from ean_tf import modes
     from ean_tf.config import ConfigError
     from ean_tf.data.base import DataError

@@ -193,3 +193,29 @@ def test_every_numeric_field_declares_what_it_accepts():
             if "check" in f.metadata:
                 ok, expected = f.metadata["check"]
                 assert ok(default) and isinstance(expected, str), name
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("learning_rate", float("inf")),
+        ("learning_rate", float("nan")),
+        ("weight_decay", float("inf")),
+        ("lambda_adv", float("inf")),
+        ("d_learning_rate", float("inf")),
+        ("tau2", float("inf")),
+    ],
+)
+def test_a_float_flag_must_be_finite(name, value):
+    with pytest.raises(ConfigError, match=f"--{name}: expected a finite float"):
+        make_config("default", **{name: value})
+
+
+def test_tau2_may_be_minus_infinity():
+    assert make_config("default", tau2=float("-inf")).model.tau2 == float("-inf")
+
+
+def test_the_warmup_rule_names_the_flag_values_that_fix_it():
+    with pytest.raises(ConfigError) as info:
+        make_config("default", epochs=2)  # the default warm-up is 3 epochs
+    assert "pass --adj_warmup_epochs=1 or --epochs=4" in str(info.value)

@@ -327,6 +327,68 @@ def test_png_with_a_damaged_crc_is_caught_by_validation(tmp_path):
     with pytest.raises(DataError, match="corrupt image") as info:
         check_images(examples, skip_bad=False)
     assert bad in str(info.value)
+    # TensorFlow's reason, without its internal function and op names.
+    assert "CRC" in str(info.value) or "PNG" in str(info.value)
+    assert "{{" not in str(info.value) and "[Op:" not in str(info.value)
+
+
+def _png_claiming(path, good, width, height):
+    """`good`'s PNG whose header claims width x height: a pixel bomb's header."""
+    data = bytearray(open(good, "rb").read())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_an_image_of_too_many_pixels_is_named_as_serving_names_it(tmp_path):
+    """Its size is read from the header and refused before decoding, with the
+    limit (--max_image_pixels) in the message, as serving says it."""
+    good = write_png(str(tmp_path / "good.png"))  # 24 x 24
+    bomb = _png_claiming(tmp_path / "bomb.png", good, 12_000, 12_000)
+    examples = data_lib.Examples(
+        [good, bomb], np.array([0, 1]), ("a", "b"), source="labels.csv"
+    )
+    with pytest.raises(DataError) as info:
+        check_images(examples, skip_bad=False)
+    message = str(info.value)
+    assert message.startswith(f"{bomb}: more pixels than the limit, 16777216 ")
+    assert "(--max_image_pixels): 144000000" in message
+    assert "{{" not in message and "DecodeImage" not in message
+    with pytest.raises(DataError, match="more pixels than the limit, 500 "):
+        check_images(examples.select([0]), skip_bad=False, max_pixels=500)
+
+
+def test_a_validation_class_the_training_split_lacks_is_an_error(tmp_path):
+    for i in range(3):
+        write_png(str(tmp_path / f"im{i}.png"))
+    (tmp_path / "labels.csv").write_text(
+        "path,label,split\nim0.png,sad,train\nim1.png,happy,train\nim2.png,angry,val\n"
+    )
+    config = make_config("tiny", dataset="csv", data_dir=str(tmp_path))
+    with pytest.raises(DataError) as info:
+        data_lib.load(config.data)
+    message = str(info.value)
+    assert "labels.csv:4: im2.png of split 'val' has class 'angry'" in message
+    assert "the training split has no image of (its classes: happy, sad)" in message
+    # Integer labels: an id above the training split's.
+    (tmp_path / "labels.csv").write_text(
+        "path,label,split\nim0.png,0,train\nim1.png,1,train\nim2.png,2,val\n"
+    )
+    with pytest.raises(DataError, match="im2.png of split 'val' has class '2'"):
+        data_lib.load(config.data)
+
+
+def test_a_folder_class_without_training_images_is_not_a_class(tmp_path):
+    write_png(str(tmp_path / "train" / "happy" / "0.png"))
+    (tmp_path / "train" / "angry").mkdir()  # no image
+    write_png(str(tmp_path / "val" / "angry" / "0.png"))
+    write_png(str(tmp_path / "val" / "happy" / "0.png"))
+    config = make_config("tiny", dataset="folder", data_dir=str(tmp_path))
+    with pytest.raises(DataError) as info:
+        data_lib.load(config.data)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "val" / "angry" / "0.png"))
+    assert "split 'val' has class 'angry'" in message
 
 
 def _csv_with_one_bad_image(tmp_path, bad_kind="crc"):

@@ -174,7 +174,8 @@ def test_sigkill_mid_run_then_rerun_finishes_every_epoch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resuming {tmp_path / 'run'} after epoch {killed_at}" in result.stderr
     assert json.loads(state.read_text())["epochs_done"] == epochs
-    assert [int(r["epoch"]) for r in _log(tmp_path / "run")] == list(range(epochs))
+    epochs_logged = [int(r["epoch"]) for r in _log(tmp_path / "run")]
+    assert epochs_logged == list(range(1, epochs + 1))
     assert (tmp_path / "run" / "model.keras").exists()
 
 
@@ -207,7 +208,8 @@ def test_step_checkpoint_resumes_mid_epoch(tmp_path):
     final = json.loads(state.read_text())
     assert final["epochs_done"] == epochs
     assert final["steps_done"] == epochs * steps  # no step lost or repeated
-    assert [int(r["epoch"]) for r in _log(tmp_path / "run")] == list(range(epochs))
+    epochs_logged = [int(r["epoch"]) for r in _log(tmp_path / "run")]
+    assert epochs_logged == list(range(1, epochs + 1))
     assert killed["steps_done"] < final["steps_done"]
     # The same command without the kill: the same metrics, epoch by epoch (the
     # resumed epoch's averaged over all its steps), and the same final weights.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ean_tf.data.decode import header_pixels
 from ean_tf.data.pipeline import decode_image, resize_image
 from ean_tf.models.ean import EAN
 from export import serving
@@ -60,6 +61,50 @@ def test_version_folder_and_side_files(exported):
     assert os.path.isfile(os.path.join(base, "batching_parameters.txt"))
     assert "model_config_list" in open(os.path.join(base, "models.config")).read()
     assert [d for d in os.listdir(base) if d.startswith(".tmp")] == []
+
+
+def test_a_server_running_as_another_user_reads_the_export(exported):
+    """Every folder and file of the export has the modes of ones made normally
+    (0755 and 0644 under umask 022), not mkdtemp's 0700."""
+    from ean_tf.files import dir_mode, file_mode
+
+    _, base, path, _ = exported
+    assert dir_mode() & 0o005 and file_mode() & 0o004  # the tests' umask: 022
+    modes = {}
+    for root, folders, files in os.walk(base):
+        for name in folders + files:
+            full = os.path.join(root, name)
+            modes[os.path.relpath(full, base)] = os.stat(full).st_mode & 0o777
+            want = dir_mode() if os.path.isdir(full) else file_mode()
+            assert modes[os.path.relpath(full, base)] == want, full
+    assert {"1", "1/saved_model.pb", "1/variables", "batching_parameters.txt"} <= (
+        set(modes)
+    )
+
+
+def test_an_export_whose_version_is_taken_meanwhile_takes_the_next(
+    exported, tmp_path, monkeypatch
+):
+    """Two exports to one folder at once: the second to finish takes the next
+    version (or, asked for that version, stops), and neither loses the other's."""
+    model, *_ = exported
+    save = tf.saved_model.save
+
+    def save_while_another_finishes(module, path, signatures):
+        save(module, path, signatures=signatures)
+        taken = os.path.join(os.path.dirname(path), "1")  # the other export's
+        os.makedirs(taken)
+        with open(os.path.join(taken, "saved_model.pb"), "wb") as f:
+            f.write(b"the other export")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_while_another_finishes)
+    assert serving.export_model(model, str(tmp_path)) == str(tmp_path / "2")
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"the other export"
+    assert (tmp_path / "2" / "saved_model.pb").stat().st_size > 1000
+    other = tmp_path / "explicit"
+    with pytest.raises(FileExistsError, match="--export_version=1: .* exists"):
+        serving.export_model(model, str(other), version=1)
+    assert sorted(os.listdir(other)) == ["1"]  # nothing of this export left
 
 
 def test_outputs_equal_the_keras_model(exported):
@@ -170,8 +215,8 @@ def test_header_pixels_read_without_decoding():
     Image.fromarray(image).save(gif, format="GIF")
     encoded[".gif"] = gif.getvalue()
     for ext, data in encoded.items():
-        assert int(serving._header_pixels(tf.constant(data))) == 30 * 50, ext
-    assert int(serving._header_pixels(tf.constant(_png_claiming(20_000, 20_000)))) == (
+        assert int(header_pixels(tf.constant(data))) == 30 * 50, ext
+    assert int(header_pixels(tf.constant(_png_claiming(20_000, 20_000)))) == (
         20_000 * 20_000
     )
 
@@ -291,6 +336,8 @@ def test_an_export_serves_the_graph_the_model_serves(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (6, SIZE, SIZE, 3)).astype("float32")
     loaded = tf.saved_model.load(serving.export_model(model, str(tmp_path)))
     assert loaded.served_graph.numpy().decode() == "batch"
+    # Its answers depend on the batch: nothing says batching is safe.
+    assert not os.path.exists(tmp_path / "batching_parameters.txt")
     out = loaded.signatures["predict_images"](images=tf.constant(x))["probabilities"]
     np.testing.assert_allclose(out, tf.nn.softmax(model(x, graph="batch")), atol=1e-5)
     assert not np.allclose(out, tf.nn.softmax(model(x, graph="isolated")))
@@ -301,6 +348,9 @@ def test_cli_export_serves_the_graph_asked_for(exported, tmp_path):
     result = _cli_export(model, tmp_path, "--served_graph=isolated")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "serving its isolated graph" in result.stdout
+    # TensorFlow's INFO lines stay quiet (--show_tf_logs shows them).
+    assert "Assets written" not in result.stderr
+    assert "signature_serialization" not in result.stderr
     loaded = tf.saved_model.load(str(tmp_path / "exports" / "1"))
     assert loaded.served_graph.numpy().decode() == "isolated"
     assert float(loaded.nearest_label_weight.numpy()) == 0.0  # not the nearest
@@ -326,3 +376,45 @@ def test_cli_export_serves_the_label_weight_asked_for(exported, tmp_path):
     again.set_nearest_label_weight(0.5)
     np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(again(x)), atol=1e-5)
     assert not np.allclose(out["probabilities"], tf.nn.softmax(model(x)), atol=1e-3)
+
+
+@pytest.mark.parametrize("graph", ["nearest", "batch"])
+def test_export_prints_the_serving_command(tmp_path, monkeypatch, capsys, graph):
+    """The docker command as the README has it: with server-side batching for a
+    graph whose answers do not depend on the batch, without it for `batch`."""
+    from ean_tf import modes
+    from ean_tf.config import make_config
+
+    keras.utils.set_random_seed(5)
+    model = EAN(3, image_size=SIZE, width=8, memory_size=4, class_names="abc")
+    checkpoint = str(tmp_path / "model.keras")
+    model.save(checkpoint)
+    monkeypatch.setattr(serving, "export_model", lambda *a: str(tmp_path / "x" / "1"))
+    config = make_config("tiny", export_dir=str(tmp_path / "x"), served_graph=graph)
+    modes.run_export(config, checkpoint=checkpoint)
+    out = capsys.readouterr().out
+    command = out.split("Serve it with TensorFlow Serving:\n")[1]
+    assert f"-v {tmp_path / 'x'}:/models/ean" in command
+    assert "-e MODEL_NAME=ean tensorflow/serving" in command
+    batching = (
+        "--enable_batching "
+        "--batching_parameters_file=/models/ean/batching_parameters.txt"
+    )
+    if graph == "nearest":
+        assert batching in command
+    else:
+        assert batching not in out
+        assert "serve it without --enable_batching" in out
+
+
+def test_describe_reads_an_export(exported):
+    from ean_tf.modes import describe
+
+    *_, path, _ = exported
+    info = describe(path)
+    assert info["classes"] == ["a", "b", "c", "d"]
+    assert (info["image_size"], info["graph"], info["label_weight"]) == (
+        SIZE,
+        "nearest",
+        0.25,
+    )

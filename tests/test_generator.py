@@ -411,7 +411,7 @@ def test_pretraining_resumes_after_its_last_epoch(pretrained, caplog):
     assert "Resuming generator pre-training after epoch 2" in caplog.text
     with open(tmp / "run" / "generator" / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["epoch"] for row in rows] == ["0", "1", "2"]  # continued
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]  # continued
     assert all(float(row["conv3_effective_rank"]) >= 1.0 for row in rows)
     assert np.isfinite(summary["final"]["g_loss"])
 

@@ -7,7 +7,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [  # lowest first; a module may import its own layer or lower ones
-    ("ean_tf.config", "ean_tf.schedules"),
+    ("ean_tf.config", "ean_tf.schedules", "ean_tf.files"),
     ("ean_tf.data",),
     ("ean_tf.models",),
     ("ean_tf.build", "ean_tf.runs", "ean_tf.evaluate", "ean_tf.visualize"),

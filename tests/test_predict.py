@@ -158,20 +158,56 @@ def test_served_label_weight_sets_the_nearest_graphs_label_weight(models):
         )
 
 
+def _signature_map(saved):
+    """The SignatureDefMap TF Serving's metadata API returns for an export."""
+    from tensorflow.python.tools import saved_model_utils
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    meta_graph = saved_model_utils.get_meta_graph_def(saved, "serve")
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in meta_graph.signature_def.items():
+        signatures.signature_def[name].CopyFrom(signature)
+    return signatures
+
+
+def _metadata_json(saved):
+    """GET /v1/models/ean/metadata as TF Serving's REST API answers it."""
+    from google.protobuf import json_format
+
+    signatures = json_format.MessageToDict(
+        _signature_map(saved), preserving_proto_field_name=True
+    )
+    return {
+        "model_spec": {"name": "ean", "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": signatures},
+    }
+
+
 class _FakeServing(http.server.BaseHTTPRequestHandler):
     """TF Serving's REST predict API over a loaded SavedModel (row format)."""
 
     signature = None
+    metadata = None
+    refusal = ""  # when set, predict answers HTTP 400 with this error
 
-    def do_GET(self):  # noqa: N802  (model status: the client's check)
-        ok = self.path == "/v1/models/ean"
-        payload = b'{"model_version_status": []}' if ok else b"{}"
-        self.send_response(200 if ok else 404)
+    def _send(self, code, value):
+        payload = json.dumps(value).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 
+    def do_GET(self):  # noqa: N802  (model metadata: the client's check)
+        if self.path == "/v1/models/ean/metadata":
+            self._send(200, self.metadata)
+        else:
+            self._send(404, {"error": "Servable not found for request: Latest"})
+
     def do_POST(self):  # noqa: N802
+        if self.refusal:
+            self._send(400, {"error": self.refusal})
+            return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/v1/models/ean:predict"
         data = [base64.b64decode(i["b64"]) for i in body["instances"]]
@@ -208,12 +244,13 @@ def test_rest_client_against_a_local_server(models):
     model, _, saved, photos, _ = models
     loaded = tf.saved_model.load(saved)
     _FakeServing.signature = loaded.signatures["serving_default"]
+    _FakeServing.metadata = _metadata_json(saved)
     server = http.server.HTTPServer(("127.0.0.1", 0), _FakeServing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        client.check_rest(url)  # the server is up and serves "ean"
+        assert client.check_rest(url) == 4  # up, serves "ean", an export of 4
         with pytest.raises(client.ServerError, match="not for model 'other'"):
             client.check_rest(url, "other")
         assert client.predict_rest(url, [b"not an image"]) == [
@@ -292,3 +329,175 @@ def test_client_without_a_server_says_so_in_one_line(models, kind):
     assert len(lines) == 1 and address in lines[0], result.stderr
     assert lines[0].startswith("error: no TensorFlow Serving answers at")
     assert result.stdout == ""
+
+
+@pytest.fixture
+def rest_server(models):
+    """The fake TF Serving over the module's export; yields its URL."""
+    saved = models[2]
+    _FakeServing.signature = tf.saved_model.load(saved).signatures["serving_default"]
+    _FakeServing.metadata = _metadata_json(saved)
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeServing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        _FakeServing.refusal = ""
+        server.shutdown()
+
+
+def test_client_checks_it_reached_the_model_it_means(models, rest_server):
+    """From the model's metadata: the name, an ean_tf export's signature, and the
+    classes of --classes; each mismatch in one line."""
+    with pytest.raises(client.ServerError) as info:
+        client.check_rest(rest_server, classes=["a", "b", "c"])
+    assert str(info.value).endswith(
+        "(model 'ean'): the model has 4 classes, --classes names 3 (a, b, c)"
+    )
+    signatures = _FakeServing.metadata["metadata"]["signature_def"]["signature_def"]
+    other = {"serving_default": signatures["predict_images"]}
+    with pytest.raises(client.ServerError, match="takes images and returns"):
+        client.check_model(other, "there")
+    with pytest.raises(client.ServerError, match="no serving_default signature"):
+        client.check_model({"predict": other["serving_default"]}, "there")
+
+
+def test_client_shows_the_servers_refusal_in_one_line(models, rest_server):
+    _FakeServing.refusal = "Expected tensor of type string but got float"
+    with pytest.raises(client.ServerError) as info:
+        client.predict_rest(rest_server, [b"x"])
+    message = str(info.value)
+    assert ":predict: HTTP 400: Expected tensor of type string but got float" in (
+        message
+    )
+    assert len(message.splitlines()) == 1
+
+
+def test_client_stops_in_one_line_on_a_refusal_or_a_missing_image(
+    models, rest_server, capsys
+):
+    *_, photos, _ = models
+    assert client.main([f"--rest={rest_server}"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --images: expected an image, a folder or a glob\n"
+    )
+    assert client.main([f"--images={photos / 'nope*.jpg'}", "--rest=x"]) == 2
+    assert "no such file, folder or pattern" in capsys.readouterr().err
+    _FakeServing.refusal = "Servable not found"
+    astronaut = str(photos / "astronaut.jpg")
+    assert client.main([f"--images={astronaut}", f"--rest={rest_server}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "HTTP 400: Servable not found" in (
+        captured.err
+    )
+    assert captured.out == ""
+
+
+def test_grpc_client_checks_the_model_and_shows_refusals(models):
+    """Over gRPC: the metadata check and a refused Predict, in one line each."""
+    from concurrent import futures
+
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    saved = models[2]
+
+    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def GetModelMetadata(self, request, context):  # noqa: N802
+            if request.model_spec.name != "ean":
+                context.abort(grpc.StatusCode.NOT_FOUND, "Servable not found")
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = "ean"
+            response.metadata["signature_def"].Pack(_signature_map(saved))
+            return response
+
+        def Predict(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Bad image_bytes")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        Servicer(), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        assert client.check_grpc(target) == 4
+        with pytest.raises(client.ServerError, match="not for model 'x'.*NOT_FOUND"):
+            client.check_grpc(target, "x")
+        with pytest.raises(client.ServerError, match="has 4 classes"):
+            client.check_grpc(target, classes=["a"])
+        with pytest.raises(client.ServerError, match="INVALID_ARGUMENT: Bad image"):
+            client.predict_grpc(target, [b"x"])
+    finally:
+        server.stop(None)
+
+
+def test_predict_refuses_too_many_pixels_from_the_header(models, monkeypatch):
+    """A pixel bomb (a PNG whose header claims 12000 x 12000) is a problem row
+    naming the limit, and is never decoded."""
+    import ean_tf.predict as predict_lib
+
+    _, keras_path, _, photos, tmp = models
+    folder = tmp / "bomb"
+    folder.mkdir()
+    png = bytearray(open(photos / "texture.png", "rb").read())
+    png[16:24] = (12_000).to_bytes(4, "big") * 2
+    (folder / "bomb.png").write_bytes(bytes(png))
+    cv2_imread = cv2.imread
+    read = []
+    monkeypatch.setattr(
+        cv2, "imread", lambda path, *a: read.append(path) or cv2_imread(path, *a)
+    )
+    result = predict_lib.predict(
+        keras_path, str(folder), str(tmp / "bomb.csv"), progress=False
+    )
+    problem = {
+        "file": str(folder / "bomb.png"),
+        "problem": "more pixels than the limit, 16777216 (--max_image_pixels): "
+        "144000000",
+    }
+    assert result["problems"] == [problem]
+    # The serving client, too, before it reads the photo.
+    assert client.classify_files([problem["file"]], None, 48) == [problem]
+    assert read == []
+
+
+@pytest.mark.parametrize("flag", ["output", "annotate_dir"])
+def test_predict_checks_where_it_writes_before_any_work(models, flag, monkeypatch):
+    import ean_tf.predict as predict_lib
+
+    _, keras_path, _, photos, tmp = models
+    blocker = tmp / "blocker"
+    blocker.write_text("")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(predict_lib, "Classifier", no_model)
+    where = {
+        "output": str(tmp / "ok.csv"),
+        "annotate_dir": "",
+        flag: str(blocker / "inside"),
+    }
+    with pytest.raises(ValueError, match=f"--{flag}=.*blocker is a file"):
+        predict_lib.predict(
+            keras_path,
+            str(photos),
+            where["output"],
+            annotate_dir=where["annotate_dir"],
+            progress=False,
+        )
+
+
+def test_export_checks_its_folder_before_loading_the_model(tmp_path):
+    from ean_tf.config import make_config
+    from ean_tf.modes import run_export
+
+    (tmp_path / "blocker").write_text("")
+    config = make_config("tiny", export_dir=str(tmp_path / "blocker" / "exports"))
+    with pytest.raises(ValueError, match="--export_dir=.*blocker is a file"):
+        run_export(config, checkpoint=str(tmp_path / "no_such_model.keras"))

@@ -48,11 +48,15 @@ def test_train_writes_every_output(trained):
         assert os.path.isfile(os.path.join(run, name)), name
     assert summary["epochs_done"] == config.train.epochs
     assert list(summary["accuracy"]) == ["nearest", "batch", "isolated"]
-    for graph in summary["accuracy"]:  # a confusion matrix for every graph
-        assert os.path.isfile(os.path.join(run, f"confusion_{graph}.png")), graph
+    # A confusion matrix for every graph, each named in the summary.
+    assert summary["confusion"] == [
+        os.path.join(run, f"confusion_{graph}.png") for graph in summary["accuracy"]
+    ]
+    assert all(os.path.isfile(path) for path in summary["confusion"])
     with open(os.path.join(run, "log.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == config.train.epochs
+    # Epochs counted from 1, as the progress bar and state.json count them.
+    assert [int(r["epoch"]) for r in rows] == list(range(1, config.train.epochs + 1))
     assert all(np.isfinite(float(r["loss"])) for r in rows)
     # The logged loss is the objective's weighted sum of its logged terms.
     for r in rows:
@@ -131,7 +135,7 @@ def test_rerun_resumes_and_continues(trained):
     assert read_state(config.train.run_dir)["epochs_done"] == config.train.epochs + 1
     with open(os.path.join(config.train.run_dir, "log.csv")) as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == list(range(config.train.epochs + 1))
+    assert epochs == list(range(1, config.train.epochs + 2))
     with open(os.path.join(config.train.run_dir, "log.csv"), "rb") as f:
         raw = f.read()
     assert raw.count(b"\r\n") == raw.count(b"\n")  # one line ending throughout
@@ -173,6 +177,7 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
 
     run = str(tmp_path / "run")
     os.makedirs(run)
+    open(os.path.join(run, "last.keras"), "w").close()  # a run with a checkpoint
     for head in ("linear", "ean"):
         config = make_config("tiny", run_dir=run, head=head)
         with open(os.path.join(run, "config.json"), "w") as f:
@@ -185,7 +190,7 @@ def test_a_linear_run_resumes_whatever_its_graph_settings(tmp_path):
         else:
             with pytest.raises(TrainingError, match="tau1=0.5 there, 0.7 here"):
                 check_run_dir(other, run)
-    assert sorted(os.listdir(run)) == ["config.json"]  # nothing deleted
+    assert sorted(os.listdir(run)) == ["config.json", "last.keras"]  # kept
 
 
 def test_what_the_nearest_graph_answers_with_is_not_another_run(tmp_path):
@@ -197,6 +202,7 @@ def test_what_the_nearest_graph_answers_with_is_not_another_run(tmp_path):
 
     run = str(tmp_path / "run")
     os.makedirs(run)
+    open(os.path.join(run, "last.keras"), "w").close()  # a run with a checkpoint
     config = make_config("tiny", run_dir=run)
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, default=str)
@@ -431,3 +437,220 @@ def test_training_batches_follow_the_sampling_flags(trained, tmp_path, monkeypat
     with pytest.raises(Stop):
         train_lib.train(run, verbose=0)
     assert seen["balanced"] is True
+
+
+def test_a_run_that_never_checkpointed_does_not_hold_its_folder(tmp_path):
+    """A run that stopped before its first checkpoint (a NaN in epoch 1, a kill)
+    left nothing trained: another command starts there without --overwrite."""
+    from ean_tf.config import make_config
+    from ean_tf.runs import check_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    failed = make_config("tiny", run_dir=str(run), learning_rate=1e30)
+    (run / "config.json").write_text(json.dumps(failed.to_dict(), default=str))
+    (run / "noisy_labels.csv").write_text("path,clean_label,noisy_label\n")
+    check_run_dir(make_config("tiny", run_dir=str(run)), str(run))
+    assert os.listdir(run) == []  # its files gone, none of them stale
+
+
+def test_a_training_holds_its_run_folder(tmp_path):
+    """A second training in a folder where one is running stops in one line,
+    before it writes anything there."""
+    from ean_tf.config import make_config
+    from ean_tf.runs import TrainingError, lock_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = make_config("tiny", data_dir=str(tmp_path / "data"), run_dir=str(run))
+    with lock_run_dir(str(run)):  # as the other training holds it
+        with pytest.raises(TrainingError, match="another process is training"):
+            train(config, verbose=0)
+    assert os.listdir(run) == []
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_the_folder(tmp_path):
+    from ean_tf.config import ConfigError, make_config
+
+    run = tmp_path / "run"
+    config = make_config(
+        "tiny", data_dir=str(tmp_path / "data"), run_dir=str(run), batch_size=100_000
+    )
+    with pytest.raises(ConfigError) as info:
+        train(config, verbose=0)
+    assert "--batch_size=100000" in str(info.value)
+    assert "96 training images" in str(info.value)
+    assert not run.exists()
+
+
+def test_every_saved_model_serves_like_the_final_model(trained):
+    """best.keras and last.keras store the training images and answer in the
+    served graph, as model.keras does: an image's answer never depends on the
+    others of a request."""
+    import keras
+
+    config, summary = trained
+    x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    for name in ("best.keras", "last.keras"):
+        saved = keras.models.load_model(os.path.join(config.train.run_dir, name))
+        assert saved.inference_graph == "nearest", name
+        stored = int(saved.memory.valid.numpy().sum())
+        assert stored == config.data.default_train_size, name
+        np.testing.assert_allclose(saved(x)[:1], saved(x[:1]), atol=1e-5)
+        np.testing.assert_allclose(saved(x), saved(x, graph="nearest"), atol=1e-6)
+
+
+def test_rerunning_a_finished_run_says_it_trained_nothing(trained, capsys):
+    from ean_tf.modes import print_summary
+
+    config, _ = trained
+    done = read_state(config.train.run_dir)["epochs_done"]
+    summary = train(replace(config, epochs=done), verbose=0)
+    assert (summary["epochs_done"], summary["epochs_trained"]) == (done, 0)
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert f"Already finished ({done} epochs): trained nothing" in out
+    assert "Finished" not in out
+
+
+def test_eval_names_each_figure_and_the_next_command(trained, tmp_path, capsys):
+    from ean_tf.modes import run_eval
+
+    config, _ = trained
+    run_eval(replace(config, inference_graph="all"), output=str(tmp_path))
+    out = capsys.readouterr().out
+    for graph in ("nearest", "batch", "isolated"):
+        assert str(tmp_path / f"confusion_{graph}.png") in out
+    assert "confusion.png" not in out
+    assert out.strip().splitlines()[-1].startswith("Next: ")
+    assert "--mode=export --checkpoint=" in out.strip().splitlines()[-1]
+
+
+def test_eval_to_an_unwritable_folder_stops_before_evaluating(trained, tmp_path):
+    from ean_tf import modes
+
+    config, _ = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="--output=.*a_file.* is a file"):
+        modes.run_eval(config, output=str(blocker / "eval"))
+
+
+def test_describe_prints_the_models_classes(trained, capsys):
+    from ean_tf.data.synthetic import CLASS_NAMES
+    from ean_tf.modes import MODES
+
+    config, _ = trained
+    MODES["describe"](config)
+    out = capsys.readouterr().out
+    assert f"classes (7): {', '.join(CLASS_NAMES)}" in out
+    assert "32 x 32" in out and "nearest graph, label weight 0.25" in out
+    assert f"{config.data.default_train_size} stored training images" in out
+    assert "trained on: --dataset=default" in out
+
+
+def test_step_checkpoint_resumes_inside_the_first_epoch(tmp_path, monkeypatch):
+    """--checkpoint_every_steps: a run killed inside its first epoch resumes from
+    the last step checkpoint, not from the start."""
+    from ean_tf import train as train_lib
+    from ean_tf.config import make_config
+
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp_path / "data"),
+        run_dir=str(tmp_path / "run"),
+        epochs=1,
+        adj_warmup_epochs=0,
+        checkpoint_every_steps=2,
+    )
+    steps = config.data.default_train_size // config.train.batch_size  # 6
+
+    class Killed(Exception):
+        pass
+
+    batches = []
+
+    class Checkpoint(train_lib.RunCheckpoint):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            batches.append(batch)
+            if kill_after and len(batches) == kill_after:
+                raise Killed
+
+    monkeypatch.setattr(train_lib, "RunCheckpoint", Checkpoint)
+    kill_after = 3  # the checkpoint after step 2 stands, step 3 is lost
+    with pytest.raises(Killed):
+        train(config, verbose=0)
+    assert read_state(config.train.run_dir)["steps_done"] == 2
+    batches.clear()
+    kill_after = 0
+    summary = train(config, verbose=0)
+    assert len(batches) == steps - 2  # the steps after the checkpoint only
+    assert read_state(config.train.run_dir)["steps_done"] == steps
+    assert summary["epochs_done"] == 1
+    with open(os.path.join(config.train.run_dir, "log.csv")) as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1]
+
+
+def test_a_lost_peer_is_one_line_naming_it_and_how_to_resume(tmp_path):
+    import tensorflow as tf
+
+    from ean_tf.runs import lost_peer
+
+    class Resolver:
+        task_type, task_id = "worker", 0
+
+        def cluster_spec(self):
+            addresses = ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:2222"]
+            return tf.train.ClusterSpec({"worker": addresses})
+
+    class Strategy:
+        cluster_resolver = Resolver()
+
+    error = tf.errors.UnavailableError(
+        None,
+        None,
+        "{{function_node __inference_one_step_on_data_1}} Collective ops is aborted"
+        " by: recvmsg:Connection reset by peer\nAdditional GRPC error information "
+        "from remote target /job:worker/replica:0/task:2 while calling RecvBuf",
+    )
+    last = tmp_path / "last.keras"
+    last.write_text("")
+    state = {"epochs_done": 3, "steps_done": 60}
+    message = str(lost_peer(error, Strategy(), state, str(last)))
+    assert len(message.splitlines()) == 1
+    assert message.startswith("worker 0 of the multi-worker run lost worker 2 ")
+    assert "10.0.0.3:2222" in message and "10.0.0.2" not in message
+    assert "Connection reset by peer" in message and "{{" not in message
+    assert f"{last} (3 epochs, step 60)" in message
+    assert "rerun the same command on every worker to resume" in message
+
+
+def test_training_turns_a_lost_peer_into_a_training_error(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from ean_tf.config import make_config
+    from ean_tf.models.ean import EAN
+    from ean_tf.runs import TrainingError
+
+    def unavailable(self, *args, **kwargs):
+        raise tf.errors.UnavailableError(None, None, "Socket closed")
+
+    monkeypatch.setattr(EAN, "fit", unavailable)
+    config = make_config(
+        "tiny", data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run")
+    )
+    with pytest.raises(TrainingError, match="Training stopped: Socket closed"):
+        train(config, verbose=0)
+
+
+def test_an_unwritable_run_folder_stops_before_the_data_is_read(tmp_path):
+    from ean_tf.config import make_config
+
+    (tmp_path / "blocker").write_text("")
+    config = make_config(
+        "tiny", data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "blocker" / "r")
+    )
+    with pytest.raises(ValueError, match="--run_dir=.*blocker is a file"):
+        train(config, verbose=0)
+    assert not (tmp_path / "data").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,12 +190,18 @@ def _check(ok: bool, name: str, expected: str, value: Any):
         raise ConfigError(f"--{name}: expected {expected}. Received: {name}={value!r}")
 
 
+# Float fields that may be infinite, and the infinity each may take.
+INFINITE_OK = {"tau2": -math.inf}
+
+
 def validate(config: Config) -> None:
     """Raises `ConfigError` naming the first flag whose value is out of range:
-    each field against its declared choices and range, then the rules that
-    relate two fields."""
+    each field against its declared choices and range (a float finite, unless
+    `INFINITE_OK`), then the rules that relate two fields."""
     for name, (section, f) in field_index().items():
         value = getattr(getattr(config, section), name)
+        if isinstance(value, float) and not math.isfinite(value):
+            _check(value == INFINITE_OK.get(name), name, "a finite float", value)
         choices = f.metadata.get("choices")
         if choices is not None:
             _check(value in choices, name, f"one of {list(choices)}", value)
@@ -210,11 +217,10 @@ def validate(config: Config) -> None:
         g.view_kinds,
     )
     _check(m.tau2 < m.tau1, "tau2", f"a float below tau1={m.tau1}", m.tau2)
-    if m.head == "ean":  # otherwise the graph is never switched on
-        _check(
-            t.adj_warmup_epochs < t.epochs,
-            "adj_warmup_epochs",
-            f"fewer than --epochs={t.epochs} (else the graph is never used and "
-            "every graph is the isolated network)",
-            t.adj_warmup_epochs,
+    if m.head == "ean" and t.adj_warmup_epochs >= t.epochs:  # the graph is on
+        raise ConfigError(
+            f"--adj_warmup_epochs={t.adj_warmup_epochs}: expected fewer than "
+            f"--epochs={t.epochs} (else the graph is never used and every graph is "
+            f"the isolated network); pass --adj_warmup_epochs={t.epochs - 1} or "
+            f"--epochs={t.adj_warmup_epochs + 1}"
         )

@@ -172,7 +172,8 @@ class ExportConfig:
     max_image_pixels: int = _f(
         4096 * 4096,
         "Most pixels (width x height, read from the header before decoding) of an "
-        "image serving_default accepts.",
+        "image that training's image check, --mode=predict and the export's "
+        "serving_default accept.",
         check=_AT_LEAST_1,
     )
     served_graph: str = _f(

@@ -8,7 +8,13 @@ import os
 import numpy as np
 
 from ean_tf.data import affectnet, ferplus, generic, rafdb, synthetic
-from ean_tf.data.base import DataError, Examples, check_images, name_undecodable_image
+from ean_tf.data.base import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DataError,
+    Examples,
+    check_images,
+    name_undecodable_image,
+)
 from ean_tf.data.noise import add_noise
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ean_tf")
@@ -120,7 +126,8 @@ def read_split(data, split: str) -> Examples:
         )
     if name == "csv":
         rows = generic.read_csv_rows(generic.csv_file(root))
-        return generic.read_csv(root, split, generic.csv_classes(rows))
+        train_split = data.train_split or DEFAULT_SPLITS["csv"][0]
+        return generic.read_csv(root, split, generic.csv_classes(rows, 0, train_split))
     if name == "tfrecord":
         from ean_tf.data import records
 
@@ -133,8 +140,11 @@ def _csv_without_splits(root: str) -> bool:
     return "split" not in rows[0]
 
 
-def load(data, seed: int = 0) -> DataSplits:
-    """Reads, checks and (optionally) corrupts the training and validation splits."""
+def load(
+    data, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DataSplits:
+    """Reads, checks and (optionally) corrupts the training and validation splits;
+    an image of more than `max_image_pixels` pixels is a bad image."""
     train_name, val_name = split_names(data)
     if data.dataset == "csv" and _csv_without_splits(data.data_dir):
         everything = read_split(data, train_name)  # no split column: all rows
@@ -152,8 +162,9 @@ def load(data, seed: int = 0) -> DataSplits:
     if data.dataset != "tfrecord":
         # --skip_bad_images needs the full decode to find what to skip.
         full = data.validate_images or data.skip_bad_images
-        train, bad_train = check_images(train, data.skip_bad_images, full)
-        val, bad_val = check_images(val, data.skip_bad_images, full)
+        limit = {"max_pixels": max_image_pixels}
+        train, bad_train = check_images(train, data.skip_bad_images, full, **limit)
+        val, bad_val = check_images(val, data.skip_bad_images, full, **limit)
         bad = bad_train + bad_val
     if data.noise_rate > 0:
         train = add_noise(train, data.noise_rate, data.noise_seed)

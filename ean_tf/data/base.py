@@ -5,12 +5,34 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import re
 
 import numpy as np
+
+# The most pixels (width x height) of an image read for training, prediction or
+# serving, unless --max_image_pixels says otherwise.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file (and line) at fault."""
+
+
+# What TensorFlow adds to an error's message for its own developers: the trace of
+# where a graph op was defined, and the names of internal functions and ops.
+_TF_NOISE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\s+name:\s*\S*$")
+_TF_TRACE = ("Graph execution error", "Detected at node", "File ", "[[")
+
+
+def error_text(error) -> str:
+    """The line of a TensorFlow error (or any error) that says what went wrong,
+    without TensorFlow's internal op and function names (`{{function_node ...}}`,
+    `[Op:...]`) or the trace of where its graph was built."""
+    message = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_TF_TRACE)]
+    text = _TF_NOISE.sub("", useful[0] if useful else "").strip()
+    return text.rstrip(".:;, ") or type(error).__name__
 
 
 @dataclasses.dataclass
@@ -86,15 +108,18 @@ class Examples:
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
 
-_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 
 
-def _image_problem(path: str) -> str | None:
-    """Why `path` is not a readable image, or None when it is: decoded by the
-    decoder training uses (OpenCV only warns about some damage, a PNG's CRC)."""
+def _image_problem(path: str, max_pixels: int) -> str | None:
+    """Why `path` is not a readable image, or None when it is: its size read from
+    its header first (as serving reads it: more than `max_pixels` is refused
+    before decoding), then decoded by the decoder training uses (OpenCV only
+    warns about some damage, a PNG's CRC)."""
     import tensorflow as tf
 
-    from ean_tf.data.decode import decode_image  # local: TensorFlow loads lazily
+    # local: TensorFlow loads lazily
+    from ean_tf.data.decode import decode_image, file_pixels, too_many_pixels
 
     if not os.path.exists(path):
         return "file not found"
@@ -102,22 +127,31 @@ def _image_problem(path: str) -> str | None:
         return "empty file"
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(_MAGIC):
+    if not data.startswith(IMAGE_MAGIC):
         return "not a JPEG, PNG, BMP or GIF image"
+    pixels = file_pixels(data)
+    if pixels is None:
+        return "corrupt image header, does not decode"
+    if pixels > max_pixels:
+        return too_many_pixels(pixels, max_pixels)
     try:
         image = decode_image(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
-        reason = error.message.strip().splitlines()[0] if error.message else ""
-        return f"corrupt image, does not decode ({reason})"
+        return f"corrupt image, does not decode ({error_text(error)})"
     if 0 in image.shape:
         return "corrupt image, no pixels"
     return None
 
 
 def check_images(
-    examples: Examples, skip_bad: bool, full_decode: bool = True, threads: int = 8
+    examples: Examples,
+    skip_bad: bool,
+    full_decode: bool = True,
+    threads: int = 8,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[Examples, list[dict]]:
-    """Finds files that are missing, empty, not images or corrupt.
+    """Finds files that are missing, empty, not images, of more than `max_pixels`
+    pixels, or corrupt (the last two with `full_decode`).
 
     Fails on the first bad file with a `DataError` naming it, unless `skip_bad`, in
     which case bad rows are dropped and returned as a report
@@ -127,7 +161,14 @@ def check_images(
         raise DataError(f"{examples.source}: the split is empty")
     if full_decode:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            problems = list(pool.map(_image_problem, examples.paths, chunksize=256))
+            problems = list(
+                pool.map(
+                    _image_problem,
+                    examples.paths,
+                    [max_pixels] * len(examples),
+                    chunksize=256,
+                )
+            )
     else:
         problems = [
             None
@@ -153,7 +194,9 @@ def check_images(
     return examples, report
 
 
-def name_undecodable_image(error: Exception, splits, note: str) -> None:
+def name_undecodable_image(
+    error: Exception, splits, note: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> None:
     """A decode error inside the input pipeline names no file: finds the file
     (decoding every image of `splits` as training does) and raises a `DataError`
     naming it, followed by `note` (what was kept). Raises other errors unchanged."""
@@ -161,7 +204,7 @@ def name_undecodable_image(error: Exception, splits, note: str) -> None:
         raise error
     for split in splits:
         try:
-            check_images(split, skip_bad=False, full_decode=True)
+            check_images(split, skip_bad=False, full_decode=True, max_pixels=max_pixels)
         except DataError as bad:
             raise DataError(f"{bad} {note}") from None
     raise error

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 
 import numpy as np
 
 from ean_tf.data.base import Examples
+from ean_tf.files import atomic_open
 
 
 def flip_labels(
@@ -46,11 +46,10 @@ def add_noise(examples: Examples, rate: float, seed: int) -> Examples:
 
 def write_noisy_labels(examples: Examples, path: str) -> None:
     """Writes `path,clean_label,noisy_label` for every training row."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     clean = examples.clean_labels
     if clean is None:
         clean = examples.labels
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "clean_label", "noisy_label"])
         for p, c, y in zip(examples.paths, clean, examples.labels, strict=True):

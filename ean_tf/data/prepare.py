@@ -25,6 +25,7 @@ import numpy as np
 
 from ean_tf.data.base import DataError, Examples
 from ean_tf.data.records import MANIFEST, example
+from ean_tf.files import atomic_path, write_json
 
 SHARD_SIZE = 1000
 log = logging.getLogger("ean_tf")
@@ -37,8 +38,7 @@ def _write_shard(
     import tensorflow as tf
 
     info = {"written": [], "no_face": [], "unreadable": []}
-    tmp = path + ".tmp"
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for i in rows:
             source = examples.paths[i]
             image = cv2.imread(source, cv2.IMREAD_COLOR)
@@ -68,10 +68,8 @@ def _write_shard(
                 ).SerializeToString()
             )
             info["written"].append(int(i))
-    with open(path + ".json.tmp", "w") as f:
-        json.dump(info, f)
-    os.replace(path + ".json.tmp", path + ".json")
-    os.replace(tmp, path)  # the shard exists only once complete
+        # Its report first: the shard exists only once complete, beside it.
+        write_json(path + ".json", info)
     return info
 
 
@@ -142,11 +140,7 @@ def prepare(data, out_dir: str, no_face: str = "center", progress: bool = True) 
         manifest["class_names"] = list(examples.class_names)
     manifest["seconds"] = round(time.time() - t0, 1)
     manifest["images_per_second"] = round(processed / max(time.time() - t0, 1e-6), 2)
-    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(
-        os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST)
-    )
+    write_json(os.path.join(out_dir, MANIFEST), manifest)
     for split, info in manifest["splits"].items():
         log.info(
             "%s: %d images (%d without a face: %s), %d unreadable",
