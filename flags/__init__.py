@@ -134,11 +134,12 @@ def run_folder(mode: str, run_dir: str, checkpoint: str) -> str:
 
     `run_dir`: --run_dir when given, else ""; without it, the folder of
     --checkpoint, or the default --run_dir when there is no --checkpoint. A
-    --checkpoint that is no file (a shipped model's name) has no run.
+    --checkpoint that is a bare name and no file (a shipped model's) has no run.
     """
     if mode not in RUN_MODES:
         return ""
-    if not run_dir and checkpoint and not os.path.exists(checkpoint):
+    bare = checkpoint and not os.path.dirname(checkpoint)
+    if not run_dir and bare and not os.path.exists(checkpoint):
         return ""
     if not run_dir and checkpoint:
         run_dir = os.path.dirname(checkpoint) or "."
