@@ -25,7 +25,7 @@ DEFAULT = "ferplus48"
 MODELS = {
     "ferplus48": (
         "ferplus48.keras",
-        "0000000000000000000000000000000000000000000000000000000000000000",
+        "d36b187428d04addead7b1b3825a98b5dabea8411da091256aee5e3e671db051",
     ),
 }
 _VERIFIED: set[str] = set()
