@@ -3,7 +3,6 @@ the smiling astronaut is `happiness` through the API, `--mode=predict` with no
 run folder, and the export."""
 
 import csv
-import json
 import logging
 import os
 import subprocess
@@ -202,4 +201,4 @@ def test_the_package_declares_what_requirements_txt_pins():
     for r in declared:
         assert r.specifier.contains(pins[r.name.lower()]), (r, pins[r.name.lower()])
     assert project["scripts"]["ean-tf"] == "flags.cli:main"
-    assert json.dumps(project["license"]) == '"Apache-2.0"'
+    assert project["license"] == {"text": "Apache-2.0"}
