@@ -38,6 +38,14 @@ def _python() -> str:
     return rel if not rel.startswith("..") else "python"
 
 
+def _command() -> str:
+    """The command to name in a printed next step: `ean-tf` when that is what
+    runs, else `<python> run.py`."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "ean-tf":
+        return "ean-tf"
+    return f"{_python()} run.py"
+
+
 def print_summary(summary: dict) -> None:
     acc = summary["accuracy"]
     done = (
@@ -57,7 +65,7 @@ def print_summary(summary: dict) -> None:
         f"  confusion matrices:  {', '.join(summary['confusion'])}",
         f"  logs:                {summary['logs']}",
         f"  TensorBoard:         {summary['tensorboard']}",
-        f"Next: {_python()} run.py --mode=eval --inference_graph=all "
+        f"Next: {_command()} --mode=eval --inference_graph=all "
         f"--run_dir={shlex.quote(summary['run_dir'])}",
     ]
     print("\n".join(lines))
@@ -218,7 +226,7 @@ def run_eval(config: Config, checkpoint: str = "", output: str = "") -> None:
         )
     figures = [os.path.join(out_dir, f"confusion_{g}.png") for g in report["graphs"]]
     print(f"Wrote {os.path.join(out_dir, 'metrics.json')}, {', '.join(figures)}")
-    print(f"Next: {_python()} run.py --mode=export --checkpoint={path}")
+    print(f"Next: {_command()} --mode=export --checkpoint={path}")
 
 
 def run_visualize(config: Config, checkpoint: str = "", output: str = "") -> None:

@@ -202,3 +202,12 @@ def test_the_package_declares_what_requirements_txt_pins():
         assert r.specifier.contains(pins[r.name.lower()]), (r, pins[r.name.lower()])
     assert project["scripts"]["ean-tf"] == "flags.cli:main"
     assert project["license"] == {"text": "Apache-2.0"}
+
+
+def test_the_next_step_names_the_command_that_runs(monkeypatch):
+    from ean_tf import modes
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ean-tf", "--mode=train"])
+    assert modes._command() == "ean-tf"
+    monkeypatch.setattr(sys, "argv", ["run.py", "--mode=train"])
+    assert modes._command().endswith("run.py")
