@@ -28,3 +28,17 @@ def tiny_config(tmp_path):
     return make_config(
         "tiny", data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run")
     )
+
+
+@pytest.fixture
+def parse():
+    """Parses command-line flags as run.py does; returns the Config."""
+    import flags as ean_flags
+
+    def _parse(*args):
+        ean_flags.FLAGS.unparse_flags()
+        ean_flags.FLAGS(["run.py", *args])
+        return ean_flags.config_from_flags()
+
+    yield _parse
+    ean_flags.FLAGS.unparse_flags()

@@ -12,17 +12,6 @@ from ean_tf.config import ConfigError, make_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def parse():
-    def _parse(*args):
-        ean_flags.FLAGS.unparse_flags()
-        ean_flags.FLAGS(["run.py", *args])
-        return ean_flags.config_from_flags()
-
-    yield _parse
-    ean_flags.FLAGS.unparse_flags()
-
-
 def test_every_config_field_is_a_flag():
     for name in config_lib.field_index():
         assert name in ean_flags.FLAGS, name

@@ -155,17 +155,6 @@ def saved_run(tmp_path):
     return config, str(run)
 
 
-@pytest.fixture
-def parse():
-    def _parse(*args):
-        ean_flags.FLAGS.unparse_flags()
-        ean_flags.FLAGS(["run.py", *args])
-        return ean_flags.config_from_flags()
-
-    yield _parse
-    ean_flags.FLAGS.unparse_flags()
-
-
 @pytest.mark.parametrize("mode", ean_flags.RUN_MODES)
 def test_a_mode_after_training_starts_from_the_run_s_configuration(
     saved_run, parse, mode
