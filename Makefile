@@ -5,10 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# Test processes: 2 fills a 2-core CPU (each process runs TensorFlow's start-up
-# and tf.function tracing, which are single-threaded, for much of its time);
-# 0 runs the suite in one process.
-TEST_WORKERS ?= 2
+# Test processes: 3 on a 2-core CPU (each process runs TensorFlow's start-up
+# and tf.function tracing, which are single-threaded, for much of its time, and
+# tests/conftest.py gives each op one thread); 0 runs the suite in one process.
+TEST_WORKERS ?= 3
 # `make train` needs only the runtime requirements; `make test` adds the test tools.
 hash = $(shell cat $(1) | sha1sum | cut -c1-12)
 RUN_STAMP := $(VENV)/.stamp-run-$(call hash,requirements.txt pyproject.toml)

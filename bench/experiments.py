@@ -2,14 +2,19 @@
 
     python bench/experiments.py --experiment=clean      # linear twin vs EAN
     python bench/experiments.py --experiment=noise      # 0/10/20/30% label noise
+    python bench/experiments.py --experiment=memorisation --seed=0  # noise where
+                                                        # the twin memorises it
     python bench/experiments.py --experiment=ablations  # EAN's own choices
     python bench/experiments.py --experiment=generator  # table 5: with/without
                                                         # the invariant generator
 
 Each run trains with `--config` (default `ferplus48`, the CPU protocol: FERPlus
-majority labels, 48 px, ResNet-18 from scratch) plus the run's overrides (none:
-the default; `objective="paper"`: the paper's objective), then writes
-`<out_dir>/<experiment>/<run>.json` (final accuracy and mean class accuracy in
+majority labels, 48 px, ResNet-18 from scratch; for `memorisation`,
+`ferplus48_memorise`: 5,000 of its training images for 30 epochs, so that a plain
+network memorises wrong labels) plus the run's overrides (none: the default;
+`objective="paper"`: the paper's objective; `gce_q`: generalised cross-entropy),
+then writes `<out_dir>/<experiment>/<run>.json` (`memorisation`:
+bench/results/memorisation/seed<N>/) (final accuracy and mean class accuracy in
 each inference graph, the best validation accuracy, validation accuracy per
 epoch, the flipped-label report on noisy runs, time, command, machine, date). A
 run whose JSON exists is skipped, so an interrupted experiment continues where it
@@ -47,9 +52,17 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
-    "experiment", "clean", ["clean", "noise", "ablations", "generator"], "Which."
+    "experiment",
+    "clean",
+    ["clean", "noise", "memorisation", "ablations", "generator"],
+    "Which.",
 )
-flags.DEFINE_string("config", "ferplus48", "Preset every run starts from.")
+flags.DEFINE_string(
+    "config",
+    "",
+    "Preset every run starts from (empty: ferplus48_memorise for "
+    "--experiment=memorisation, ferplus48 for the others).",
+)
 flags.DEFINE_string("data_dir", common.FERPLUS_DIR, "Data set root.")
 flags.DEFINE_string(
     "out_dir",
@@ -80,6 +93,13 @@ flags.DEFINE_list(
 )
 
 NOISE_RATES = (0.0, 0.1, 0.2, 0.3)
+MEMORISATION_RATES = (0.0, 0.2, 0.4)
+
+
+def _preset() -> str:
+    if FLAGS.config:
+        return FLAGS.config
+    return "ferplus48_memorise" if FLAGS.experiment == "memorisation" else "ferplus48"
 
 
 def runs(experiment: str) -> dict[str, dict]:
@@ -98,6 +118,25 @@ def runs(experiment: str) -> dict[str, dict]:
                 "head": "ean",
                 "noise_rate": rate,
                 "objective": "paper",
+            }
+        return out
+    if experiment == "memorisation":  # label noise where the twin memorises it
+        out = {}
+        for rate in MEMORISATION_RATES:
+            pct = round(rate * 100)
+            out[f"linear_noise{pct}"] = {"head": "linear", "noise_rate": rate}
+            out[f"ean_noise{pct}"] = {"head": "ean", "noise_rate": rate}
+            out[f"ean_paper_noise{pct}"] = {
+                "head": "ean",
+                "noise_rate": rate,
+                "objective": "paper",
+            }
+            # The peer: the linear twin under generalised cross-entropy (q = 0.7,
+            # as Zhang and Sabuncu's), a noise-robust loss.
+            out[f"linear_gce_noise{pct}"] = {
+                "head": "linear",
+                "noise_rate": rate,
+                "gce_q": 0.7,
             }
         return out
     if experiment == "generator":  # the paper's table 5: backbone with / without
@@ -189,7 +228,7 @@ def _config(run_dir: str, **overrides):
     from ean_tf.config import make_config
 
     return make_config(
-        FLAGS.config,
+        _preset(),
         data_dir=FLAGS.data_dir,
         run_dir=run_dir,
         seed=FLAGS.seed,
@@ -214,7 +253,7 @@ def _epochs(overrides: dict) -> int:
     """The run's epochs, without building its config (its warm-ups are not set)."""
     from ean_tf.config import make_config
 
-    return overrides.get("epochs", make_config(FLAGS.config).train.epochs)
+    return overrides.get("epochs", make_config(_preset()).train.epochs)
 
 
 def run_one(name: str, overrides: dict, out_path: str) -> dict:
@@ -236,7 +275,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
     result = {
         "run": name,
         "experiment": FLAGS.experiment,
-        "preset": FLAGS.config,
+        "preset": _preset(),
         "overrides": overrides,
         "config": config.to_dict(),
         "accuracy": {g: r["accuracy"] for g, r in metrics["graphs"].items()},
@@ -328,6 +367,24 @@ def same_runs(results: dict[str, dict], names, out_dir: str) -> list[list[str]]:
     return list(groups.values())
 
 
+def _noise_columns(result: dict) -> dict:
+    """A run's noise rate and seed, its served graph's accuracy (the network alone
+    for a linear head), and where its flipped training images ended (None on
+    clean data)."""
+    config = result["config"]
+    flipped = result.get("flipped_labels") or {}
+    fraction = lambda key: (
+        round(flipped[key] / flipped["flipped"], 4) if flipped.get("flipped") else None
+    )
+    return {
+        "noise_rate": config["data"]["noise_rate"],
+        "seed": config["train"]["seed"],
+        "acc_served": round(next(iter(result["accuracy"].values())), 4),
+        "flipped_memorised": fraction("predicted_noisy"),
+        "flipped_predicted_clean": fraction("predicted_clean"),
+    }
+
+
 def summarise(results: dict[str, dict], out_dir: str) -> None:
     import matplotlib
 
@@ -354,9 +411,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
                 },
                 "best_val_accuracy": r["best_val_accuracy"],
                 **({"from": r["from"]} if "from" in r else {}),
-                "flipped_predicted_clean": (r.get("flipped_labels") or {}).get(
-                    "predicted_clean_fraction"
-                ),
+                **_noise_columns(r),
                 **{
                     f"robust_{k}": round(v["accuracy"], 4)
                     for k, v in (r.get("robustness") or {}).items()
@@ -367,7 +422,8 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
     # One panel per noise level (baseline against EAN), one panel otherwise.
     panels: dict[str, list[str]] = {}
     for name in results:
-        key = name.rsplit("_", 1)[1] if FLAGS.experiment == "noise" else ""
+        by_rate = FLAGS.experiment in ("noise", "memorisation")
+        key = name.rsplit("_", 1)[1] if by_rate else ""
         panels.setdefault(key, []).append(name)
     single = len(panels) == 1
     fig, axes = plt.subplots(
@@ -391,7 +447,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
             )
         ax.set_xlabel("epoch")
         level = f"{key[len('noise') :]}% label noise" if key else FLAGS.experiment
-        title = f"{level}: {FLAGS.config}"
+        title = f"{level}: {_preset()}"
         if FLAGS.extra:
             title += f"\n--extra={','.join(FLAGS.extra)}"
             title += " (linear: --baseline_dir)" if FLAGS.baseline_dir else ""
@@ -412,9 +468,18 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
 def _out_root() -> str:
     if FLAGS.out_dir:
         return FLAGS.out_dir
-    if FLAGS.config == "ferplus48":
+    if _preset() == "ferplus48":
         return common.RESULTS_DIR
-    return os.path.join(common.RESULTS_DIR, FLAGS.config)
+    return os.path.join(common.RESULTS_DIR, _preset())
+
+
+def _out_dir() -> str:
+    """Where this call's JSONs go: `<out root>/<experiment>`; the memorisation
+    regime's default is bench/results/memorisation/seed<N>."""
+    if FLAGS.experiment == "memorisation" and not FLAGS.out_dir:
+        if _preset() == "ferplus48_memorise":
+            return os.path.join(common.RESULTS_DIR, "memorisation", f"seed{FLAGS.seed}")
+    return os.path.join(_out_root(), FLAGS.experiment)
 
 
 def _comparable(config: dict) -> dict:
@@ -503,7 +568,7 @@ def _same_run_elsewhere(name: str, finished: list[tuple[str, dict]]) -> str | No
     overrides, with_generator, replicas = _plan(runs(FLAGS.experiment)[name])
     if with_generator:  # its config names a checkpoint made by this experiment
         return None
-    own = os.path.abspath(os.path.join(_out_root(), FLAGS.experiment, name + ".json"))
+    own = os.path.abspath(os.path.join(_out_dir(), name + ".json"))
     data_dir = os.path.realpath(FLAGS.data_dir or ".")
     for path, result in finished:
         if (
@@ -550,7 +615,7 @@ def main(argv):
     replicas = max([o.get("_replicas", 1) for o in selected.values()] + [1])
     if replicas > 1:
         _split_cpu(replicas)
-    out_dir = os.path.join(_out_root(), FLAGS.experiment)
+    out_dir = _out_dir()
     os.makedirs(out_dir, exist_ok=True)
     results = {}
     finished = _finished_runs()  # read once; runs trained below join it

@@ -35,6 +35,7 @@ def build_model(
         class_names=class_names,
         memory_size=min(m.nearest_memory or train_images, train_images),
         label_smoothing=config.train.label_smoothing,
+        gce_q=config.train.gce_q,
         cross_replica_graph=config.train.cross_replica_graph,
         training_data=config.data.dataset,
         name="ean" if m.head == "ean" else "baseline",

@@ -297,16 +297,23 @@ def run_export(config: Config, checkpoint: str = "", output: str = "") -> None:
 
 
 def run_predict(config: Config, checkpoint: str = "", output: str = "") -> None:
-    from ean_tf.predict import predict
+    from ean_tf.predict import list_images, predict
 
-    if not config.predict.images:
+    spec = config.predict.images
+    if not spec:
         raise ValueError("--mode=predict needs --images=PATH|GLOB|DIR")
-    from ean_tf import pretrained
-
-    default = "." if checkpoint in pretrained.MODELS else config.train.run_dir
-    output = output or os.path.join(default, "predictions.csv")
+    if not list_images(spec):  # before the model loads
+        raise ValueError(f"--images={spec}: no images (.jpg, .png, .bmp, ...) there")
+    if output and not output.endswith((".csv", ".json")):
+        raise ValueError(f"--output={output}: predictions are written as .csv or .json")
+    model = default_checkpoint(config, checkpoint)
+    # Beside the model when it is in a run folder, else here.
+    folder = os.path.dirname(os.path.abspath(model))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        folder = "."
+    output = output or os.path.join(folder, "predictions.csv")
     result = predict(
-        default_checkpoint(config, checkpoint),
+        model,
         config.predict.images,
         output,
         config.predict.annotate_dir,

@@ -78,6 +78,7 @@ def test_serving_bench(tmp_path):
         "serving.py",
         "--config=tiny",
         "--nearest_label_weight=0.25",
+        "--memory_images=50",
         "--calls=3",
         "--batches=1",
         f"--out_dir={tmp_path}",
@@ -86,54 +87,40 @@ def test_serving_bench(tmp_path):
     for name in ("predict_images", "predict_isolated", "serving_default"):
         assert result["signatures"][name]["p50_ms"] > 0
     assert "served_overhead_batch1_p50" in result
-    assert result["served_graph"] == "nearest" and result["memory_images"] == 25045
+    assert result["served_graph"] == "nearest" and result["memory_images"] == 50
     assert result["label_weight"] == 0.25  # what the export answers with
 
 
-def test_serving_bench_times_another_graph(tmp_path):
-    _bench(
-        "serving.py",
-        "--config=tiny",
-        "--inference_graph=isolated",
-        "--memory_images=50",
-        "--calls=3",
-        "--batches=1",
-        f"--out_dir={tmp_path}",
-    )
-    result = json.load(open(tmp_path / "serving_tiny.json"))
-    assert result["served_graph"] == "isolated" and result["memory_images"] == 50
-    assert result["label_weight"] == 0.0  # no neighbours' labels outside nearest
-    assert result["signatures"]["predict_images"]["p50_ms"] > 0
-
-
-def test_experiment_scripts_on_tiny(tmp_path):
-    common = [
+def _experiment_flags(tmp_path):
+    return [
         "--config=tiny",
         f"--data_dir={tmp_path / 'data'}",
         f"--out_dir={tmp_path / 'results'}",
         f"--runs_dir={tmp_path / 'runs'}",
         "--extra=epochs=1,adj_warmup_epochs=0",
     ]
+
+
+def test_experiment_scripts_on_tiny(tmp_path):
+    common = _experiment_flags(tmp_path)
     _bench("experiments.py", "--experiment=clean", *common)
     table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
     assert {row["run"] for row in table} == {"linear", "ean"}
     ean = json.load(open(tmp_path / "results" / "clean" / "ean.json"))
     assert set(ean["per_class_recall"]) == {"nearest", "batch", "isolated"}
     assert os.path.isfile(tmp_path / "results" / "clean" / "clean.png")
-    # A second call finds every run done and trains nothing.
-    again = _bench("experiments.py", "--experiment=clean", *common)
-    assert again.stdout.count("done before") == 2
-    # What a model answers with is not what is trained: a JSON evaluated with
-    # another label weight, k and served graph is still the run, and the table
-    # names what its nearest graph ran at.
+    # A second call finds every run done and trains nothing. What a model answers
+    # with is not what is trained: a JSON evaluated with another label weight, k
+    # and served graph is still the run, and the table names what its nearest
+    # graph ran at.
     path = tmp_path / "results" / "clean" / "ean.json"
     old = json.load(open(path))
     old["config"]["model"].update(
         nearest_label_weight=0.0, nearest_k=2, inference_graph="batch"
     )
     path.write_text(json.dumps(old))
-    again = _bench("experiments.py", "--experiment=clean", "--only=ean", *common)
-    assert "ean: done before" in again.stdout
+    again = _bench("experiments.py", "--experiment=clean", *common)
+    assert again.stdout.count("done before") == 2
     table = json.load(open(tmp_path / "results" / "clean" / "clean.json"))["table"]
     row = {r["run"]: r for r in table}["ean"]
     assert (row["nearest_label_weight"], row["nearest_k"]) == (0.0, 2)
@@ -147,36 +134,50 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert zero["same_run_as"].endswith("ean.json")  # not trained twice
     assert zero["accuracy"] == clean["accuracy"]
     run = json.load(open(tmp_path / "results" / "noise" / "ean_noise20.json"))
-    assert run["flipped_labels"]["flipped"] == round(0.2 * 96)
+    flipped = run["flipped_labels"]
+    assert flipped["flipped"] == round(0.2 * 96)
     # The table holds every run done so far: linear 0% is the clean linear run;
-    # the paper's objective is another run, not trained unless asked for.
+    # the paper's objective is another run, not trained unless asked for. A row
+    # says where the flipped training images ended.
     table = json.load(open(tmp_path / "results" / "noise" / "noise.json"))["table"]
     assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0", "ean_noise20"]
-    assert table[2]["flipped_predicted_clean"] is not None
+    noisy = table[2]
+    assert (noisy["noise_rate"], noisy["seed"]) == (0.2, 0)
+    assert noisy["acc_served"] == noisy["acc_nearest"]
+    share = lambda key: round(flipped[key] / flipped["flipped"], 4)
+    assert noisy["flipped_memorised"] == share("predicted_noisy")
+    assert noisy["flipped_predicted_clean"] == share("predicted_clean")
+    assert table[0]["flipped_memorised"] is None  # clean labels
+    assert table[0]["acc_served"] == table[0]["acc_isolated"]  # the network alone
     assert os.path.isfile(tmp_path / "results" / "noise" / "noise.png")
     wrong = subprocess.run(
-        [sys.executable, "bench/experiments.py", "--experiment=noise", "--only=ean20"],
+        [
+            sys.executable,
+            "bench/experiments.py",
+            "--experiment=memorisation",
+            "--only=ean40",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
-    assert wrong.returncode != 0 and "--only: no run ean20" in wrong.stderr
+    assert wrong.returncode != 0 and "--only: no run ean40" in wrong.stderr
+    assert (
+        "its runs: linear_noise0, ean_noise0, ean_paper_noise0, "
+        "linear_gce_noise0, linear_noise20" in wrong.stderr
+    )
     _bench(
         "experiments.py",
         "--experiment=ablations",
-        "--only=ean_default,one_gcn_layer,two_gcn_layers,warmup_half,graph_local",
+        "--only=ean_default,two_gcn_layers,graph_local",
         *common,
     )
     ablations = tmp_path / "results" / "ablations"
     local = json.load(open(ablations / "graph_local.json"))
     assert local["replicas"] == 2
     assert local["graph_nodes"] == 8  # half the tiny preset's batch of 16
-    one = json.load(open(ablations / "one_gcn_layer.json"))
-    assert one["config"]["model"]["gcn_units"] == []
-    assert json.load(open(ablations / "warmup_half.json"))["overrides"] == {
-        "epochs": 1,
-        "adj_warmup_epochs": 0,  # half of the epochs, fewer than all of them
-    }
+    two = json.load(open(ablations / "two_gcn_layers.json"))
+    assert two["config"]["model"]["gcn_units"] == [256]
     default = json.load(open(ablations / "ean_default.json"))
     assert default["same_run_as"].endswith(os.path.join("clean", "ean.json"))
     assert default["accuracy"] == clean["accuracy"]
@@ -184,28 +185,6 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert "clean" in json.load(open(ablations / "adj_mean.json"))["same_run_as"]
     assert not (ablations / "adj_sum.json").exists()
     assert not (ablations / "paper.json").exists()
-    # A JSON trained otherwise than its run means now, or written by another
-    # version of the configuration (a field that is not one now), is not passed
-    # off as the run: the call names the file and the fields.
-    one["config"]["model"]["objective"] = "paper"
-    one["config"]["model"]["retired_field"] = 1.0
-    (ablations / "one_gcn_layer.json").write_text(json.dumps(one))
-    stale = subprocess.run(
-        [
-            sys.executable,
-            "bench/experiments.py",
-            "--experiment=ablations",
-            "--only=one_gcn_layer",
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert stale.returncode != 0
-    assert "one_gcn_layer.json was trained otherwise" in stale.stderr
-    assert "model.objective: 'paper', now 'split'" in stale.stderr
-    assert "model.retired_field: not a field now" in stale.stderr
     # `--extra` values take their field's type (a list field's items are split on
     # ':'), and a run with the same overrides elsewhere is found, not trained.
     extra = common[:-1] + [
@@ -229,6 +208,28 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert [r["run"] for r in table] == ["linear_noise0", "ean_noise0"]
     linear = json.load(open(tmp_path / "one" / "noise" / "linear_noise0.json"))
     assert linear["same_run_as"] == str(tmp_path / "results" / "clean" / "linear.json")
+    # A JSON trained otherwise than its run means now, or written by another
+    # version of the configuration (a field that is not one now), is not passed
+    # off as the run: the call names the file and the fields.
+    two["config"]["model"]["objective"] = "paper"
+    two["config"]["model"]["retired_field"] = 1.0
+    (ablations / "two_gcn_layers.json").write_text(json.dumps(two))
+    stale = subprocess.run(
+        [
+            sys.executable,
+            "bench/experiments.py",
+            "--experiment=ablations",
+            "--only=two_gcn_layers",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert stale.returncode != 0
+    assert "two_gcn_layers.json was trained otherwise" in stale.stderr
+    assert "model.objective: 'paper', now 'split'" in stale.stderr
+    assert "model.retired_field: not a field now" in stale.stderr
     bad = subprocess.run(
         [
             sys.executable,
@@ -241,11 +242,14 @@ def test_experiment_scripts_on_tiny(tmp_path):
         cwd=ROOT,
     )
     assert bad.returncode != 0 and "--extra: 'gcn_units=a:b'" in bad.stderr
+
+
+def test_generator_experiment_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=generator",
         "--only=ean_generator,linear_generator",
-        *common,
+        *_experiment_flags(tmp_path),
         "--extra=epochs=1,adj_warmup_epochs=0,generator_epochs=1",
     )
     run = json.load(open(tmp_path / "results" / "generator" / "ean_generator.json"))
@@ -377,3 +381,20 @@ def test_copies_of_one_run_are_one_curve(tmp_path):
         ["paper"],
         ["one_gcn_layer"],
     ]
+
+
+def test_warmup_half_is_half_of_the_runs_epochs_and_fewer_than_all():
+    bench = os.path.join(ROOT, "bench")
+    code = (
+        f"import sys; sys.path.insert(0, {bench!r}); import experiments as e; "
+        "run = e.runs('ablations')['warmup_half']\n"
+        "for epochs in (1, 2, 7):\n"
+        "    e.FLAGS(['x', '--config=tiny', f'--extra=epochs={epochs}'])\n"
+        "    print(e._plan(run)[0]['adj_warmup_epochs'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    # 1 epoch: none of warm-up (fewer than all); else half, at least one.
+    assert out.stdout.split()[-3:] == ["0", "1", "3"]

@@ -132,10 +132,10 @@ def test_cli_out_of_range_value_is_one_line():
 
 
 def test_cli_identity_folder_error_is_one_line(tmp_path):
-    from conftest import write_png
+    from conftest import run_cli, write_png
 
     write_png(str(tmp_path / "cfp" / "id0" / "frontal" / "a.png"))
-    result = _run(
+    result = run_cli(
         "--mode=pretrain_generator",
         "--config=tiny",
         f"--data_dir={tmp_path / 'data'}",

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch  # requirements-dev pins torch==2.13.0 for these tests only
+from conftest import run_cli
 
 from ean_tf.models import backbones, face_backbones
 from ean_tf.models.input_norm import InputNorm
@@ -154,9 +155,7 @@ def test_convert_weights_mode_then_train_start(tmp_path):
     net = _random_resnet()
     torch.save(net.state_dict(), tmp_path / "r18.pth")
     out = tmp_path / "r18.weights.h5"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "run.py"),
+    args = [
         "--mode=convert_weights",
         "--backbone=resnet18",
         "--stem=imagenet",
@@ -165,7 +164,7 @@ def test_convert_weights_mode_then_train_start(tmp_path):
         f"--backbone_weights={tmp_path / 'r18.pth'}",
         f"--output={out}",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Converted" in result.stdout
     model = _keras_resnet18()
@@ -173,7 +172,7 @@ def test_convert_weights_mode_then_train_start(tmp_path):
     diff, _ = _max_feature_diff(net, model)
     assert diff < 1e-4
 
-    bad = subprocess.run(cmd[:-1] + [f"--output={tmp_path / 'x.h5'}"], **_quiet())
+    bad = run_cli(*args[:-1], f"--output={tmp_path / 'x.h5'}")
     assert bad.returncode != 0 and "--output" in bad.stderr
 
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_cli
 
 from ean_tf.data.decode import header_pixels
 from ean_tf.data.pipeline import decode_image, resize_image
@@ -295,20 +296,22 @@ def test_saved_model_cli_shows_the_signatures(exported):
         assert name in result.stdout, name
 
 
-def _cli_export(model, tmp_path, *flags):
-    """`run.py --mode=export` of `model` saved as .keras, to tmp_path/exports."""
+def _cli_export(model, tmp_path, *flags, fresh_process=False):
+    """`run.py --mode=export` of `model` saved as .keras, to tmp_path/exports (in
+    a new process with `fresh_process`: what TensorFlow itself logs shows there)."""
     checkpoint = str(tmp_path / "model.keras")
     model.save(checkpoint)
+    args = [
+        "--mode=export",
+        f"--checkpoint={checkpoint}",
+        f"--export_dir={tmp_path / 'exports'}",
+        *flags,
+    ]
+    if not fresh_process:
+        return run_cli(*args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--mode=export",
-            f"--checkpoint={checkpoint}",
-            f"--export_dir={tmp_path / 'exports'}",
-            *flags,
-        ],
+        [sys.executable, "run.py", *args],
         capture_output=True,
         text=True,
         cwd=root,
@@ -345,7 +348,9 @@ def test_an_export_serves_the_graph_the_model_serves(tmp_path):
 
 def test_cli_export_serves_the_graph_asked_for(exported, tmp_path):
     model, *_ = exported
-    result = _cli_export(model, tmp_path, "--served_graph=isolated")
+    result = _cli_export(
+        model, tmp_path, "--served_graph=isolated", fresh_process=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "serving its isolated graph" in result.stdout
     # TensorFlow's INFO lines stay quiet (--show_tf_logs shows them).

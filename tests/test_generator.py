@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import write_png
+from conftest import run_cli, write_png
 
 from ean_tf.config import make_config, replace
 from ean_tf.data import views
@@ -260,17 +260,14 @@ def test_collapse_report_flags_a_rise_of_the_different_image_cosine():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("generator")
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "run.py"),
+    result = run_cli(
         "--mode=pretrain_generator",
         "--config=tiny",
         f"--data_dir={tmp / 'data'}",
         f"--run_dir={tmp / 'run'}",
         "--generator_epochs=2",
         "--steps_per_epoch=2",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    )
     return tmp, result
 
 
@@ -342,18 +339,11 @@ def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
     with pytest.raises(ValueError, match="backbone.weights.h5 does not fit"):
         train(wrong, verbose=0)
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "run.py"),
-            "--mode=robustness",
-            "--config=tiny",
-            f"--data_dir={tmp / 'data'}",
-            f"--run_dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "--mode=robustness",
+        "--config=tiny",
+        f"--data_dir={tmp / 'data'}",
+        f"--run_dir={tmp_path / 'run'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "robustness.json").read_text())

@@ -328,3 +328,27 @@ def test_a_model_of_another_format_is_refused_in_one_line(tmp_path):
     assert f"format {FORMAT_VERSION + 1}" in message
     assert f"reads format {FORMAT_VERSION}" in message
     assert load_model(path).get_config() == config
+
+
+def test_gce_q_makes_the_classification_terms_the_generalised_cross_entropy():
+    from ean_tf.build import build_model
+    from ean_tf.config import make_config
+
+    model = build_model(make_config("tiny", head="linear", gce_q=0.7), 3)
+    assert EAN.from_config(model.get_config()).gce_q == 0.7
+    logits = tf.constant([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    targets = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    p = tf.nn.softmax(logits).numpy()
+    expected = (1 - np.array([p[0, 0], p[1, 1]]) ** 0.7) / 0.7
+    np.testing.assert_allclose(model._ce(targets, logits), expected, rtol=1e-5)
+    # q -> 0 is the cross-entropy; 0 is the cross-entropy itself.
+    near = EAN(3, image_size=32, width=8, head="linear", gce_q=1e-4)
+    ce = EAN(3, image_size=32, width=8, head="linear")
+    np.testing.assert_allclose(
+        near._ce(targets, logits), -np.log([p[0, 0], p[1, 1]]), rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        ce._ce(targets, logits), near._ce(targets, logits), rtol=1e-3
+    )
+    with pytest.raises(ValueError, match="gce_q in"):
+        EAN(3, image_size=32, width=8, gce_q=1.5)

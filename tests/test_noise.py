@@ -51,3 +51,23 @@ def test_add_noise_keeps_clean_labels_and_writes_csv(tmp_path):
     assert paths == ex.paths
     np.testing.assert_array_equal(noisy_read, noisy.labels)
     np.testing.assert_array_equal(clean, ex.labels)
+
+
+def test_a_stratified_part_keeps_each_class_share_and_is_the_same_every_time():
+    from ean_tf.data import DataError, stratified_part
+
+    labels = np.repeat([0, 1, 2, 3], [600, 300, 90, 10])
+    ex = Examples([f"im{i}.png" for i in range(1000)], labels, ("a", "b", "c", "d"))
+    part = stratified_part(ex, 100)
+    assert len(part) == 100
+    assert np.bincount(part.labels).tolist() == [60, 30, 9, 1]
+    assert part.paths == stratified_part(ex, 100).paths  # a fixed choice
+    kept = set(part.paths)  # distinct rows, in the split's order
+    assert len(kept) == 100 and part.paths == [p for p in ex.paths if p in kept]
+    # Largest remainders fill the size exactly; a rare class keeps one image.
+    odd = stratified_part(ex, 7)
+    assert len(odd) == 7 and set(odd.labels.tolist()) == {0, 1, 2, 3}
+    with pytest.raises(DataError, match="--train_size=1000: .* only 1000 images"):
+        stratified_part(ex, 1000)
+    with pytest.raises(DataError, match="--train_size=3: fewer than the 4 classes"):
+        stratified_part(ex, 3)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_cli, write_png
 
 from ean_tf.models.ean import EAN
 from ean_tf.predict import list_images, predict
@@ -281,19 +282,11 @@ def test_rest_client_against_a_local_server(models):
 def test_cli_predict(models):
     _, keras_path, _, photos, tmp = models
     out = tmp / "cli.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--mode=predict",
-            f"--checkpoint={keras_path}",
-            f"--images={photos}",
-            f"--output={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    result = run_cli(
+        "--mode=predict",
+        f"--checkpoint={keras_path}",
+        f"--images={photos}",
+        f"--output={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "broken.jpg: unreadable" in result.stdout
@@ -303,6 +296,42 @@ def test_cli_predict(models):
         "astronaut.jpg",
         "texture.png",
     }
+
+
+def test_cli_predict_beside_a_model_outside_a_run_folder_writes_here(
+    models, tmp_path, monkeypatch
+):
+    _, keras_path, _, photos, _ = models
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(
+        "--mode=predict", f"--checkpoint={keras_path}", f"--images={photos}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "predictions.csv").is_file()
+    assert "wrote ./predictions.csv" in result.stdout
+
+
+def test_cli_predict_checks_images_and_output_before_the_model(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = str(tmp_path / "no_model.keras")  # never read: the checks come first
+    result = run_cli("--mode=predict", f"--checkpoint={missing}", f"--images={empty}")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --images={empty}: no images (.jpg, .png, .bmp, ...) there"
+    )
+    write_png(str(empty / "a.png"))
+    result = run_cli(
+        "--mode=predict",
+        f"--checkpoint={missing}",
+        f"--images={empty}",
+        f"--output={tmp_path / 'faces.xlsx'}",
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --output={tmp_path / 'faces.xlsx'}: predictions are written as "
+        ".csv or .json"
+    )
 
 
 @pytest.mark.parametrize("kind", ["rest", "grpc"])

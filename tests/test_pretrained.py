@@ -12,6 +12,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ean_tf import pretrained
 from ean_tf.models.ean import EAN
@@ -76,19 +77,11 @@ def test_the_api_refuses_what_is_not_a_photo(recognizer, tmp_path):
     assert recognizer(blank) == []  # no face, nothing to classify
 
 
-def test_predict_without_a_run_folder_uses_the_shipped_model(astronaut, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "run.py"),
-            "--mode=predict",
-            f"--images={astronaut}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
+def test_predict_without_a_run_folder_uses_the_shipped_model(
+    astronaut, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("--mode=predict", f"--images={astronaut}")
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))

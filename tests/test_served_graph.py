@@ -1,13 +1,11 @@
 """The served (nearest) graph, its store and its selection, and the graph maths
 it shares with training (the same embedding statistics)."""
 
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ean_tf.config import ConfigError, make_config
 from ean_tf.models import adjacency as adj
@@ -205,14 +203,7 @@ def test_eval_of_a_model_without_stored_images_says_so_in_one_line(tmp_path):
     data is read."""
     path = str(tmp_path / "old.keras")
     EAN(4, inference_graph="batch", **TINY).save(path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "run.py", "--mode=eval", f"--checkpoint={path}"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        timeout=600,
-    )
+    result = run_cli("--mode=eval", f"--checkpoint={path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert last.startswith(f"error: --inference_graph=nearest: {path} stores no")

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ean_tf import evaluate
 from ean_tf.config import replace
@@ -128,7 +129,12 @@ def test_metrics_json_is_consistent(trained):
 
 
 def test_rerun_resumes_and_continues(trained):
+    from ean_tf.runs import TrainingError
+
     config, _ = trained
+    # Fewer epochs than were done is another run, not "finished".
+    with pytest.raises(TrainingError, match=r"\d epochs done there"):
+        train(replace(config, epochs=1, adj_warmup_epochs=0), verbose=0)
     more = replace(config, epochs=config.train.epochs + 1)
     summary = train(more, verbose=0)
     assert summary["epochs_done"] == config.train.epochs + 1
@@ -158,10 +164,6 @@ def test_a_run_folder_never_resumes_another_run(tmp_path):
     assert {n: os.path.getmtime(os.path.join(run, n)) for n in os.listdir(run)} == (
         files
     )  # nothing in the folder changed
-    # Fewer epochs than were done is another run too, not "finished".
-    with pytest.raises(TrainingError, match="2 epochs done there"):
-        train(replace(base, epochs=2, adj_warmup_epochs=0), verbose=0)
-        train(replace(base, epochs=1, adj_warmup_epochs=0), verbose=0)
     # --overwrite starts the other run over in that folder.
     summary = train(replace(other, overwrite=True), verbose=0)
     assert summary["epochs_done"] == 1
@@ -246,19 +248,8 @@ def test_cli_train_then_eval(tmp_path):
     # The next command names the interpreter that ran this one (.venv's).
     python = os.path.relpath(sys.executable, ROOT)
     assert f"Next: {python} run.py --mode=eval" in result.stdout
-    result = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--mode=eval",
-            "--inference_graph=all",
-            f"--output={tmp_path / 'eval'}",
-            *common,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    result = run_cli(
+        "--mode=eval", "--inference_graph=all", f"--output={tmp_path / 'eval'}", *common
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "eval" / "metrics.json"))
@@ -547,49 +538,6 @@ def test_describe_prints_the_models_classes(trained, capsys):
     assert "32 x 32" in out and "nearest graph, label weight 0.25" in out
     assert f"{config.data.default_train_size} stored training images" in out
     assert "trained on: --dataset=default" in out
-
-
-def test_step_checkpoint_resumes_inside_the_first_epoch(tmp_path, monkeypatch):
-    """--checkpoint_every_steps: a run killed inside its first epoch resumes from
-    the last step checkpoint, not from the start."""
-    from ean_tf import train as train_lib
-    from ean_tf.config import make_config
-
-    config = make_config(
-        "tiny",
-        data_dir=str(tmp_path / "data"),
-        run_dir=str(tmp_path / "run"),
-        epochs=1,
-        adj_warmup_epochs=0,
-        checkpoint_every_steps=2,
-    )
-    steps = config.data.default_train_size // config.train.batch_size  # 6
-
-    class Killed(Exception):
-        pass
-
-    batches = []
-
-    class Checkpoint(train_lib.RunCheckpoint):
-        def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch, logs)
-            batches.append(batch)
-            if kill_after and len(batches) == kill_after:
-                raise Killed
-
-    monkeypatch.setattr(train_lib, "RunCheckpoint", Checkpoint)
-    kill_after = 3  # the checkpoint after step 2 stands, step 3 is lost
-    with pytest.raises(Killed):
-        train(config, verbose=0)
-    assert read_state(config.train.run_dir)["steps_done"] == 2
-    batches.clear()
-    kill_after = 0
-    summary = train(config, verbose=0)
-    assert len(batches) == steps - 2  # the steps after the checkpoint only
-    assert read_state(config.train.run_dir)["steps_done"] == steps
-    assert summary["epochs_done"] == 1
-    with open(os.path.join(config.train.run_dir, "log.csv")) as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1]
 
 
 def test_a_lost_peer_is_one_line_naming_it_and_how_to_resume(tmp_path):

@@ -59,6 +59,13 @@ class DataConfig:
         "Validation split name (empty: the reader's own); --mode=eval evaluates it "
         "(another split than the run's into a folder <run_dir>/eval_<split>...).",
     )
+    train_size: int = _f(
+        0,
+        "Train on a class-stratified part of the training split of this many images "
+        "(each class keeps its share; the same images for every --seed), before "
+        "--noise_rate flips labels. 0: the whole split.",
+        check=_NON_NEGATIVE_INT,
+    )
     noise_rate: float = _f(
         0.0,
         "Fraction of training labels flipped (tables 3-4).",
@@ -116,6 +123,13 @@ class TrainConfig:
     )
     label_smoothing: float = _f(
         0.0, "Label smoothing of the cross-entropy.", check=_FRACTION_BELOW_1
+    )
+    gce_q: float = _f(
+        0.0,
+        "With q in (0, 1]: the classification terms are the generalised "
+        "cross-entropy (1 - p_y^q) / q (Zhang and Sabuncu, 2018), a loss robust "
+        "to noisy labels, instead of the cross-entropy (q -> 0); 0: cross-entropy.",
+        check=(lambda v: 0.0 <= v <= 1.0, "a float in [0, 1]"),
     )
     adj_warmup_epochs: int = _f(
         3,

@@ -140,6 +140,39 @@ def _csv_without_splits(root: str) -> bool:
     return "split" not in rows[0]
 
 
+def stratified_part(examples: Examples, size: int) -> Examples:
+    """`size` rows of `examples`, each class keeping its share of them (largest
+    remainders; every class present keeps at least one row), chosen by a fixed seed
+    so that every run with this size trains on the same images, in their order."""
+    if size >= len(examples):
+        raise DataError(
+            f"--train_size={size}: the training split {examples.source} has only "
+            f"{len(examples)} images; pass fewer, or 0 for all of them"
+        )
+    classes, counts = np.unique(examples.labels, return_counts=True)
+    if size < len(classes):
+        raise DataError(
+            f"--train_size={size}: fewer than the {len(classes)} classes of "
+            f"{examples.source}; pass at least {len(classes)}"
+        )
+    share = counts * size / counts.sum()
+    take = np.maximum(1, np.floor(share).astype(int))
+    for i in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if take.sum() >= size:
+            break
+        take[i] += 1
+    while take.sum() > size:  # the at-least-one rule overshot: trim the largest
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(0)
+    keep = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(examples.labels == c), n, replace=False)
+            for c, n in zip(classes, take, strict=True)
+        ]
+    )
+    return examples.select(np.sort(keep))
+
+
 def load(
     data, seed: int = 0, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> DataSplits:
@@ -158,6 +191,8 @@ def load(
             f"{val.source}: classes {val.class_names} differ from the "
             f"training split's {train.class_names}"
         )
+    if data.train_size:
+        train = stratified_part(train, data.train_size)
     bad = []
     if data.dataset != "tfrecord":
         # --skip_bad_images needs the full decode to find what to skip.
@@ -181,5 +216,6 @@ __all__ = [
     "name_undecodable_image",
     "read_split",
     "split_names",
+    "stratified_part",
     "validation_data",
 ]

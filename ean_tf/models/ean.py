@@ -64,7 +64,9 @@ class EAN(keras.Model):
     returns them all, and `ean_tf.build_model` maps a configuration to them.
 
     memory_size: training images the nearest graph stores (0: none; see
-    `build_memory`). label_smoothing: of the training cross-entropies.
+    `build_memory`). label_smoothing: of the training cross-entropies. gce_q:
+    q > 0 makes the classification terms the generalised cross-entropy
+    sum_c t_c (1 - p_c^q) / q of the (smoothed) targets t.
     cross_replica_graph: the training graph spans every replica's batch.
     grayscale: the model's first operation turns its input grey (luma, in all
     three channels), so a colour photo looks like grey training data.
@@ -97,6 +99,7 @@ class EAN(keras.Model):
         inference_graph: str = DEFAULT_GRAPH,
         memory_size: int = 0,
         label_smoothing: float = 0.0,
+        gce_q: float = 0.0,
         cross_replica_graph: bool = False,
         grayscale: bool = False,
         training_data: str = "",
@@ -151,6 +154,8 @@ class EAN(keras.Model):
         self.inference_graph = inference_graph
         self.memory_size = int(memory_size) if head == "ean" else 0
         self.label_smoothing = float(label_smoothing)
+        _expect(0.0 <= gce_q <= 1.0, "gce_q in [0, 1]", gce_q)
+        self.gce_q = float(gce_q)
         self.cross_replica_graph = bool(cross_replica_graph)
         self.grayscale, self.training_data = bool(grayscale), str(training_data)
         self._build_layers()
@@ -435,9 +440,18 @@ class EAN(keras.Model):
         return terms, logits, {**stats, "edges_per_node": edges, "graph_nodes": nodes}
 
     def _ce(self, targets, logits):
-        return keras.losses.categorical_crossentropy(
-            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
-        )
+        """The classification term of each example: the cross-entropy, or with
+        `gce_q` the generalised cross-entropy."""
+        if not self.gce_q:
+            return keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+            )
+        targets = tf.cast(targets, tf.float32)
+        if self.label_smoothing:
+            c = tf.cast(tf.shape(targets)[-1], tf.float32)
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / c
+        p = tf.nn.softmax(tf.cast(logits, tf.float32))
+        return tf.reduce_sum(targets * (1.0 - p**self.gce_q), axis=-1) / self.gce_q
 
     def _scalar_terms(self, terms, replicas):
         """Each term as its share of the global batch's mean (the optimizer sums
@@ -546,6 +560,7 @@ class EAN(keras.Model):
             "inference_graph": self.inference_graph,
             "memory_size": self.memory_size,
             "label_smoothing": self.label_smoothing,
+            "gce_q": self.gce_q,
             "cross_replica_graph": self.cross_replica_graph,
             "grayscale": self.grayscale,
             "training_data": self.training_data,
