@@ -143,6 +143,15 @@ def runs(experiment: str) -> dict[str, dict]:
         return {
             "linear": {"head": "linear"},
             "linear_generator": {"head": "linear", "_pretrain": True},
+            # the paper's G loss: the expression loss on the frontal images only
+            "linear_generator_paper": {
+                "head": "linear",
+                "_pretrain": True,
+                "lambda_views": 0.0,
+            },
+            # the pre-training without its adversary: what the extra epochs on
+            # the views give alone
+            "linear_views": {"head": "linear", "_pretrain": True, "lambda_adv": 0.0},
             "ean": {},
             "ean_generator": {"_pretrain": True},
             "ean_cotrain": {"generator_cotrain_weight": 0.1},
@@ -264,7 +273,7 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
     start = time.time()
     pretrained, start_from = None, {}
     if with_generator:  # pre-train the backbone, then train from it
-        pretrained = _pretrained_backbone(out_path)
+        pretrained = _pretrained_backbone(out_path, overrides)
         start_from = {"generator_checkpoint": pretrained["backbone_weights"]}
     config = _config(run_dir, **overrides, **start_from)
     summary = train(config)
@@ -303,29 +312,34 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
     return result
 
 
-def _pretrained_backbone(out_path: str) -> dict:
-    """One generator pre-training shared by every run that starts from it.
+# What G's pre-training does not read: the head and what trains it afterwards.
+_NOT_PRETRAINING = ("head", "objective", "gcn_units", "generator_cotrain_weight")
 
-    The pre-training does not depend on the head, so `linear_generator` and
-    `ean_generator` start from the same backbone; it runs once (and resumes after a
-    kill) in `<runs_dir>/<experiment>/pretrained`, and its figure 4 is copied next to
-    the result JSONs.
+
+def _pretrained_backbone(out_path: str, overrides: dict) -> dict:
+    """The generator pre-training a run starts from, shared by the runs that
+    differ only in what it does not read (`linear_generator` and `ean_generator`
+    start from the same backbone): it runs once (and resumes after a kill) in
+    `<runs_dir>/<experiment>/pretrained_<hash of its configuration>`, and its
+    figure 4 is copied next to the run's JSON as `<run>_feature_maps.png`.
     """
+    import hashlib
     import shutil
 
     from ean_tf.pretrain import generator_dir, pretrain
 
-    config = _config(
-        os.path.join(FLAGS.runs_dir, FLAGS.experiment, "pretrained"),
-        **_parse_extra(FLAGS.extra),
-    )
+    kept = {k: v for k, v in overrides.items() if k not in _NOT_PRETRAINING}
+    key = _comparable(_config(FLAGS.runs_dir, **kept).to_dict())
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = os.path.join(FLAGS.runs_dir, FLAGS.experiment, f"pretrained_{digest}")
+    config = _config(run_dir, **kept)
     summary_path = os.path.join(generator_dir(config), "summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
     else:
         summary = pretrain(config)
-    figure = os.path.join(os.path.dirname(out_path), "feature_maps.png")
+    figure = out_path[: -len(".json")] + "_feature_maps.png"
     shutil.copyfile(summary["figure"], figure)
     return {**summary, "figure": os.path.relpath(figure, common.ROOT)}
 
@@ -385,6 +399,20 @@ def _noise_columns(result: dict) -> dict:
     }
 
 
+def _collapse_columns(result: dict) -> dict:
+    """For a run from a pre-trained G: the cosine of different images' conv3 maps
+    before and after the pre-training (the collapse probe), else nothing."""
+    collapse = (result.get("generator") or {}).get("collapse")
+    if not collapse:
+        return {}
+    key = "conv3_cos_different_images"
+    return {
+        "conv3_cos_before": round(collapse["before"][key], 4),
+        "conv3_cos_after": round(collapse["after"][key], 4),
+        "collapsed": collapse["collapsed"],
+    }
+
+
 def summarise(results: dict[str, dict], out_dir: str) -> None:
     import matplotlib
 
@@ -416,6 +444,7 @@ def summarise(results: dict[str, dict], out_dir: str) -> None:
                     f"robust_{k}": round(v["accuracy"], 4)
                     for k, v in (r.get("robustness") or {}).items()
                 },
+                **_collapse_columns(r),
             }
         )
     common.write_result(FLAGS.experiment, {"table": table}, out_dir)

@@ -341,7 +341,7 @@ def run_pretrain_generator(
     lines = [
         "",
         f"Pre-trained the backbone against D_m for {s['epochs']} epochs in "
-        f"{s['seconds']:.0f} s ({s['identities']} identities).",
+        f"{s['seconds']:.0f} s ({s['identities'] or 'no'} identities).",
         f"  D view accuracy {final.get('d_view_accuracy', float('nan')):.3f}, "
         f"expression accuracy {final.get('expression_accuracy', float('nan')):.3f}",
         f"  backbone weights: {s['backbone_weights']}",

@@ -50,11 +50,13 @@ def generator_dataset(config: Config, train: Examples, batch: int, seed: int):
     """The pre-training stream and M_d (the number of identities).
 
     With --identity_data_dir (CFP layout): real frontal/profile pairs, zipped with
-    the expression data. Otherwise the training images and perturbed views of them;
-    identities from the data (built-in) or each image its own identity.
+    the expression data and perturbed views of it. Otherwise the training images
+    and perturbed views of them, with the data's identities (built-in data) or
+    none (M_d is None: D_m has no identity head).
     """
     d, g = config.data, config.generator
     common = dict(flip=d.random_flip, crop_pad=d.random_crop_pad)
+    kinds = view_kinds(config)
     if g.identity_data_dir:
         folders = views.read_identity_folders(g.identity_data_dir)
         frontal, profile, ids = views.identity_pairs(folders, seed)
@@ -66,22 +68,26 @@ def generator_dataset(config: Config, train: Examples, batch: int, seed: int):
             ex, d.image_size, batch, True, seed, deterministic=True, **common
         )
         expression = make_dataset(train, d.image_size, batch, True, seed + 1, **common)
-        ds = tf.data.Dataset.zip((make(ex_f), make(ex_p), expression)).map(
-            lambda f, p, e: ((f[0], p[0], tf.argmax(f[1], -1)), (e[0], e[1]))
-        )
-        return ds, len(names)
+
+        def pair(step, streams):
+            f, p, (x_e, targets) = streams
+            step_seed = tf.stack([seed, tf.cast(step, tf.int32)])
+            x_ev = views.make_views(x_e, step_seed, kinds)
+            return (f[0], p[0], tf.argmax(f[1], -1)), (x_e, x_ev, targets)
+
+        ds = tf.data.Dataset.zip((make(ex_f), make(ex_p), expression)).enumerate()
+        return ds.map(pair, num_parallel_calls=tf.data.AUTOTUNE), len(names)
     if train.identities is not None:
         ids = np.asarray(train.identities, np.int64)
-    else:
-        ids = np.arange(len(train), dtype=np.int64)
-    num_identities = int(ids.max()) + 1
+        num_identities = int(ids.max()) + 1
+    else:  # no identity head; the stream's identity column is unused
+        ids, num_identities = np.zeros(len(train), np.int64), None
     with_ids = dataclasses.replace(
         train,
         targets=np.concatenate(
             [train.soft_targets(), ids[:, None].astype(np.float32)], axis=1
         ),
     )
-    kinds = view_kinds(config)
 
     def to_views(step, batch_):
         images, t = batch_
@@ -280,8 +286,8 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     steps = t.steps_per_epoch or max(1, len(splits.train) // batch)
     log.info(
-        "Generator pre-training: %d identities, views: %s, %d steps per epoch",
-        num_identities,
+        "Generator pre-training: %s identities, views: %s, %d steps per epoch",
+        num_identities or "no",
         "real profiles" if g.identity_data_dir else ",".join(view_kinds(config)),
         steps,
     )
@@ -302,6 +308,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
             d_optimizer=keras.optimizers.Adam(g.d_learning_rate),
             lambda_adv=g.lambda_adv,
             lambda_id=g.lambda_id,
+            lambda_views=g.lambda_views,
         )
 
     kinds, probe_seed = view_kinds(config), config.evaluation.robustness_seed

@@ -248,21 +248,30 @@ def test_generator_experiment_on_tiny(tmp_path):
     _bench(
         "experiments.py",
         "--experiment=generator",
-        "--only=ean_generator,linear_generator",
+        "--only=ean_generator,linear_generator,linear_views",
         *_experiment_flags(tmp_path),
-        "--extra=epochs=1,adj_warmup_epochs=0,generator_epochs=1",
+        "--extra=epochs=1,adj_warmup_epochs=0,generator_epochs=1,steps_per_epoch=2",
     )
-    run = json.load(open(tmp_path / "results" / "generator" / "ean_generator.json"))
-    linear = json.load(
-        open(tmp_path / "results" / "generator" / "linear_generator.json")
+    out = tmp_path / "results" / "generator"
+    run, linear, views_only = (
+        json.load(open(out / f"{name}.json"))
+        for name in ("ean_generator", "linear_generator", "linear_views")
     )
     checkpoint = run["config"]["generator"]["generator_checkpoint"]
     assert checkpoint.endswith("backbone.weights.h5")
-    # One pre-training serves both heads.
+    # One pre-training serves both heads; another pre-training is another one.
     assert linear["config"]["generator"]["generator_checkpoint"] == checkpoint
     assert linear["generator"]["seconds"] == run["generator"]["seconds"]
-    assert (tmp_path / "results" / "generator" / "feature_maps.png").is_file()
+    assert views_only["config"]["generator"]["generator_checkpoint"] != checkpoint
+    assert views_only["config"]["generator"]["lambda_adv"] == 0.0
+    for name in ("ean_generator", "linear_views"):
+        assert (out / f"{name}_feature_maps.png").is_file()
     assert set(run["robustness"]) == {"clean", "occlusion", "illumination", "pose"}
+    table = {r["run"]: r for r in json.load(open(out / "generator.json"))["table"]}
+    collapse = run["generator"]["collapse"]
+    key = "conv3_cos_different_images"
+    assert table["ean_generator"]["conv3_cos_after"] == round(collapse["after"][key], 4)
+    assert table["linear_views"]["collapsed"] in (True, False)
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +407,69 @@ def test_warmup_half_is_half_of_the_runs_epochs_and_fewer_than_all():
     assert out.returncode == 0, out.stderr[-2000:]
     # 1 epoch: none of warm-up (fewer than all); else half, at least one.
     assert out.stdout.split()[-3:] == ["0", "1", "3"]
+
+
+def test_neighbour_shares_on_constructed_similarities():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import numpy as np
+    from noise_graph import neighbour_shares
+
+    # images 0-3: clean class 0, 4-7: class 1; image 0 flipped to 1. The two
+    # classes are two clusters: each image's nearest others are its class.
+    clean = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    given = clean.copy()
+    given[0] = 1
+    wrong = np.where(clean != given, given, -1)
+    cos = np.where(clean[:, None] == clean[None, :], 0.9, 0.1)
+    shares = neighbour_shares(cos, np.array([0]), 3, clean, given, wrong)
+    assert shares["images"] == 1 and shares["k"] == 3
+    assert shares["given_is_clean_class"] == 1.0  # images 1-3 say 0
+    assert shares["given_is_wrong_label"] == 0.0
+    # image 4's neighbours: 5, 6, 7 (all class 1), never image 0 (cos 0.1)
+    shares = neighbour_shares(cos, np.array([4]), 3, clean, given, wrong)
+    assert shares["clean_is_clean_class"] == 1.0
+    assert "given_is_wrong_label" not in shares  # image 4 kept its label
+    # image 1 has the flipped image 0 among its neighbours (given label 1)
+    shares = neighbour_shares(cos, np.array([1]), 3, clean, given, wrong)
+    assert shares["given_is_clean_class"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_noise_graph_bench_on_a_noisy_tiny_run(tmp_path, tiny_run):
+    from ean_tf.config import make_config
+    from ean_tf.train import train
+
+    run = tmp_path / "run"
+    config = make_config(
+        "tiny",
+        data_dir=str(tmp_path / "data"),
+        run_dir=str(run),
+        noise_rate=0.4,
+        epochs=2,
+        adj_warmup_epochs=1,
+        steps_per_epoch=3,
+    )
+    train(config, verbose=0)
+    _bench(
+        "noise_graph.py",
+        f"--run_dir={run}",
+        f"--out_dir={tmp_path / 'results'}",
+    )
+    result = json.load(open(tmp_path / "results" / "noise_graph.json"))
+    assert set(result["models"]) == {"best", "model"}
+    for report in result["models"].values():
+        flipped = report["flipped_neighbours"]
+        assert flipped["images"] > 0 and flipped["k"] == 4
+        for part in ("flipped_neighbours", "kept_neighbours", "training_edges"):
+            for key, value in report[part].items():
+                if key not in ("images", "k", "edges_per_node"):
+                    assert 0.0 <= value <= 1.0, (part, key)
+        served = report["served_neighbours"]
+        assert 0.0 <= served["isolated_accuracy"] <= 1.0
+        assert 0.0 <= served["edges_per_image"] <= 4
+    refused = subprocess.run(
+        [sys.executable, "bench/noise_graph.py", f"--run_dir={tiny_run}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert refused.returncode != 0 and "not a run with label noise" in refused.stderr

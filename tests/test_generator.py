@@ -75,7 +75,7 @@ def test_cfp_reader_pairs_and_errors(tmp_path):
         views.read_identity_folders(str(tmp_path / "nope"))
 
 
-def _generator(num_identities=4, size=32):
+def _generator(num_identities=4, size=32, lambda_views=0.0):
     import keras
 
     from ean_tf.models.generator import InvariantFeatureGenerator
@@ -89,6 +89,7 @@ def _generator(num_identities=4, size=32):
         d_optimizer=keras.optimizers.Adam(3e-3),
         lambda_adv=1.0,
         lambda_id=1.0,
+        lambda_views=lambda_views,
     )
     return model
 
@@ -124,7 +125,7 @@ def test_d_step_changes_only_d_and_g_step_only_g():
     assert all(np.isfinite(float(v)) for v in logs.values())
 
     d1 = _values(d_vars)
-    logs, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+    logs, _, _ = model.g_step(x_f, x_p, ids, targets)
     assert not any(_changed(d1, d_vars))
     g_trainable = {id(v) for v in model.g_variables}
     moved = [
@@ -149,9 +150,9 @@ def test_losses_move_in_the_expected_direction():
     assert float(last["d_id_loss"]) < float(first["d_id_loss"])
     # G alone against that fixed D: it learns to fool D's view head and to keep
     # the identity, and learns the expressions
-    first, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+    first, _, _ = model.g_step(x_f, x_p, ids, targets)
     for _ in range(12):
-        last, _, _ = model.g_step(x_f, x_p, ids, x_f, targets)
+        last, _, _ = model.g_step(x_f, x_p, ids, targets)
     for term in ("adv_loss", "id_loss", "expression_loss"):
         assert np.isfinite(float(last[term]))
         assert float(last[term]) < float(first[term]), term
@@ -160,9 +161,42 @@ def test_losses_move_in_the_expected_direction():
 def test_train_step_updates_every_tracker():
     model = _generator()
     x_f, x_p, ids, targets = _batch()
-    logs = model.train_step(((x_f, x_p, ids), (x_f, targets)))
+    logs = model.train_step(((x_f, x_p, ids), (x_f, x_p, targets)))
     for name in ("g_loss", "adv_loss", "id_loss", "d_loss", "d_view_accuracy"):
         assert np.isfinite(float(logs[name])), name
+
+
+@pytest.mark.parametrize("separate_expression_images", [False, True])
+def test_g_loss_is_its_weighted_terms_and_views_train_the_expression(
+    separate_expression_images,
+):
+    model = _generator(lambda_views=0.5)
+    x_f, x_p, ids, targets = _batch()
+    expression = (x_f, x_p, targets) if separate_expression_images else targets
+    x_e = (x_f, x_p) if separate_expression_images else (None, None)
+    first, _, _ = model.g_step(x_f, x_p, ids, targets, *x_e)
+    g = first["expression_loss"] + 0.5 * first["expression_views_loss"]
+    g += first["adv_loss"] + first["id_loss"]  # lambda_adv = lambda_id = 1
+    assert float(first["g_loss"]) == pytest.approx(float(g), rel=1e-5)
+    assert float(first["expression_views_loss"]) > 0.1
+    for _ in range(12):
+        last = model.train_step(((x_f, x_p, ids), expression))
+    assert float(last["expression_views_loss"]) < float(first["expression_views_loss"])
+    # without the weight the views do not enter the G loss
+    model.lambda_views = 0.0
+    logs, _, _ = model.g_step(x_f, x_p, ids, targets, *x_e)
+    assert float(logs["expression_views_loss"]) == 0.0
+
+
+def test_without_identities_d_has_only_the_view_head():
+    model = _generator(num_identities=None)
+    assert len(model.discriminator.outputs) == 1
+    x_f, x_p, ids, targets = _batch()
+    logs = model.train_step(((x_f, x_p, ids * 0), targets))
+    assert not any("id_" in k for k in logs)
+    expected = float(logs["expression_loss"]) + float(logs["adv_loss"])
+    assert float(logs["g_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(logs["d_loss"]) == pytest.approx(float(logs["d_view_loss"]))
 
 
 @pytest.mark.parametrize("epochs, warmup", [(2, 1.0), (1, 0.5), (6, 1.0)])
@@ -300,15 +334,14 @@ def test_pretrain_generator_mode_writes_weights_figure_log(pretrained):
     # the last epoch's row is the backbone the summary's "after" probes
     for k in probe_columns:
         assert float(rows[-1][k]) == pytest.approx(collapse["after"][k], abs=1e-5)
-    rise = collapse["after"]["conv3_cos_different_images"] - (
-        collapse["before"]["conv3_cos_different_images"]
+    rise = (
+        collapse["after"]["conv3_cos_different_images"]
+        - (collapse["before"]["conv3_cos_different_images"])
     )
     assert collapse["cos_different_images_rise"] == pytest.approx(rise)
     assert collapse["collapsed"] is (rise > 0.05)
     flag = "yes" if collapse["collapsed"] else "no"
-    assert f"conv3 collapsed: {flag} (the cosine of different images" in (
-        result.stdout
-    )
+    assert f"conv3 collapsed: {flag} (the cosine of different images" in (result.stdout)
 
 
 def test_pretrained_backbone_starts_ean_training(pretrained, tmp_path):
@@ -367,7 +400,8 @@ def test_pretrain_with_identity_folders_under_mirrored(tmp_path):
         config = make_config(
             "tiny", data_dir={str(tmp_path / "data")!r},
             run_dir={str(tmp_path / "run")!r}, strategy="mirrored",
-            identity_data_dir={cfp!r}, generator_epochs=1, steps_per_epoch=2)
+            identity_data_dir={cfp!r}, generator_epochs=1, steps_per_epoch=2,
+            lambda_views=1.0)
         s = pretrain(config, verbose=0)
         print("SUMMARY", json.dumps(s["final"]), s["identities"], s["views"])
     """

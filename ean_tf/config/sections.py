@@ -212,8 +212,8 @@ class GeneratorConfig:
     identity_data_dir: str = _f(
         "",
         "Identity data in the CFP layout (<identity>/frontal/, <identity>/profile/); "
-        "empty: perturbed views of the training images (built-in data: its own "
-        "identities; other data: each image its own identity).",
+        "empty: perturbed views of the training images, with the data's own "
+        "identities (built-in data) or no identity term (other data).",
     )
     view_kinds: str = _f(
         "occlusion,illumination,pose",
@@ -228,6 +228,12 @@ class GeneratorConfig:
     )
     lambda_id: float = _f(
         0.1, "Weight of the identity term of the G loss.", check=_NON_NEGATIVE
+    )
+    lambda_views: float = _f(
+        1.0,
+        "Weight of the expression loss on the perturbed views in the G loss (0: "
+        "the paper's G loss, expressions of the frontal images only).",
+        check=_NON_NEGATIVE,
     )
     d_learning_rate: float = _f(
         1e-3, "Adam learning rate of the discriminator D_m.", check=_POSITIVE

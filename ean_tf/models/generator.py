@@ -7,10 +7,15 @@ identity (M_d + 1 classes, the extra one meaning "a perturbed view") and view
 (frontal or perturbed). Each training step runs
 
 - the G step, on the backbone and an expression head: CE_expression(x_e, y_e)
+  + lambda_views * CE_expression(views of x_e, y_e)
   + lambda_adv * CE(D^f(G(x_p)), frontal) + lambda_id * CE(D^d(G(x_p)), id);
 - the D step, on D_m alone, on the same step's (stopped) conv3 maps:
   CE(D^d(G(x_f)), id) + CE(D^d(G(x_p)), M_d) + CE(D^f(G(x_f)), frontal)
   + CE(D^f(G(x_p)), perturbed).
+
+Without identities (`num_identities=None`: data whose images are not grouped by
+person) D_m has the view head only and both identity terms are gone.
+`lambda_views=0` is the paper's G loss (expressions of the frontal images only).
 
 Each player has its own optimizer (`compile(g_optimizer=..., d_optimizer=...)`);
 losses are averaged over the global batch, so the step runs under the same
@@ -104,40 +109,64 @@ class CoTrainer:
 class InvariantFeatureGenerator(keras.Model):
     """G_enc (the backbone) + an expression head, against the discriminator D_m.
 
-    Data: `((x_frontal, x_perturbed, identity), (x_expression, targets))`, or
-    `((x_frontal, x_perturbed, identity), targets)` when x_frontal are the
-    expression images; images
-    float 0..255, identity int in [0, M_d), targets (B, C) label distributions.
+    Data: `((x_frontal, x_perturbed, identity), targets)` when the expression
+    images are x_frontal and their views x_perturbed, or `((x_frontal,
+    x_perturbed, identity), (x_expression, x_expression_views, targets))`; images
+    float 0..255, identity int in [0, M_d) (ignored without identities), targets
+    (B, C) label distributions.
     """
 
     def __init__(
         self,
         backbone: keras.Model,
-        num_identities: int,
+        num_identities: int | None,
         num_classes: int,
         label_smoothing: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.backbone = backbone
-        self.num_identities = int(num_identities)
+        self.num_identities = None if num_identities is None else int(num_identities)
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
         self.expression_head = keras.layers.Dense(num_classes, name="expression_head")
         self.discriminator = build_discriminator(
             backbone.outputs[1].shape[1:], self.num_identities
         )
-        names = (
-            "g_loss expression_loss adv_loss id_loss expression_accuracy "
-            "d_loss d_id_loss d_view_loss d_view_accuracy d_id_accuracy"
-        ).split()
+        names = [
+            "g_loss",
+            "expression_loss",
+            "expression_views_loss",
+            "adv_loss",
+            "expression_accuracy",
+            "expression_views_accuracy",
+            "d_loss",
+            "d_view_loss",
+            "d_view_accuracy",
+        ]
+        if self.identities:
+            names += ["id_loss", "d_id_loss", "d_id_accuracy"]
         self.trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
-    def compile(self, g_optimizer, d_optimizer, lambda_adv=0.1, lambda_id=0.1, **kw):
+    @property
+    def identities(self) -> bool:
+        """Whether D_m has the identity head (the data has identities)."""
+        return self.num_identities is not None
+
+    def compile(
+        self,
+        g_optimizer,
+        d_optimizer,
+        lambda_adv=0.1,
+        lambda_id=0.1,
+        lambda_views=0.0,
+        **kw,
+    ):
         # Keras's own `optimizer` is G's (else it builds an unused RMSprop).
         super().compile(optimizer=g_optimizer, **kw)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.lambda_adv, self.lambda_id = float(lambda_adv), float(lambda_id)
+        self.lambda_views = float(lambda_views)
         # built now, so that save_weights/load_weights carry their state (resume)
         g_optimizer.build(self.g_variables)
         d_optimizer.build(self.d_variables)
@@ -170,93 +199,122 @@ class InvariantFeatureGenerator(keras.Model):
         """The conv3 feature map of images (float 0..255)."""
         return self.backbone(images, training=training)[1]
 
+    def _discriminate(self, conv3, training):
+        """(identity logits or None, view logits) of D_m."""
+        out = self.discriminator(conv3, training=training)
+        return tuple(out) if self.identities else (None, out)
+
     @staticmethod
     def _ce(labels, logits):
         return keras.losses.sparse_categorical_crossentropy(
             labels, tf.cast(logits, tf.float32), from_logits=True
         )
 
-    def g_step(self, x_f, x_p, ids, x_e, targets):
+    def _expression(self, pooled, targets):
+        """Per-example expression CE and hits of the head on pooled features."""
+        logits = tf.cast(self.expression_head(pooled, training=True), tf.float32)
+        ce = keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=self.label_smoothing
+        )
+        hits = tf.equal(tf.argmax(logits, -1), tf.argmax(targets, -1))
+        return ce, tf.cast(hits, tf.float32)
+
+    def g_step(self, x_f, x_p, ids, targets, x_e=None, x_ev=None):
         """One G update; returns (logs, conv3 of x_f, conv3 of x_p).
-        `x_e=None`: the expression images are x_f (one backbone pass fewer)."""
+        `x_e=None`: the expression images are x_f and their views x_p (one
+        backbone pass); else x_e and their views x_ev (read when lambda_views > 0).
+        """
         batch = tf.shape(x_f)[0]
         with tf.GradientTape() as tape:
             pooled, conv3 = self.backbone(tf.concat([x_f, x_p], 0), training=True)
             if x_e is None:
-                pooled_e = pooled[:batch]
+                pooled_e, pooled_ev = pooled[:batch], pooled[batch:]
+            elif self.lambda_views:
+                both, _ = self.backbone(tf.concat([x_e, x_ev], 0), training=True)
+                pooled_e, pooled_ev = both[: tf.shape(x_e)[0]], both[tf.shape(x_e)[0] :]
             else:
-                pooled_e, _ = self.backbone(x_e, training=True)
-            logits_e = self.expression_head(pooled_e, training=True)
+                pooled_e, pooled_ev = self.backbone(x_e, training=True)[0], None
+            expression, hits = self._expression(pooled_e, targets)
+            if pooled_ev is not None and self.lambda_views:
+                expression_views, hits_views = self._expression(pooled_ev, targets)
+            else:
+                expression_views = hits_views = tf.zeros_like(expression)
             conv3_f, conv3_p = conv3[:batch], conv3[batch:]
-            id_p, view_p = self.discriminator(conv3_p, training=False)
-            expression = keras.losses.categorical_crossentropy(
-                targets,
-                tf.cast(logits_e, tf.float32),
-                from_logits=True,
-                label_smoothing=self.label_smoothing,
-            )
+            id_p, view_p = self._discriminate(conv3_p, training=False)
             adv = self._ce(tf.fill([batch], FRONTAL), view_p)  # fool D: "frontal"
-            ident = self._ce(ids, id_p)  # the perturbed view keeps its identity
-            total = expression + self.lambda_adv * adv + self.lambda_id * ident
+            total = (
+                expression
+                + self.lambda_views * expression_views
+                + self.lambda_adv * adv
+            )
+            logs = {}
+            if self.identities:
+                ident = self._ce(ids, id_p)  # the perturbed view keeps its identity
+                total += self.lambda_id * ident
+                logs["id_loss"] = tf.reduce_mean(ident)
             loss = tf.nn.compute_average_loss(total)
         grads = tape.gradient(loss, self.g_variables)
         self.g_optimizer.apply_gradients(zip(grads, self.g_variables, strict=True))
-        hits = tf.cast(
-            tf.equal(tf.argmax(logits_e, -1), tf.argmax(targets, -1)), tf.float32
+        logs.update(
+            {
+                "g_loss": tf.reduce_mean(total),
+                "expression_loss": tf.reduce_mean(expression),
+                "expression_views_loss": tf.reduce_mean(expression_views),
+                "adv_loss": tf.reduce_mean(adv),
+                "expression_accuracy": tf.reduce_mean(hits),
+                "expression_views_accuracy": tf.reduce_mean(hits_views),
+            }
         )
-        logs = {
-            "g_loss": tf.reduce_mean(total),
-            "expression_loss": tf.reduce_mean(expression),
-            "adv_loss": tf.reduce_mean(adv),
-            "id_loss": tf.reduce_mean(ident),
-            "expression_accuracy": tf.reduce_mean(hits),
-        }
         return logs, conv3_f, conv3_p
 
     def d_losses(self, conv3_f, conv3_p, ids):
-        """Per-example identity and view losses of D, and D's accuracies."""
+        """Per-example view loss of D and its hits; with identities also the
+        identity loss and hits (else None, None)."""
         batch = tf.shape(conv3_f)[0]
-        id_f, view_f = self.discriminator(conv3_f, training=True)
-        id_p, view_p = self.discriminator(conv3_p, training=True)
-        perturbed_id = tf.fill([batch], self.num_identities)
-        d_id = self._ce(ids, id_f) + self._ce(perturbed_id, id_p)
+        id_f, view_f = self._discriminate(conv3_f, training=True)
+        id_p, view_p = self._discriminate(conv3_p, training=True)
         d_view = self._ce(tf.fill([batch], FRONTAL), view_f) + self._ce(
             tf.fill([batch], PERTURBED), view_p
         )
         view_hits = tf.concat(
             [tf.argmax(view_f, -1) == FRONTAL, tf.argmax(view_p, -1) == PERTURBED], 0
         )
+        if not self.identities:
+            return d_view, view_hits, None, None
+        perturbed_id = tf.fill([batch], self.num_identities)
+        d_id = self._ce(ids, id_f) + self._ce(perturbed_id, id_p)
         id_hits = tf.argmax(id_f, -1) == tf.cast(ids, tf.int64)
-        return d_id, d_view, view_hits, id_hits
+        return d_view, view_hits, d_id, id_hits
 
     def d_step(self, conv3_f, conv3_p, ids):
         """One D update on fixed conv3 maps; G is not touched."""
         conv3_f, conv3_p = tf.stop_gradient(conv3_f), tf.stop_gradient(conv3_p)
         with tf.GradientTape() as tape:
-            d_id, d_view, view_hits, id_hits = self.d_losses(conv3_f, conv3_p, ids)
-            loss = tf.nn.compute_average_loss(d_id + d_view)
+            d_view, view_hits, d_id, id_hits = self.d_losses(conv3_f, conv3_p, ids)
+            total = d_view if d_id is None else d_view + d_id
+            loss = tf.nn.compute_average_loss(total)
         grads = tape.gradient(loss, self.d_variables)
         self.d_optimizer.apply_gradients(zip(grads, self.d_variables, strict=True))
-        return {
-            "d_loss": tf.reduce_mean(d_id + d_view),
-            "d_id_loss": tf.reduce_mean(d_id),
+        logs = {
+            "d_loss": tf.reduce_mean(total),
             "d_view_loss": tf.reduce_mean(d_view),
             "d_view_accuracy": tf.reduce_mean(tf.cast(view_hits, tf.float32)),
-            "d_id_accuracy": tf.reduce_mean(tf.cast(id_hits, tf.float32)),
         }
+        if d_id is not None:
+            logs["d_id_loss"] = tf.reduce_mean(d_id)
+            logs["d_id_accuracy"] = tf.reduce_mean(tf.cast(id_hits, tf.float32))
+        return logs
 
     def train_step(self, data):
         (x_f, x_p, ids), expression = data
-        # (x_e, targets), or targets alone when the expression images are x_f
-        x_e, targets = (
-            expression if isinstance(expression, tuple) else (None, expression)
-        )
+        # (x_e, x_ev, targets), or targets alone when the expression images are x_f
+        if isinstance(expression, tuple):
+            x_e, x_ev, targets = expression
+        else:
+            x_e, x_ev, targets = None, None, expression
         ids = tf.cast(ids, tf.int32)
-        logs, conv3_f, conv3_p = self.g_step(x_f, x_p, ids, x_e, targets)
+        logs, conv3_f, conv3_p = self.g_step(x_f, x_p, ids, targets, x_e, x_ev)
         logs.update(self.d_step(conv3_f, conv3_p, ids))
         for name, value in logs.items():
             self.trackers[name].update_state(value)
         return {n: t.result() for n, t in self.trackers.items()}
-
-
-# --- data --------------------------------------------------------------------------
