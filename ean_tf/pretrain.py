@@ -329,7 +329,7 @@ def pretrain(config: Config, output: str = "", verbose: int = 1) -> dict:
     callbacks = [
         checkpoint,
         _CollapseProbe(probe, kinds, probe_seed),  # before the epoch logger
-        EpochLogger(log_csv, append=True),
+        EpochLogger(log_csv, append=True, validation=False),
         keras.callbacks.TerminateOnNaN(),
     ]
     history = model.fit(

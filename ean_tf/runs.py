@@ -269,9 +269,16 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 class EpochLogger(keras.callbacks.CSVLogger):
     """`log.csv`: one row per epoch, counted from 1 as the progress bar and
-    `state.json` count them."""
+    `state.json` count them. `validation=False`: a fit without validation data,
+    whose log has no `val_` columns (Keras's CSVLogger adds them, empty)."""
+
+    def __init__(self, filename, append=False, validation=True):
+        super().__init__(filename, append=append)
+        self.validation = validation
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.validation and self.keys is None and logs:
+            self.keys = sorted(logs)
         super().on_epoch_end(epoch + 1, logs)
 
 

@@ -318,6 +318,7 @@ def test_pretrain_generator_mode_writes_weights_figure_log(pretrained):
     with open(out / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # 2 epochs
+    assert not any(k.startswith("val_") for k in rows[0])  # no validation data
     probe_columns = {
         "conv3_cos_different_images",
         "conv3_effective_rank",
