@@ -12,7 +12,8 @@ Each run trains with `--config` (default `ferplus48`, the CPU protocol: FERPlus
 majority labels, 48 px, ResNet-18 from scratch; for `memorisation`,
 `ferplus48_memorise`: 5,000 of its training images for 30 epochs, so that a plain
 network memorises wrong labels) plus the run's overrides (none: the default;
-`objective="paper"`: the paper's objective; `gce_q`: generalised cross-entropy),
+`objective="paper"`: the paper's objective; `gce_q`: generalised cross-entropy;
+`lambda_views`, `lambda_adv`: the generator's G loss),
 then writes `<out_dir>/<experiment>/<run>.json` (`memorisation`:
 bench/results/memorisation/seed<N>/) (final accuracy and mean class accuracy in
 each inference graph, the best validation accuracy, validation accuracy per
@@ -546,17 +547,18 @@ def _finished_runs() -> list[tuple[str, dict]]:
 
 
 @functools.cache
-def _expected(name: str) -> tuple[dict, dict] | None:
+def _expected(name: str) -> tuple[dict, dict]:
     """What run `name` means now, computed once (the flags are fixed for the
     process): its config as JSON holds it, and the fields that do not tell its
-    runs apart; None when it starts from a pre-trained G."""
+    runs apart (for a run from a pre-trained G, also the checkpoint's path)."""
     overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
-    if with_generator:  # its config names a checkpoint made by this experiment
-        return None
     from ean_tf.config import LINEAR_IGNORED
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
-    ignored = LINEAR_IGNORED if want["model"]["head"] == "linear" else {}
+    ignored = dict(LINEAR_IGNORED) if want["model"]["head"] == "linear" else {}
+    if with_generator:  # its config names a checkpoint made by this experiment
+        checkpoint = frozenset({"generator_checkpoint"})
+        ignored["generator"] = ignored.get("generator", frozenset()) | checkpoint
     return want, ignored
 
 
@@ -567,11 +569,9 @@ def _differences(name: str, result: dict) -> list[str]:
     run. A JSON written by another version of the configuration (a field that
     is not one now, or a field it lacks) is never this run: it names those
     fields."""
-    if (expected := _expected(name)) is None:
-        return []
     from ean_tf.config import EVALUATION_FIELDS
 
-    want, ignored = expected
+    want, ignored = _expected(name)
     got = _comparable(result["config"])
     got["data"]["data_dir"] = want["data"]["data_dir"]
     out = []

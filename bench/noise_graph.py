@@ -35,8 +35,13 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["best", "model"], "Models of the run, by file stem.")
-common.define_run_flags("noise_graph")
+
+
+def define_flags() -> None:
+    """The script's flags, defined when it runs (so that its functions import
+    beside other absl programs)."""
+    flags.DEFINE_list("models", ["best", "model"], "Models of the run, by file stem.")
+    common.define_run_flags("noise_graph")
 
 
 def embed(model, examples, image_size: int, batch_size: int):
@@ -161,4 +166,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
