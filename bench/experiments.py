@@ -313,10 +313,6 @@ def run_one(name: str, overrides: dict, out_path: str) -> dict:
     return result
 
 
-# What G's pre-training does not read: the head and what trains it afterwards.
-_NOT_PRETRAINING = ("head", "objective", "gcn_units", "generator_cotrain_weight")
-
-
 def _pretrained_backbone(out_path: str, overrides: dict) -> dict:
     """The generator pre-training a run starts from, shared by the runs that
     differ only in what it does not read (`linear_generator` and `ean_generator`
@@ -327,9 +323,12 @@ def _pretrained_backbone(out_path: str, overrides: dict) -> dict:
     import hashlib
     import shutil
 
+    from ean_tf.config import GRAPH_FIELDS
     from ean_tf.pretrain import generator_dir, pretrain
 
-    kept = {k: v for k, v in overrides.items() if k not in _NOT_PRETRAINING}
+    # what G's pre-training does not read: the head and what trains it afterwards
+    unread = {"head", "generator_cotrain_weight", *GRAPH_FIELDS}
+    kept = {k: v for k, v in overrides.items() if k not in unread}
     key = _comparable(_config(FLAGS.runs_dir, **kept).to_dict())
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     run_dir = os.path.join(FLAGS.runs_dir, FLAGS.experiment, f"pretrained_{digest}")
