@@ -13,7 +13,8 @@ majority labels, 48 px, ResNet-18 from scratch; for `memorisation`,
 `ferplus48_memorise`: 5,000 of its training images for 30 epochs, so that a plain
 network memorises wrong labels) plus the run's overrides (none: the default;
 `objective="paper"`: the paper's objective; `gce_q`: generalised cross-entropy;
-`lambda_views`, `lambda_adv`: the generator's G loss),
+`lambda_views`, `lambda_adv`: the generator's G loss;
+`generator_cotrain_weight`: its adversarial term inside the training),
 then writes `<out_dir>/<experiment>/<run>.json` (`memorisation`:
 bench/results/memorisation/seed<N>/) (final accuracy and mean class accuracy in
 each inference graph, the best validation accuracy, validation accuracy per
@@ -153,6 +154,8 @@ def runs(experiment: str) -> dict[str, dict]:
             # the pre-training without its adversary: what the extra epochs on
             # the views give alone
             "linear_views": {"head": "linear", "_pretrain": True, "lambda_adv": 0.0},
+            # the adversarial term inside the training instead of a pre-training
+            "linear_cotrain": {"head": "linear", "generator_cotrain_weight": 0.1},
             "ean": {},
             "ean_generator": {"_pretrain": True},
             "ean_cotrain": {"generator_cotrain_weight": 0.1},

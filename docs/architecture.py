@@ -25,7 +25,7 @@ BOXES = {  # name: (x, y, width, height, text, colour)
         "backbone G_enc\nResNet-18\n(InputNorm first)",
         "#cfe2f3",
     ),
-    "pooled": (4.7, 3.9, 1.7, 0.8, "pooled F\n(B, 512)", "#d9ead3"),
+    "pooled": (4.7, 3.9, 1.7, 0.8, "pooled F\n(B, 8 x width)", "#d9ead3"),
     "embed": (4.7, 2.2, 1.7, 0.8, "embedding e\nLinear + BN", "#d9ead3"),
     "adj": (
         6.9,
@@ -38,7 +38,14 @@ BOXES = {  # name: (x, y, width, height, text, colour)
     "gcn": (9.4, 3.0, 1.7, 0.9, "GCN head\nact(Â F W + b)", "#f4cccc"),
     "logits": (11.6, 3.0, 1.3, 0.9, "logits\n(B, C)", "#eeeeee"),
     "adjloss": (6.9, 0.9, 2.0, 0.7, "Adj_loss(A, y)\n(eq. 5-6)", "#fff2cc"),
-    "ce": (11.6, 1.8, 1.3, 0.7, "CE(logits, y)", "#fff2cc"),
+    "ce": (
+        10.6,
+        1.6,
+        2.3,
+        0.9,
+        "loss = CE_isolated\n+ 1/2 CE_graph + Adj_loss\n(docs/DESIGN.md 1.2)",
+        "#fff2cc",
+    ),
     "disc": (
         2.3,
         0.9,
@@ -99,8 +106,9 @@ def draw(path: str) -> None:
     ax.text(
         0.2,
         4.8,
-        "Serving (nearest graph): each image is joined to its 4 most similar "
-        "training images (cos >= tau1), stored in the model with their logits.",
+        "Serving (nearest graph): each image is joined to its 4 most similar stored "
+        "training images (cos >= tau1); their logits and labels (weight 0.25) "
+        "join its answer.",
         fontsize=10,
     )
     ax.set_xlim(0, 13.2)
