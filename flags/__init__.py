@@ -75,11 +75,11 @@ SHOW_TF_LOGS = absl_flags.DEFINE_bool(
 CHECKPOINT = absl_flags.DEFINE_string(
     "checkpoint",
     "",
-    "Model for eval/predict/export: a .keras file, or a shipped model's name "
-    "(ferplus48). Empty: <run_dir>/model.keras; predict and export without "
-    "--run_dir use the shipped FERPlus model. Without --run_dir, a model in a "
-    "run folder (beside its config.json) takes that run's configuration and "
-    "folder.",
+    "Model for eval/predict/export/describe: a .keras file, a shipped model's "
+    "name (ferplus48), or for predict and describe a SavedModel folder. Empty: "
+    "<run_dir>/model.keras; predict, export and describe without --run_dir use "
+    "the shipped FERPlus model. Without --run_dir, a model in a run folder "
+    "(beside its config.json) takes that run's configuration and folder.",
 )
 VERSION = absl_flags.DEFINE_bool("version", False, "Print the version and exit.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output path of a mode, if any.")

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The field defaults hold the paper's step schedule (lr 0.1 divided by 10 every
     # 20 epochs) with a 3-epoch adjacency warm-up (the paper presets below set its
     # 50); from scratch on the built-in data lr 0.1 does not train
-    # (bench/RESULTS.md), so the main job uses 0.01.
+    # (bench/LOG.md), so the main job uses 0.01.
     "default": {"learning_rate": 0.01},
     # Tests: the smallest network and data that still exercise every path.
     "tiny": {
@@ -57,7 +57,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # FERPlus's training images for 30 epochs (about one ferplus48 run of compute),
     # the warm-ups in the same proportion of the schedule as ferplus48's, without
     # the random crop and the label smoothing (with them the linear twin at 40%
-    # noise predicted only 13.8% of its flipped images as their wrong label).
+    # noise predicts only 13.8% of its flipped images as their wrong label;
+    # bench/LOG.md, 2026-12-07).
     "ferplus48_memorise": {
         **_FERPLUS48,
         "train_size": 5000,
