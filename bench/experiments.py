@@ -552,15 +552,16 @@ def _finished_runs() -> list[tuple[str, dict]]:
 def _expected(name: str) -> tuple[dict, dict]:
     """What run `name` means now, computed once (the flags are fixed for the
     process): its config as JSON holds it, and the fields that do not tell its
-    runs apart (for a run from a pre-trained G, also the checkpoint's path)."""
+    runs apart (for a run from a pre-trained G, the checkpoint's path; for any
+    other, the fields only the pre-training reads)."""
     overrides, with_generator, _ = _plan(runs(FLAGS.experiment)[name])
-    from ean_tf.config import LINEAR_IGNORED
+    from ean_tf.config import LINEAR_IGNORED, PRETRAIN_FIELDS
 
     want = _comparable(_config(FLAGS.runs_dir, **overrides).to_dict())
     ignored = dict(LINEAR_IGNORED) if want["model"]["head"] == "linear" else {}
-    if with_generator:  # its config names a checkpoint made by this experiment
-        checkpoint = frozenset({"generator_checkpoint"})
-        ignored["generator"] = ignored.get("generator", frozenset()) | checkpoint
+    # with a pre-trained G its config names a checkpoint made by this experiment
+    unread = frozenset({"generator_checkpoint"}) if with_generator else PRETRAIN_FIELDS
+    ignored["generator"] = ignored.get("generator", frozenset()) | unread
     return want, ignored
 
 
@@ -569,8 +570,8 @@ def _differences(name: str, result: dict) -> list[str]:
     now (folders, the data's location and the model's `EVALUATION_FIELDS`
     aside), as `section.field: JSON value, now value`; empty when it is the same
     run. A JSON written by another version of the configuration (a field that
-    is not one now, or a field it lacks) is never this run: it names those
-    fields."""
+    is not one now, or a field it lacks that the run reads) is never this run:
+    it names those fields."""
     from ean_tf.config import EVALUATION_FIELDS
 
     want, ignored = _expected(name)
@@ -579,12 +580,13 @@ def _differences(name: str, result: dict) -> list[str]:
     out = []
     for section, fields in want.items():
         theirs = got.get(section, {})
-        retired, missing = theirs.keys() - fields.keys(), fields.keys() - theirs.keys()
-        out += [f"{section}.{k}: not a field now" for k in sorted(retired)]
-        out += [f"{section}.{k}: missing" for k in sorted(missing)]
         skip = (EVALUATION_FIELDS if section == "model" else frozenset()) | (
             ignored.get(section, frozenset())
         )
+        retired = theirs.keys() - fields.keys()
+        missing = fields.keys() - theirs.keys() - skip
+        out += [f"{section}.{k}: not a field now" for k in sorted(retired)]
+        out += [f"{section}.{k}: missing" for k in sorted(missing)]
         for key, value in fields.items():
             if key not in skip and key in theirs and theirs[key] != value:
                 out.append(f"{section}.{key}: {theirs[key]!r}, now {value!r}")

@@ -118,6 +118,8 @@ def test_experiment_scripts_on_tiny(tmp_path):
     old["config"]["model"].update(
         nearest_label_weight=0.0, nearest_k=2, inference_graph="batch"
     )
+    # nor is a JSON without a field only G's pre-training reads
+    del old["config"]["generator"]["lambda_views"]
     path.write_text(json.dumps(old))
     again = _bench("experiments.py", "--experiment=clean", *common)
     assert again.stdout.count("done before") == 2
@@ -213,6 +215,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     # off as the run: the call names the file and the fields.
     two["config"]["model"]["objective"] = "paper"
     two["config"]["model"]["retired_field"] = 1.0
+    del two["config"]["train"]["epochs"]
     (ablations / "two_gcn_layers.json").write_text(json.dumps(two))
     stale = subprocess.run(
         [
@@ -230,6 +233,7 @@ def test_experiment_scripts_on_tiny(tmp_path):
     assert "two_gcn_layers.json was trained otherwise" in stale.stderr
     assert "model.objective: 'paper', now 'split'" in stale.stderr
     assert "model.retired_field: not a field now" in stale.stderr
+    assert "train.epochs: missing" in stale.stderr
     bad = subprocess.run(
         [
             sys.executable,

@@ -31,7 +31,7 @@ from ean_tf.config.sections import (
 )
 
 # The ModelConfig fields that only EAN's graph head reads (a linear-head run
-# ignores them), `context_size` aside.
+# ignores them).
 GRAPH_FIELDS = (
     "embedding_dim",
     "embedding_norm",
@@ -55,6 +55,11 @@ LINEAR_IGNORED = {
     "model": frozenset(GRAPH_FIELDS),
     "train": frozenset({"adj_warmup_epochs", "cross_replica_graph"}),
 }
+# The GeneratorConfig fields only G's pre-training (--mode=pretrain_generator)
+# reads: they do not tell apart two runs that do not start from a pre-trained G.
+PRETRAIN_FIELDS = frozenset(
+    {"identity_data_dir", "generator_epochs", "lambda_adv", "lambda_id", "lambda_views"}
+)
 # Model fields that choose what a trained model answers with, not what is
 # trained: a run resumes with other values, and a result evaluated with other
 # values is the same run.
@@ -66,6 +71,7 @@ __all__ = [
     "GRAPH_FIELDS",
     "INPUT_NORMS",
     "LINEAR_IGNORED",
+    "PRETRAIN_FIELDS",
     "PRESETS",
     "Config",
     "ConfigError",
